@@ -1,0 +1,243 @@
+//! Framing: turns a TCP byte stream into `<EOF>`-terminated frames and back.
+//!
+//! TCP delivers bytes, not messages: one read may hold half a frame (even half
+//! a delimiter, `on<E` then `OF>`) or several frames. The decoder keeps a
+//! partial frame in the buffer and waits for more bytes; that is not an error.
+//!
+//! Two properties matter for a server facing untrusted clients:
+//! - The search for the delimiter resumes where the previous one stopped, so a
+//!   frame arriving one byte at a time costs O(n), not O(n²).
+//! - A frame may not grow past `max_frame_bytes`: the decoder gives up as soon
+//!   as the buffer proves the frame is too long, instead of buffering without
+//!   bound while waiting for a delimiter that may never come.
+//!
+//! The same codec frames replies on the client side (`plugboard send`).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use memchr::memmem;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// The 5 bytes that end every message and every reply.
+pub const DELIMITER: &[u8] = b"<EOF>";
+
+/// Why the byte stream could not be split into frames. Both cases end the
+/// connection: there is no way to find the start of the next frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame too large")]
+    TooLarge,
+    #[error("incomplete message at end of stream (no delimiter)")]
+    Truncated,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Splits a byte stream on [`DELIMITER`]; see the module docs.
+#[derive(Debug)]
+pub struct EofCodec {
+    max_frame_bytes: usize,
+    /// Bytes at the front of the buffer already known to hold no delimiter.
+    searched: usize,
+}
+
+impl EofCodec {
+    pub fn new(max_frame_bytes: usize) -> Self {
+        Self {
+            max_frame_bytes,
+            searched: 0,
+        }
+    }
+}
+
+impl Decoder for EofCodec {
+    type Item = BytesMut;
+    type Error = FrameError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
+        // A frame of at most `max_frame_bytes` has its delimiter inside this window.
+        let window_end = buf.len().min(self.max_frame_bytes + DELIMITER.len());
+        if let Some(offset) = memmem::find(&buf[self.searched..window_end], DELIMITER) {
+            let frame = buf.split_to(self.searched + offset);
+            buf.advance(DELIMITER.len());
+            self.searched = 0;
+            return Ok(Some(frame));
+        }
+        if window_end == self.max_frame_bytes + DELIMITER.len() {
+            return Err(FrameError::TooLarge);
+        }
+        // The delimiter may straddle this read and the next: re-check its tail.
+        self.searched = window_end.saturating_sub(DELIMITER.len() - 1);
+        Ok(None)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
+        if let Some(frame) = self.decode(buf)? {
+            return Ok(Some(frame));
+        }
+        // A trailing newline after the last `<EOF>` is not a message.
+        let leftover_is_blank = buf.iter().all(u8::is_ascii_whitespace);
+        buf.clear();
+        self.searched = 0;
+        if leftover_is_blank {
+            Ok(None)
+        } else {
+            Err(FrameError::Truncated)
+        }
+    }
+}
+
+impl Encoder<Bytes> for EofCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), FrameError> {
+        dst.reserve(item.len() + DELIMITER.len());
+        dst.put_slice(&item);
+        dst.put_slice(DELIMITER);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Feeds `chunks` to a fresh decoder one at a time, like successive reads,
+    /// then signals end of stream; returns the frames or the first error.
+    fn decode_chunks(max: usize, chunks: &[&[u8]]) -> Result<Vec<Vec<u8>>, FrameError> {
+        let mut codec = EofCodec::new(max);
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            while let Some(frame) = codec.decode(&mut buf)? {
+                frames.push(frame.to_vec());
+            }
+        }
+        while let Some(frame) = codec.decode_eof(&mut buf)? {
+            frames.push(frame.to_vec());
+        }
+        Ok(frames)
+    }
+
+    #[test]
+    fn splits_several_frames_in_one_read() {
+        let frames = decode_chunks(64, &[b"on<EOF>off<EOF>status<EOF>"]).unwrap();
+        assert_eq!(frames, [&b"on"[..], b"off", b"status"]);
+    }
+
+    #[test]
+    fn waits_for_a_delimiter_split_across_reads() {
+        let frames = decode_chunks(64, &[b"on<E", b"OF>"]).unwrap();
+        assert_eq!(frames, [b"on"]);
+    }
+
+    #[test]
+    fn keeps_a_partial_frame_until_it_completes() {
+        let mut codec = EofCodec::new(64);
+        let mut buf = BytesMut::from(&b"of"[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(b"f<EOF>");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), &b"off"[..]);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn empty_frame_is_a_frame() {
+        assert_eq!(decode_chunks(64, &[b"<EOF>"]).unwrap(), [b""]);
+    }
+
+    #[test]
+    fn frame_of_exactly_the_maximum_is_accepted() {
+        assert_eq!(decode_chunks(4, &[b"abcd<EOF>"]).unwrap(), [b"abcd"]);
+    }
+
+    #[test]
+    fn frame_over_the_maximum_is_rejected_before_its_delimiter_arrives() {
+        let err = decode_chunks(4, &[b"abcde<EOF"]).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge));
+    }
+
+    #[test]
+    fn blank_leftover_at_end_of_stream_is_ignored() {
+        assert_eq!(decode_chunks(64, &[b"on<EOF>\r\n"]).unwrap(), [b"on"]);
+    }
+
+    #[test]
+    fn unterminated_leftover_at_end_of_stream_is_an_error() {
+        let err = decode_chunks(64, &[b"on<EOF>off"]).unwrap_err();
+        assert!(matches!(err, FrameError::Truncated));
+    }
+
+    /// These messages are sent to clients as error replies.
+    #[test]
+    fn error_messages_do_not_contain_the_delimiter() {
+        for err in [FrameError::TooLarge, FrameError::Truncated] {
+            assert!(memmem::find(err.to_string().as_bytes(), DELIMITER).is_none());
+        }
+    }
+
+    #[test]
+    fn encoder_appends_the_delimiter() {
+        let mut dst = BytesMut::new();
+        EofCodec::new(64)
+            .encode(Bytes::from("success"), &mut dst)
+            .unwrap();
+        assert_eq!(&dst[..], b"success<EOF>");
+    }
+
+    /// Cuts `bytes` at the given offsets (taken modulo its length).
+    fn split_at_offsets(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for cut in cuts.into_iter().chain([bytes.len()]) {
+            chunks.push(bytes[start..cut].to_vec());
+            start = cut;
+        }
+        chunks
+    }
+
+    fn strip_delimiters(mut message: String) -> String {
+        while message.contains("<EOF>") {
+            message = message.replace("<EOF>", "");
+        }
+        message
+    }
+
+    proptest! {
+        /// However the stream is cut into reads, the same frames come out.
+        #[test]
+        fn any_split_yields_the_same_frames(
+            messages in prop::collection::vec("[a-z <>EOF]{0,12}", 1..8),
+            cuts in prop::collection::vec(any::<usize>(), 0..16),
+        ) {
+            // Messages must not contain the delimiter themselves.
+            let messages: Vec<String> = messages.into_iter().map(strip_delimiters).collect();
+            let mut wire = Vec::new();
+            for message in &messages {
+                wire.extend_from_slice(message.as_bytes());
+                wire.extend_from_slice(DELIMITER);
+            }
+            let chunks = split_at_offsets(&wire, &cuts);
+            let chunk_refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+            let frames = decode_chunks(64, &chunk_refs).unwrap();
+            let expected: Vec<Vec<u8>> = messages.iter().map(|m| m.as_bytes().to_vec()).collect();
+            prop_assert_eq!(frames, expected);
+        }
+
+        /// An oversized frame is reported however it arrives, never buffered whole.
+        #[test]
+        fn oversized_frame_is_rejected_under_any_split(
+            len in 9usize..64,
+            cuts in prop::collection::vec(any::<usize>(), 0..16),
+        ) {
+            let mut wire = vec![b'x'; len];
+            wire.extend_from_slice(DELIMITER);
+            let chunks = split_at_offsets(&wire, &cuts);
+            let chunk_refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+            prop_assert!(matches!(decode_chunks(8, &chunk_refs), Err(FrameError::TooLarge)));
+        }
+    }
+}

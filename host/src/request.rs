@@ -1,0 +1,105 @@
+//! Turns one frame into a [`Request`]: the only place that knows how a message
+//! is spelled (UTF-8 text, a command name, whitespace-separated arguments).
+//!
+//! Parsing is pure and separate from I/O so that bad input is a value
+//! ([`RequestError`]) the connection answers with an error reply, never a
+//! reason to drop the client.
+
+use std::fmt;
+
+/// The first word of a message: what the routing table is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CommandName(String);
+
+impl CommandName {
+    /// Accepts what a message could route to: non-empty, no whitespace.
+    pub fn new(name: &str) -> Option<Self> {
+        let valid = !name.is_empty() && !name.chars().any(char::is_whitespace);
+        valid.then(|| Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for CommandName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A parsed client message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub command: CommandName,
+    /// The words after the command name.
+    pub args: Vec<String>,
+    /// Everything after the command name, trimmed, inner whitespace intact.
+    pub raw_args: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("empty message")]
+    Empty,
+    #[error("message is not valid UTF-8")]
+    InvalidUtf8,
+}
+
+impl Request {
+    pub fn parse(frame: &[u8]) -> Result<Self, RequestError> {
+        let text = std::str::from_utf8(frame).map_err(|_| RequestError::InvalidUtf8)?;
+        let text = text.trim();
+        let (name, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+        let command = CommandName::new(name).ok_or(RequestError::Empty)?;
+        Ok(Self {
+            command,
+            args: rest.split_whitespace().map(str::to_owned).collect(),
+            raw_args: rest.trim().to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_command() {
+        let request = Request::parse(b"on").unwrap();
+        assert_eq!(request.command.as_str(), "on");
+        assert!(request.args.is_empty());
+        assert_eq!(request.raw_args, "");
+    }
+
+    #[test]
+    fn surrounding_whitespace_and_newlines_are_trimmed() {
+        assert_eq!(
+            Request::parse(b"\r\n  off \r\n").unwrap().command.as_str(),
+            "off"
+        );
+    }
+
+    #[test]
+    fn arguments_are_split_and_kept_raw() {
+        let request = Request::parse(b"echo  hello\tbig  world ").unwrap();
+        assert_eq!(request.args, ["hello", "big", "world"]);
+        assert_eq!(request.raw_args, "hello\tbig  world");
+    }
+
+    #[test]
+    fn empty_and_blank_messages_are_errors() {
+        assert_eq!(Request::parse(b""), Err(RequestError::Empty));
+        assert_eq!(Request::parse(b" \r\n\t"), Err(RequestError::Empty));
+    }
+
+    #[test]
+    fn invalid_utf8_is_an_error() {
+        assert_eq!(Request::parse(b"on\xff"), Err(RequestError::InvalidUtf8));
+    }
+}
