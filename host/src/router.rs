@@ -1,0 +1,71 @@
+//! Routing: which plugin serves which command, and turning a plugin's answer
+//! into a reply.
+//!
+//! The table is built once from a set of loaded plugins and never mutated;
+//! changing the plugins means building a new table, which is what lets a
+//! running server swap tables atomically.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::plugin::Plugin;
+use crate::reply::Reply;
+use crate::request::{CommandName, Request};
+
+pub struct Router {
+    routes: HashMap<CommandName, Arc<Plugin>>,
+}
+
+impl Router {
+    /// Builds the table from plugins in load (file-name) order. When two
+    /// plugins claim a command, the first keeps it: deterministic across
+    /// restarts, and logged as an error naming both so the operator can fix it.
+    pub fn new(plugins: Vec<Plugin>) -> Self {
+        let mut routes: HashMap<CommandName, Arc<Plugin>> = HashMap::new();
+        for plugin in plugins.into_iter().map(Arc::new) {
+            for command in plugin.commands() {
+                match routes.get(&command.name) {
+                    Some(owner) if !Arc::ptr_eq(owner, &plugin) => tracing::error!(
+                        command = %command.name,
+                        kept = owner.name(),
+                        ignored = plugin.name(),
+                        "two plugins claim one command; keeping the first in file-name order"
+                    ),
+                    Some(_) => {}
+                    None => {
+                        routes.insert(command.name.clone(), plugin.clone());
+                    }
+                }
+            }
+        }
+        Self { routes }
+    }
+
+    /// The plugin serving `command`, if any.
+    pub fn route(&self, command: &CommandName) -> Option<&Arc<Plugin>> {
+        self.routes.get(command)
+    }
+
+    /// Runs `request` in its plugin and turns the outcome into a reply.
+    pub async fn dispatch(&self, request: Request) -> Reply {
+        let Some(plugin) = self.route(&request.command) else {
+            return Reply::error(format_args!("unknown command '{}'", request.command));
+        };
+        let command = request.command.clone();
+        match plugin.call(request).await {
+            Ok(Ok(text)) if Reply::is_frameable(&text) => Reply::ok(text),
+            Ok(Err(message)) if Reply::is_frameable(&message) => Reply::error(message),
+            Ok(_) => {
+                tracing::warn!(plugin = plugin.name(), %command, "reply contains the <EOF> delimiter");
+                Reply::error(format_args!(
+                    "plugin '{}' returned a reply containing the delimiter",
+                    plugin.name()
+                ))
+            }
+            Err(err) => {
+                tracing::error!(plugin = plugin.name(), %command, "plugin call failed: {err}");
+                Reply::error(format_args!("plugin '{}' failed", plugin.name()))
+            }
+        }
+    }
+}
