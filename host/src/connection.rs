@@ -1,0 +1,122 @@
+//! One client connection: read frames, answer each in order, close cleanly.
+//!
+//! Commands on a connection run one after another, so replies go out in
+//! request order without any reordering machinery. Replies are buffered and
+//! flushed only when no further complete frame is waiting: a client that
+//! pipelines a thousand commands gets them back in a few large writes rather
+//! than a thousand small ones, while a client waiting for one reply gets it at
+//! once.
+//!
+//! Bad input is answered, never fatal to the server: an unparsable message
+//! gets an error reply and the connection goes on; a stream that cannot be
+//! framed any more (a frame over the size limit, a truncated last message)
+//! gets an error reply and then the connection is closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{EofCodec, FrameError};
+use crate::reply::Reply;
+use crate::request::Request;
+use crate::router::Router;
+
+/// After a framing error, how long and how much of the client's remaining
+/// input is read and discarded before closing. Closing a socket with unread
+/// input makes the kernel send a reset, which can destroy the error reply
+/// before the client reads it.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
+pub struct Connection {
+    framed: Framed<TcpStream, EofCodec>,
+    router: Arc<Router>,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    pub fn new(
+        stream: TcpStream,
+        router: Arc<Router>,
+        max_frame_bytes: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            framed: Framed::new(stream, EofCodec::new(max_frame_bytes)),
+            router,
+            shutdown,
+        }
+    }
+
+    /// Serves the connection until the client closes it, a framing error ends
+    /// it, or the server shuts down.
+    pub async fn run(mut self) {
+        match self.serve().await {
+            Ok(()) => {}
+            Err(FrameError::Io(err)) => {
+                tracing::debug!("connection lost: {err}");
+            }
+            Err(err) => {
+                if let Err(lost) = self.reply_and_close(Reply::error(&err)).await {
+                    tracing::debug!("connection lost while reporting {err:?}: {lost}");
+                }
+                return;
+            }
+        }
+        // The client is done sending (or the server is stopping): send what is
+        // buffered and end our side, so the client sees a clean end of stream.
+        let _ = self.framed.flush().await;
+        let _ = self.framed.get_mut().shutdown().await;
+    }
+
+    async fn serve(&mut self) -> Result<(), FrameError> {
+        while let Some(frame) = self.next_frame().await {
+            let reply = match Request::parse(&frame?) {
+                Ok(request) => self.router.dispatch(request).await,
+                Err(err) => Reply::error(err),
+            };
+            self.framed.feed(reply.into()).await?;
+        }
+        Ok(())
+    }
+
+    /// The next frame: at once if one is already buffered, else after flushing
+    /// the replies owed so far and waiting for the client. Returns `None` at end
+    /// of stream, and once shutdown begins, when no complete frame is buffered.
+    async fn next_frame(&mut self) -> Option<Result<bytes::BytesMut, FrameError>> {
+        if let Some(buffered) = self.framed.next().now_or_never() {
+            return buffered;
+        }
+        if let Err(err) = self.framed.flush().await {
+            return Some(Err(err));
+        }
+        tokio::select! {
+            frame = self.framed.next() => frame,
+            () = self.shutdown.cancelled() => None,
+        }
+    }
+
+    /// Sends a last reply after a framing error, then closes without resetting.
+    async fn reply_and_close(mut self, reply: Reply) -> Result<(), FrameError> {
+        self.framed.send(reply.into()).await?;
+        let mut stream = self.framed.into_inner();
+        stream.shutdown().await?;
+        let mut discard = [0u8; 8192];
+        let mut drained = 0;
+        let drain = async {
+            while drained < LINGER_BYTES {
+                match stream.read(&mut discard).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! The listener: load plugins, accept connections, hand each to its own task,
+//! and shut down gracefully.
+//!
+//! The shape follows mini-redis: a bounded number of connection tasks (a
+//! semaphore), accept errors that back off instead of ending the server, and
+//! shutdown as a token passed to every task rather than a global flag. A
+//! client over the connection limit is told so and closed at once, instead of
+//! being left waiting in the accept queue with no idea why.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::codec::DELIMITER;
+use crate::config::Config;
+use crate::connection::Connection;
+use crate::plugin::Runtime;
+use crate::plugin_dir;
+use crate::reply::Reply;
+use crate::router::Router;
+
+/// Longest pause between retries when `accept` keeps failing (e.g. out of file descriptors).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Runs the server until `shutdown_signal` completes, then stops accepting,
+/// lets in-flight commands finish (up to `shutdown_timeout_ms`) and returns.
+pub async fn run(config: Config, shutdown_signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let runtime = Runtime::new().context("cannot start the WebAssembly runtime")?;
+    let plugins = plugin_dir::load_all(&runtime, &config.plugin_dir).await?;
+    let router = Arc::new(Router::new(plugins));
+
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on `listen` = {:?}", config.listen))?;
+    // Tests and scripts using port 0 read the real address from this line.
+    tracing::info!("listening on {}", listener.local_addr()?);
+
+    let server = Listener {
+        listener,
+        router,
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        max_frame_bytes: config.max_frame_bytes,
+        tracker: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+    };
+    tokio::select! {
+        () = server.accept_loop() => {}
+        () = shutdown_signal => {}
+    }
+    server.drain(config.shutdown_timeout()).await;
+    Ok(())
+}
+
+struct Listener {
+    listener: TcpListener,
+    router: Arc<Router>,
+    connections: Arc<Semaphore>,
+    max_frame_bytes: usize,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Listener {
+    /// Accepts forever; only shutdown stops it.
+    async fn accept_loop(&self) {
+        loop {
+            let (stream, peer) = self.accept().await;
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                reject_over_limit(&stream);
+                continue;
+            };
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, "cannot set TCP_NODELAY: {err}");
+            }
+            let connection = Connection::new(
+                stream,
+                self.router.clone(),
+                self.max_frame_bytes,
+                self.shutdown.clone(),
+            );
+            let span = tracing::debug_span!("connection", %peer);
+            self.tracker.spawn(
+                async move {
+                    connection.run().await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    /// The next connection. Accept errors are usually transient (a client that
+    /// reset before being accepted, a full file-descriptor table), so they are
+    /// logged and retried with backoff rather than ending the server.
+    async fn accept(&self) -> (TcpStream, std::net::SocketAddr) {
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            match self.listener.accept().await {
+                Ok(accepted) => return accepted,
+                Err(err) => {
+                    tracing::warn!("accept failed, retrying in {backoff:?}: {err}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Stops accepting, asks every connection to finish, waits for them.
+    async fn drain(self, timeout: Duration) {
+        drop(self.listener);
+        tracing::info!("shutting down: finishing in-flight commands");
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.tracker.len(),
+                "shutdown timeout reached; closing the remaining connections"
+            );
+        }
+    }
+}
+
+/// Tells a client over `max_connections` why it is being closed. A single
+/// non-blocking write into a fresh socket's empty send buffer: it cannot stall
+/// the accept loop.
+fn reject_over_limit(stream: &TcpStream) {
+    let mut wire = Reply::error("too many connections")
+        .as_str()
+        .as_bytes()
+        .to_vec();
+    wire.extend_from_slice(DELIMITER);
+    if let Err(err) = stream.try_write(&wire) {
+        tracing::debug!("cannot tell an over-limit client why it is closed: {err}");
+    }
+    tracing::warn!("connection refused: max_connections reached");
+}
