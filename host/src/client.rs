@@ -1,0 +1,143 @@
+//! `plugboard send`: the classic client, for people and scripts.
+//!
+//! Commands are pipelined on one connection: all are written (then our write
+//! side is closed) while replies are read and printed as they arrive. The
+//! server answers every message in order, so the replies line up with the
+//! commands, and the exit status says whether any of them failed.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use futures::{SinkExt, Stream, StreamExt, TryStreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
+
+use crate::codec::{DELIMITER, EofCodec};
+use crate::reply::ERROR_PREFIX;
+
+/// Replies can be far larger than requests; this only guards against a
+/// misbehaving peer that never sends a delimiter.
+const MAX_REPLY_BYTES: usize = 64 << 20;
+
+/// Sends `commands`, or the lines of stdin when there are none (one command per
+/// line from a pipe, an interactive prompt on a terminal).
+pub async fn send(addr: &str, commands: Vec<String>) -> anyhow::Result<ExitCode> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    if !commands.is_empty() {
+        return pipeline(stream, futures::stream::iter(commands.into_iter().map(Ok))).await;
+    }
+    if std::io::stdin().is_terminal() {
+        return interactive(stream).await;
+    }
+    let lines = FramedRead::new(tokio::io::stdin(), LinesCodec::new())
+        .map_err(|err| anyhow::anyhow!("cannot read stdin: {err}"));
+    pipeline(stream, lines).await
+}
+
+async fn pipeline(
+    stream: TcpStream,
+    commands: impl Stream<Item = anyhow::Result<String>>,
+) -> anyhow::Result<ExitCode> {
+    let (read, write) = stream.into_split();
+    let mut requests = FramedWrite::new(write, EofCodec::new(usize::MAX));
+    let mut replies = reply_stream(read);
+
+    let sender = async {
+        let mut sent = 0usize;
+        let mut commands = std::pin::pin!(commands);
+        while let Some(command) = commands.next().await {
+            let command = command?;
+            if command.trim().is_empty() {
+                continue;
+            }
+            check_command(&command)?;
+            requests.feed(command.into()).await?;
+            sent += 1;
+        }
+        requests.flush().await?;
+        // Half-close: tells the server no more commands are coming, so it
+        // closes once every reply is sent.
+        requests.get_mut().shutdown().await?;
+        anyhow::Ok(sent)
+    };
+    let receiver = async {
+        let mut received = 0usize;
+        let mut failed = false;
+        while let Some(reply) = replies.next().await {
+            failed |= print_reply(&reply?)?;
+            received += 1;
+        }
+        anyhow::Ok((received, failed))
+    };
+    let (sent, (received, failed)) = tokio::try_join!(sender, receiver)?;
+    if received < sent {
+        bail!("connection closed after {received} of {sent} replies");
+    }
+    Ok(exit_code(failed))
+}
+
+async fn interactive(stream: TcpStream) -> anyhow::Result<ExitCode> {
+    let (read, write) = stream.into_split();
+    let mut requests = FramedWrite::new(write, EofCodec::new(usize::MAX));
+    let mut replies = reply_stream(read);
+    let mut lines = FramedRead::new(tokio::io::stdin(), LinesCodec::new());
+    let mut failed = false;
+    loop {
+        print!("plugboard> ");
+        std::io::stdout().flush()?;
+        let Some(line) = lines.next().await else {
+            println!();
+            break;
+        };
+        let command = line.context("cannot read stdin")?;
+        if command.trim().is_empty() {
+            continue;
+        }
+        if let Err(err) = check_command(&command) {
+            eprintln!("{err}");
+            continue;
+        }
+        requests.send(command.into()).await?;
+        let reply = replies
+            .next()
+            .await
+            .context("the server closed the connection")??;
+        failed |= print_reply(&reply)?;
+    }
+    Ok(exit_code(failed))
+}
+
+fn reply_stream(
+    read: OwnedReadHalf,
+) -> impl Stream<Item = anyhow::Result<bytes::BytesMut>> + Unpin {
+    FramedRead::new(read, EofCodec::new(MAX_REPLY_BYTES))
+        .map_err(|err| anyhow::anyhow!("reading a reply failed: {err}"))
+}
+
+/// A command containing the delimiter would be sent as two messages.
+fn check_command(command: &str) -> anyhow::Result<()> {
+    if memchr::memmem::find(command.as_bytes(), DELIMITER).is_some() {
+        bail!("a command cannot contain the delimiter <EOF>: {command:?}");
+    }
+    Ok(())
+}
+
+/// Prints one reply on its own line; returns whether it was an error.
+fn print_reply(reply: &[u8]) -> anyhow::Result<bool> {
+    let text = String::from_utf8_lossy(reply);
+    writeln!(std::io::stdout().lock(), "{text}")?;
+    Ok(text.starts_with(ERROR_PREFIX))
+}
+
+fn exit_code(failed: bool) -> ExitCode {
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

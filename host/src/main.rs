@@ -1,0 +1,95 @@
+//! The `plugboard` command line: `serve` runs the server, `send` talks to one.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use plugboard::config::Config;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+/// A TCP command server whose every command is a sandboxed WebAssembly plugin.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The path `serve` reads when `--config` is not given.
+const DEFAULT_CONFIG: &str = "config.toml";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the plugins and serve commands until SIGINT or SIGTERM.
+    Serve {
+        /// Config file [default: config.toml, or built-in defaults if it does not exist]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Send commands to a running server and print each reply on its own line.
+    ///
+    /// With no COMMAND, reads commands from stdin: one per line from a pipe,
+    /// or at a prompt on a terminal. Exits non-zero if any reply is an error.
+    Send {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:1100")]
+        addr: String,
+        /// Commands to send, each one message (quote a command with arguments).
+        commands: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    init_logging();
+    match Cli::parse().command {
+        Command::Serve { config } => {
+            let config = load_config(config)?;
+            let shutdown = shutdown_signal()?;
+            plugboard::server::run(config, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send { addr, commands } => plugboard::client::send(&addr, commands).await,
+    }
+}
+
+/// An explicit `--config` must exist; without one, `config.toml` is used if
+/// present and the built-in defaults otherwise.
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Config::load(&path),
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(DEFAULT_CONFIG.as_ref())
+        }
+        None => {
+            tracing::info!("no {DEFAULT_CONFIG} here: using built-in defaults");
+            Config::defaults()
+        }
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives. Handlers are installed before the
+/// server starts, so a signal during startup is not lost.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
+}
+
+/// Logs go to stderr (stdout is for `send`'s replies), filtered by RUST_LOG.
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
