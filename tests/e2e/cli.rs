@@ -1,0 +1,146 @@
+//! The command line: `plugboard send` and `serve`'s config errors.
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+
+use crate::harness::{Server, Setup, plugboard};
+
+fn onoff() -> Server {
+    Setup::new().plugin("onoff", "onoff").start()
+}
+
+fn send(server: &Server, commands: &[&str]) -> Output {
+    plugboard()
+        .args(["send", "--addr", &server.addr.to_string()])
+        .args(commands)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run plugboard send")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn send_prints_one_reply_per_command() {
+    let server = onoff();
+    let output = send(&server, &["on", "off"]);
+    assert_eq!(stdout(&output), "success\nsuccess\n");
+    assert!(output.status.success());
+}
+
+#[test]
+fn send_exits_non_zero_when_a_reply_is_an_error() {
+    let server = onoff();
+    let output = send(&server, &["on", "dance"]);
+    assert_eq!(stdout(&output), "success\nerror: unknown command 'dance'\n");
+    assert!(!output.status.success());
+}
+
+#[test]
+fn send_reads_commands_from_a_pipe() {
+    let server = onoff();
+    let mut child = plugboard()
+        .args(["send", "--addr", &server.addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn plugboard send");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"on\n\noff\r\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&output), "success\nsuccess\n");
+    assert!(output.status.success());
+}
+
+#[test]
+fn send_refuses_a_command_containing_the_delimiter() {
+    let server = onoff();
+    let output = send(&server, &["on<EOF>off"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("cannot contain the delimiter"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn send_to_a_closed_port_fails_clearly() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let output = plugboard()
+        .args(["send", "--addr", &format!("127.0.0.1:{port}"), "on"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("cannot connect to 127.0.0.1"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// Runs `serve` with `config` and expects it to refuse to start.
+fn serve_fails(setup: Setup) -> String {
+    let output = plugboard()
+        .arg("serve")
+        .arg("--config")
+        .arg(setup.config_path())
+        .output()
+        .expect("run plugboard serve");
+    assert!(!output.status.success(), "serve started with a bad config");
+    stderr(&output)
+}
+
+#[test]
+fn serve_names_an_unknown_config_key() {
+    let err = serve_fails(Setup::new().config("max_frame_byte = 10"));
+    assert!(err.contains("max_frame_byte"), "{err}");
+}
+
+#[test]
+fn serve_names_a_bad_config_value() {
+    let err = serve_fails(Setup::new().config("max_connections = \"lots\""));
+    assert!(err.contains("max_connections"), "{err}");
+}
+
+#[test]
+fn serve_names_a_missing_plugin_dir() {
+    let err = serve_fails(Setup::new().config("plugin_dir = \"no-such-dir\""));
+    assert!(
+        err.contains("plugin_dir") && err.contains("no-such-dir"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_names_an_unusable_listen_address() {
+    let err = serve_fails(Setup::new().config("listen = \"not an address\""));
+    assert!(err.contains("listen"), "{err}");
+}
+
+#[test]
+fn serve_names_a_missing_config_file() {
+    let output = plugboard()
+        .args(["serve", "--config", "/no/such/config.toml"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("/no/such/config.toml"),
+        "{}",
+        stderr(&output)
+    );
+}

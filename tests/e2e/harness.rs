@@ -1,0 +1,296 @@
+//! Runs the real `plugboard` binary on 127.0.0.1:0 with real plugins built
+//! from `plugins/` (by `make plugins`), and talks to it over real TCP.
+//!
+//! Readiness is the server's own "listening on ADDR" log line, not a sleep.
+//! Every blocking read has a timeout so that a broken server fails a test
+//! instead of hanging it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long any single wait in a test may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+pub const DELIMITER: &[u8] = b"<EOF>";
+
+/// A plugin built by `make plugins`, by crate file name (`onoff`, `testing_echo`).
+pub fn built_plugin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join(format!("wasm32-wasip2/release/{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first (`make plugins`, or just `make test`)",
+        path.display()
+    );
+    path
+}
+
+pub fn plugboard() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_plugboard"))
+}
+
+/// A server's plugin directory and config, before it starts.
+pub struct Setup {
+    dir: TempDir,
+    /// `key = value` lines; a later line for a key replaces the earlier one.
+    config: Vec<String>,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("plugins")).expect("plugin dir");
+        Self {
+            dir,
+            config: vec![
+                "listen = \"127.0.0.1:0\"".into(),
+                "plugin_dir = \"plugins\"".into(),
+            ],
+        }
+    }
+
+    /// Copies the built plugin `crate_file` into the plugin dir as `as_name.wasm`.
+    pub fn plugin(self, crate_file: &str, as_name: &str) -> Self {
+        let dest = self.plugin_dir().join(format!("{as_name}.wasm"));
+        std::fs::copy(built_plugin(crate_file), dest).expect("copy plugin");
+        self
+    }
+
+    /// Writes arbitrary bytes into the plugin dir (for invalid plugins).
+    pub fn file(self, name: &str, bytes: &[u8]) -> Self {
+        std::fs::write(self.plugin_dir().join(name), bytes).expect("write file");
+        self
+    }
+
+    /// Adds a `key = value` line to the config, replacing any for that key.
+    pub fn config(mut self, line: &str) -> Self {
+        let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_owned();
+        self.config.retain(|existing| key(existing) != key(line));
+        self.config.push(line.into());
+        self
+    }
+
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        let path = self.dir.path().join("config.toml");
+        std::fs::write(&path, self.config.join("\n")).expect("write config");
+        path
+    }
+
+    pub fn start(self) -> Server {
+        let mut child = plugboard()
+            .arg("serve")
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn plugboard");
+        let log = Log::capture(child.stderr.take().expect("stderr"));
+        let Some(line) = log.wait_for("listening on ") else {
+            let _ = child.kill();
+            panic!("server did not start:\n{}", log.text());
+        };
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let (exited, exit) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = exited.send(child.wait().expect("wait for plugboard"));
+        });
+        Server {
+            pid,
+            exit,
+            exit_status: None,
+            addr,
+            log,
+            _dir: self.dir,
+        }
+    }
+}
+
+/// The server's stderr, collected by a thread, with a way to await a line.
+#[derive(Clone)]
+pub struct Log(Arc<(Mutex<LogState>, Condvar)>);
+
+#[derive(Default)]
+struct LogState {
+    text: String,
+    closed: bool,
+}
+
+impl Log {
+    fn capture(stderr: impl Read + Send + 'static) -> Self {
+        let log = Self(Arc::default());
+        let writer = log.clone();
+        std::thread::spawn(move || {
+            let (state, changed) = &*writer.0;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut state = state.lock().unwrap();
+                state.text.push_str(&line);
+                state.text.push('\n');
+                changed.notify_all();
+            }
+            state.lock().unwrap().closed = true;
+            changed.notify_all();
+        });
+        log
+    }
+
+    pub fn text(&self) -> String {
+        self.0.0.lock().unwrap().text.clone()
+    }
+
+    /// Waits for a line containing `needle`; `None` if the process ended or
+    /// the timeout passed first.
+    pub fn wait_for(&self, needle: &str) -> Option<String> {
+        let (state, changed) = &*self.0;
+        let deadline = Instant::now() + TIMEOUT;
+        let mut state = state.lock().unwrap();
+        loop {
+            if let Some(line) = state.text.lines().find(|line| line.contains(needle)) {
+                return Some(line.to_owned());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            if state.closed {
+                return None;
+            }
+            state = changed.wait_timeout(state, left).unwrap().0;
+        }
+    }
+}
+
+/// A running server; killed when dropped.
+pub struct Server {
+    pid: nix::unistd::Pid,
+    /// Receives the exit status from the thread that waits for the process.
+    exit: std::sync::mpsc::Receiver<ExitStatus>,
+    exit_status: Option<ExitStatus>,
+    pub addr: SocketAddr,
+    pub log: Log,
+    _dir: TempDir,
+}
+
+impl Server {
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid, signal).expect("signal plugboard");
+    }
+
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        if let Some(status) = self.exit_status {
+            return status;
+        }
+        let status = self
+            .exit
+            .recv_timeout(TIMEOUT)
+            .unwrap_or_else(|_| panic!("server did not exit:\n{}", self.log.text()));
+        self.exit_status = Some(status);
+        status
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.exit_status.is_none() && self.exit.try_recv().is_err() {
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// A raw protocol client: bytes in, `<EOF>`-framed replies out.
+pub struct Client {
+    stream: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Sends one message (the delimiter is added) and returns its reply.
+    pub fn request(&mut self, message: &str) -> String {
+        self.send(message.as_bytes());
+        self.send(DELIMITER);
+        self.reply().expect("connection closed before the reply")
+    }
+
+    /// The next reply without its delimiter; `None` when the server closed.
+    pub fn reply(&mut self) -> Option<String> {
+        loop {
+            if let Some(at) = find(&self.pending, DELIMITER) {
+                let frame: Vec<u8> = self.pending.drain(..at + DELIMITER.len()).collect();
+                let text = &frame[..at];
+                return Some(String::from_utf8(text.to_vec()).expect("UTF-8 reply"));
+            }
+            let mut buf = [0u8; 64 * 1024];
+            let n = self.stream.read(&mut buf).expect("read reply (timed out?)");
+            if n == 0 {
+                assert!(
+                    self.pending.is_empty(),
+                    "closed mid-reply: {:?}",
+                    self.pending
+                );
+                return None;
+            }
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Asserts that the server closes the connection with nothing more to say.
+    pub fn expect_closed(&mut self) {
+        assert_eq!(
+            self.reply(),
+            None,
+            "expected the server to close the connection"
+        );
+    }
+
+    /// Whether a reply is already waiting, without blocking.
+    pub fn has_reply_ready(&mut self) -> bool {
+        self.stream.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 1];
+        let ready = !matches!(self.stream.peek(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        self.stream.set_nonblocking(false).unwrap();
+        ready
+    }
+
+    pub fn close_write(&mut self) {
+        self.stream.shutdown(Shutdown::Write).expect("half-close");
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}

@@ -1,0 +1,80 @@
+//! Serving under load, connection limits and graceful shutdown.
+
+use crate::harness::{Client, Setup};
+
+#[test]
+fn sigterm_lets_in_flight_commands_finish_then_exits_cleanly() {
+    let mut server = Setup::new().plugin("testing_echo", "echo").start();
+    let mut busy = server.connect();
+    // The reply to `echo ready` proves the server is reading this connection;
+    // `sleep` was sent with it, so it is in flight when SIGTERM arrives.
+    busy.send(b"echo ready<EOF>sleep 300<EOF>");
+    assert_eq!(busy.reply().unwrap(), "ready");
+
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(busy.reply().unwrap(), "slept 300");
+    busy.expect_closed();
+    assert!(server.wait_exit().success());
+    assert!(
+        std::net::TcpStream::connect(server.addr).is_err(),
+        "still accepting"
+    );
+}
+
+#[test]
+fn sigint_also_shuts_down_cleanly() {
+    let mut server = Setup::new().plugin("onoff", "onoff").start();
+    let mut idle = server.connect();
+    assert_eq!(idle.request("on"), "success");
+    server.signal(nix::sys::signal::Signal::SIGINT);
+    idle.expect_closed();
+    assert!(server.wait_exit().success());
+}
+
+#[test]
+fn a_slow_plugin_call_does_not_stall_other_clients() {
+    let server = Setup::new().plugin("testing_echo", "echo").start();
+    // More sleepers than the machine has cores: if a call pinned a runtime
+    // thread, the quick client below would queue behind them.
+    let mut sleepers: Vec<Client> = (0..8).map(|_| server.connect()).collect();
+    for sleeper in &mut sleepers {
+        sleeper.send(b"sleep 2000<EOF>");
+    }
+    let mut quick = server.connect();
+    assert_eq!(quick.request("echo quick"), "quick");
+    assert!(
+        sleepers.iter_mut().all(|s| !s.has_reply_ready()),
+        "a sleeper finished before the quick client was answered"
+    );
+    for sleeper in &mut sleepers {
+        assert_eq!(sleeper.reply().unwrap(), "slept 2000");
+    }
+}
+
+#[test]
+fn clients_over_max_connections_are_told_and_closed() {
+    let server = Setup::new()
+        .plugin("onoff", "onoff")
+        .config("max_connections = 2")
+        .start();
+    let mut first = server.connect();
+    let mut second = server.connect();
+    // Replies prove both connections hold a slot.
+    assert_eq!(first.request("on"), "success");
+    assert_eq!(second.request("on"), "success");
+
+    let mut third = server.connect();
+    assert_eq!(third.reply().unwrap(), "error: too many connections");
+    third.expect_closed();
+
+    // A freed slot is served again. The server learns of the close
+    // asynchronously, so a bounded number of attempts wait for it.
+    drop(first);
+    let served = (0..200).any(|_| {
+        let mut client = server.connect();
+        client.send(b"on<EOF>");
+        client.reply().as_deref() == Some("success")
+    });
+    assert!(served, "no connection was served after one was freed");
+    assert_eq!(second.request("off"), "success");
+}

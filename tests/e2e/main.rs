@@ -1,0 +1,7 @@
+//! End-to-end tests: the real binary, real plugins, real TCP on 127.0.0.1.
+
+mod cli;
+mod harness;
+mod lifecycle;
+mod plugins;
+mod protocol;
