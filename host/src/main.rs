@@ -42,10 +42,26 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+/// Errors are printed as one line with their causes (`error: cannot connect
+/// to ...: Connection refused`), never as a backtrace: this is a CLI, and the
+/// reader is its user.
+fn main() -> ExitCode {
     init_logging();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(err.into()),
+    };
+    runtime.block_on(run(cli)).unwrap_or_else(fail)
+}
+
+fn fail(err: anyhow::Error) -> ExitCode {
+    eprintln!("error: {err:#}");
+    ExitCode::FAILURE
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
         Command::Serve { config } => {
             let config = load_config(config)?;
             let shutdown = shutdown_signal()?;
