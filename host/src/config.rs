@@ -6,11 +6,14 @@
 //! start and names the key. Relative paths are resolved against the config
 //! file's directory, so the server behaves the same from any working directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use serde::Deserialize;
+
+use crate::plugin::{Limits, RuntimeOptions};
 
 /// `config.toml`, field by field. Every field has a default; see the README's
 /// configuration reference for the same text in user terms.
@@ -27,16 +30,52 @@ pub struct Config {
     pub max_connections: usize,
     /// On SIGINT/SIGTERM, how long in-flight commands get to finish.
     pub shutdown_timeout_ms: u64,
+    /// Wall-clock limit of one plugin call, in milliseconds.
+    pub call_timeout_ms: u64,
+    /// Linear memory of one plugin instance, in MiB.
+    pub max_memory_mib: u64,
+    /// Longest reply a plugin may send, in bytes.
+    pub max_reply_bytes: usize,
+    /// Consecutive failed calls before a plugin is disabled (0: never).
+    pub quarantine_after: u32,
+    /// Stack one plugin call may use, in KiB. Engine-wide: no per-plugin override.
+    pub max_stack_kib: usize,
+    /// Per-plugin settings, keyed by plugin name (the file stem).
+    pub plugins: BTreeMap<String, PluginSettings>,
 }
+
+/// One `[plugins.<name>]` table: the plugin's own limits. An absent key means
+/// "as at the top level".
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSettings {
+    pub call_timeout_ms: Option<u64>,
+    pub max_memory_mib: Option<u64>,
+    pub max_reply_bytes: Option<usize>,
+    pub quarantine_after: Option<u32>,
+}
+
+/// wasm32's linear memory cannot exceed 4 GiB.
+const MAX_MEMORY_MIB: u64 = 4096;
+/// Stack limits outside this range are mistakes: too small for any real
+/// program, or large enough to reserve absurd address space per connection.
+const STACK_KIB_RANGE: std::ops::RangeInclusive<usize> = 64..=65536;
 
 impl Default for Config {
     fn default() -> Self {
+        let limits = Limits::default();
         Self {
             listen: "127.0.0.1:1100".into(),
             plugin_dir: "plugins".into(),
             max_frame_bytes: 64 * 1024,
             max_connections: 1024,
             shutdown_timeout_ms: 10_000,
+            call_timeout_ms: limits.call_timeout.as_millis() as u64,
+            max_memory_mib: (limits.max_memory_bytes >> 20) as u64,
+            max_reply_bytes: limits.max_reply_bytes,
+            quarantine_after: limits.quarantine_after,
+            max_stack_kib: RuntimeOptions::default().max_wasm_stack_bytes >> 10,
+            plugins: BTreeMap::new(),
         }
     }
 }
@@ -72,6 +111,16 @@ impl Config {
             self.max_connections > 0,
             "`max_connections` must be at least 1"
         );
+        ensure!(
+            STACK_KIB_RANGE.contains(&self.max_stack_kib),
+            "`max_stack_kib` must be between {} and {}",
+            STACK_KIB_RANGE.start(),
+            STACK_KIB_RANGE.end()
+        );
+        self.top_level_limits().validate("")?;
+        for (name, plugin) in &self.plugins {
+            plugin.validate(&format!("plugins.{name}."))?;
+        }
         match std::fs::metadata(&self.plugin_dir) {
             Ok(meta) if meta.is_dir() => Ok(()),
             Ok(_) => bail!(
@@ -84,6 +133,60 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// The engine settings this config asks for.
+    pub fn runtime_options(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            max_concurrent_calls: self.max_connections,
+            max_wasm_stack_bytes: self.max_stack_kib << 10,
+            ..RuntimeOptions::default()
+        }
+    }
+
+    /// The limits of plugin `name`: its overrides, else the top-level values.
+    pub fn limits_for(&self, name: &str) -> Limits {
+        let own = self.plugins.get(name).cloned().unwrap_or_default();
+        let memory_mib = own.max_memory_mib.unwrap_or(self.max_memory_mib);
+        Limits {
+            call_timeout: Duration::from_millis(
+                own.call_timeout_ms.unwrap_or(self.call_timeout_ms),
+            ),
+            max_memory_bytes: (memory_mib as usize) << 20,
+            max_reply_bytes: own.max_reply_bytes.unwrap_or(self.max_reply_bytes),
+            quarantine_after: own.quarantine_after.unwrap_or(self.quarantine_after),
+        }
+    }
+
+    /// The top-level limits in the shape of a plugin table, every key set.
+    fn top_level_limits(&self) -> PluginSettings {
+        PluginSettings {
+            call_timeout_ms: Some(self.call_timeout_ms),
+            max_memory_mib: Some(self.max_memory_mib),
+            max_reply_bytes: Some(self.max_reply_bytes),
+            quarantine_after: Some(self.quarantine_after),
+        }
+    }
+}
+
+impl PluginSettings {
+    /// `prefix` is the key path of the table these came from, for messages.
+    fn validate(&self, prefix: &str) -> anyhow::Result<()> {
+        ensure!(
+            self.call_timeout_ms != Some(0),
+            "`{prefix}call_timeout_ms` must be at least 1"
+        );
+        if let Some(mib) = self.max_memory_mib {
+            ensure!(
+                (1..=MAX_MEMORY_MIB).contains(&mib),
+                "`{prefix}max_memory_mib` must be between 1 and {MAX_MEMORY_MIB}"
+            );
+        }
+        ensure!(
+            self.max_reply_bytes != Some(0),
+            "`{prefix}max_reply_bytes` must be at least 1"
+        );
+        Ok(())
     }
 }
 
@@ -124,6 +227,37 @@ mod tests {
     fn zero_limits_are_rejected() {
         let err = format!("{:#}", load("max_frame_bytes = 0").unwrap_err());
         assert!(err.contains("max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn plugin_tables_override_top_level_limits() {
+        let config = load(
+            "call_timeout_ms = 500\nmax_memory_mib = 32\n\
+             [plugins.slow]\ncall_timeout_ms = 5000\n",
+        )
+        .unwrap();
+        let slow = config.limits_for("slow");
+        assert_eq!(slow.call_timeout, Duration::from_millis(5000));
+        assert_eq!(slow.max_memory_bytes, 32 << 20);
+        let other = config.limits_for("other");
+        assert_eq!(other.call_timeout, Duration::from_millis(500));
+        assert_eq!(other.max_reply_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        assert_eq!(load("").unwrap().limits_for("any"), Limits::default());
+    }
+
+    #[test]
+    fn bad_plugin_limit_is_named_with_its_table() {
+        let err = format!(
+            "{:#}",
+            load("[plugins.onoff]\nmax_memory_mib = 0").unwrap_err()
+        );
+        assert!(err.contains("plugins.onoff.max_memory_mib"), "{err}");
+        let err = format!("{:#}", load("[plugins.onoff]\nbogus = 1").unwrap_err());
+        assert!(err.contains("bogus"), "{err}");
     }
 
     #[test]

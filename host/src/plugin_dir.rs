@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::config::Config;
 use crate::plugin::{Plugin, Runtime};
 
 /// The `*.wasm` files directly in `dir`, sorted by file name.
@@ -26,13 +27,23 @@ pub fn plugin_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Loads every plugin in `dir`, logging and skipping the files that fail.
-pub async fn load_all(runtime: &Arc<Runtime>, dir: &Path) -> anyhow::Result<Vec<Plugin>> {
+/// A plugin is named after its file: `onoff.wasm` is `onoff`.
+pub fn plugin_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Loads every plugin in the config's `plugin_dir` under its limits, logging
+/// and skipping the files that fail.
+pub async fn load_all(runtime: &Arc<Runtime>, config: &Config) -> anyhow::Result<Vec<Plugin>> {
+    let dir = &config.plugin_dir;
     let files =
         plugin_files(dir).with_context(|| format!("cannot list plugin_dir {}", dir.display()))?;
     let mut plugins = Vec::with_capacity(files.len());
     for path in files {
-        match Plugin::load(runtime, &path).await {
+        let limits = config.limits_for(&plugin_name(&path));
+        match Plugin::load(runtime, &path, limits).await {
             Ok(plugin) => {
                 let commands: Vec<&str> =
                     plugin.commands().iter().map(|c| c.name.as_str()).collect();
@@ -42,6 +53,11 @@ pub async fn load_all(runtime: &Arc<Runtime>, dir: &Path) -> anyhow::Result<Vec<
             Err(err) => {
                 tracing::error!(file = %path.display(), "skipping plugin: {err}");
             }
+        }
+    }
+    for name in config.plugins.keys() {
+        if !plugins.iter().any(|plugin| plugin.name() == name) {
+            tracing::warn!("config has [plugins.{name}] but no plugin of that name is loaded");
         }
     }
     if plugins.is_empty() {

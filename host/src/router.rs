@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::plugin::Plugin;
+use crate::plugin::{CallError, Plugin};
 use crate::reply::Reply;
 use crate::request::{CommandName, Request};
 
@@ -63,9 +63,26 @@ impl Router {
                 ))
             }
             Err(err) => {
-                tracing::error!(plugin = plugin.name(), %command, "plugin call failed: {err}");
-                Reply::error(format_args!("plugin '{}' failed", plugin.name()))
+                tracing::warn!(plugin = plugin.name(), %command, "plugin call failed: {err}");
+                failure_reply(plugin.name(), &err)
             }
         }
+    }
+}
+
+/// What the client is told when a call fails: which plugin, and the kind of
+/// failure, without internals (those are in the log).
+fn failure_reply(plugin: &str, err: &CallError) -> Reply {
+    match err {
+        CallError::Trapped(_) => Reply::error(format_args!("plugin '{plugin}' failed")),
+        CallError::TimedOut(_) => Reply::error(format_args!("plugin '{plugin}' timed out")),
+        CallError::OutOfMemory { .. } => {
+            Reply::error(format_args!("plugin '{plugin}' exceeded its memory limit"))
+        }
+        CallError::ReplyTooLarge { len, limit } => Reply::error(format_args!(
+            "plugin '{plugin}' reply too large ({len} bytes, limit {limit})"
+        )),
+        CallError::Disabled(_) => Reply::error(format_args!("plugin '{plugin}' disabled")),
+        CallError::Busy => Reply::error("server busy, try again"),
     }
 }

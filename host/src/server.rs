@@ -31,8 +31,9 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// Runs the server until `shutdown_signal` completes, then stops accepting,
 /// lets in-flight commands finish (up to `shutdown_timeout_ms`) and returns.
 pub async fn run(config: Config, shutdown_signal: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let runtime = Runtime::new().context("cannot start the WebAssembly runtime")?;
-    let plugins = plugin_dir::load_all(&runtime, &config.plugin_dir).await?;
+    let runtime =
+        Runtime::new(config.runtime_options()).context("cannot start the WebAssembly runtime")?;
+    let plugins = plugin_dir::load_all(&runtime, &config).await?;
     let router = Arc::new(Router::new(plugins));
 
     let listener = TcpListener::bind(&config.listen)

@@ -1,20 +1,30 @@
 //! The plugin runtime: loading a component from disk, asking it for its
-//! commands, and running one request in a fresh, sandboxed instance.
+//! commands, and running one request in a fresh, sandboxed instance under
+//! its limits.
 //!
-//! Every call gets a fresh instance (`InstancePre` makes that cheap: imports
-//! are resolved once, at load). A fresh instance per call means nothing one
-//! client's command leaves in a plugin's memory is seen by another, and a
-//! trap cannot leave a broken instance behind for the next command.
+//! Every call gets a fresh instance (`InstancePre` and the pooling allocator
+//! make that cheap: imports are resolved once, at load, and instance slots are
+//! reused). A fresh instance per call means nothing one client's command
+//! leaves in a plugin's memory is seen by another, and a trap cannot leave a
+//! broken instance behind for the next command.
+//!
+//! A plugin that fails `quarantine_after` calls in a row is disabled until it
+//! is loaded again: a crash loop costs one error reply, not an instance and a
+//! trap per command.
 
+mod limits;
 mod runtime;
 mod sandbox;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
 
 use wasmtime::component::Component;
 
-pub use runtime::Runtime;
+pub use limits::Limits;
+pub use runtime::{Runtime, RuntimeOptions};
 
 use crate::request::{CommandName, Request};
 
@@ -40,7 +50,16 @@ pub struct Plugin {
     path: PathBuf,
     pre: bindings::PluginPre<sandbox::Sandbox>,
     commands: Vec<CommandSpec>,
+    limits: Limits,
     runtime: Arc<Runtime>,
+    health: Health,
+}
+
+/// Consecutive failures, and whether they reached the quarantine threshold.
+#[derive(Default)]
+struct Health {
+    consecutive_failures: AtomicU32,
+    disabled: AtomicBool,
 }
 
 /// Why a file could not become a plugin. The server logs it and starts without it.
@@ -65,11 +84,36 @@ pub enum LoadError {
     InvalidCommandName(String),
 }
 
-/// A plugin call that did not produce a reply: the plugin trapped (a panic,
-/// an out-of-bounds access, `unreachable`, ...).
+/// A plugin call that did not produce a reply. The variants are what the
+/// router tells the client apart; the details go to the log.
 #[derive(Debug, thiserror::Error)]
-#[error("{0:#}")]
-pub struct CallError(anyhow::Error);
+pub enum CallError {
+    /// The plugin trapped: a panic, an out-of-bounds access, stack overflow...
+    #[error("trapped: {0:#}")]
+    Trapped(anyhow::Error),
+    #[error("did not finish within {0:?}")]
+    TimedOut(Duration),
+    #[error("tried to grow its memory past {limit_bytes} bytes")]
+    OutOfMemory { limit_bytes: usize },
+    #[error("reply of {len} bytes is over the {limit} byte limit")]
+    ReplyTooLarge { len: usize, limit: usize },
+    /// Quarantined after too many consecutive failures.
+    #[error("disabled after {0} consecutive failed calls")]
+    Disabled(u32),
+    /// Every instance slot is in use: the server is saturated, not the plugin broken.
+    #[error("no free instance slot")]
+    Busy,
+}
+
+impl CallError {
+    /// Whether this failure is the plugin's fault and counts towards quarantine.
+    fn is_plugin_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Trapped(_) | Self::TimedOut(_) | Self::OutOfMemory { .. }
+        )
+    }
+}
 
 /// Catches the two most common wrong files with a message that says what to
 /// do, before the compiler reports them in its own terms.
@@ -87,14 +131,13 @@ fn check_component_header(bytes: &[u8]) -> Result<(), LoadError> {
 }
 
 impl Plugin {
-    /// Compiles the component at `path` and asks it for its commands. The
-    /// plugin is named after the file's stem (`onoff.wasm` -> `onoff`).
-    pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<Self, LoadError> {
-        let name: Arc<str> = path
-            .file_stem()
-            .map(|stem| stem.to_string_lossy())
-            .unwrap_or_default()
-            .into();
+    /// Compiles the component at `path` and asks it for its commands.
+    pub async fn load(
+        runtime: &Arc<Runtime>,
+        path: &Path,
+        limits: Limits,
+    ) -> Result<Self, LoadError> {
+        let name: Arc<str> = crate::plugin_dir::plugin_name(path).into();
         let bytes = tokio::fs::read(path).await?;
         check_component_header(&bytes)?;
         // Compiling is CPU-bound and can take seconds: keep it off the async workers.
@@ -110,13 +153,15 @@ impl Plugin {
         let pre =
             bindings::PluginPre::new(instance_pre).map_err(|err| LoadError::Link(err.into()))?;
 
-        let mut store = runtime.new_store(name.clone());
-        let declared = async {
+        let mut store = runtime.new_store(name.clone(), &limits);
+        let call = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance.call_commands(&mut store).await
-        }
-        .await
-        .map_err(|err| LoadError::Commands(err.into()))?;
+        };
+        let declared = tokio::time::timeout(limits.call_timeout, call)
+            .await
+            .map_err(|_| LoadError::Commands(anyhow::anyhow!("timed out")))?
+            .map_err(|err| LoadError::Commands(err.into()))?;
         let commands = declared
             .into_iter()
             .map(|info| match CommandName::new(&info.name) {
@@ -133,7 +178,9 @@ impl Plugin {
             path: path.to_owned(),
             pre,
             commands,
+            limits,
             runtime: runtime.clone(),
+            health: Health::default(),
         })
     }
 
@@ -149,20 +196,82 @@ impl Plugin {
         &self.commands
     }
 
-    /// Runs `request` in a fresh instance. `Ok(Err(message))` is the plugin
-    /// refusing the request; `Err` is the plugin failing.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Runs `request` in a fresh instance under the plugin's limits.
+    /// `Ok(Err(message))` is the plugin refusing the request; `Err` is the
+    /// plugin failing (or disabled for failing too often).
     pub async fn call(&self, request: Request) -> Result<Result<String, String>, CallError> {
+        if self.health.disabled.load(Ordering::Relaxed) {
+            return Err(CallError::Disabled(self.limits.quarantine_after));
+        }
+        let outcome = self.call_sandboxed(request).await;
+        match &outcome {
+            Ok(_) => self.health.consecutive_failures.store(0, Ordering::Relaxed),
+            Err(err) if err.is_plugin_failure() => self.record_failure(),
+            Err(_) => {}
+        }
+        outcome
+    }
+
+    async fn call_sandboxed(&self, request: Request) -> Result<Result<String, String>, CallError> {
         let wit_request = bindings::plugboard::plugin::types::Request {
             command: request.command.into_string(),
             args: request.args,
             raw_args: request.raw_args,
         };
-        let mut store = self.runtime.new_store(self.name.clone());
-        async {
+        let mut store = self.runtime.new_store(self.name.clone(), &self.limits);
+        let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance.call_handle(&mut store, &wit_request).await
+        };
+        // The call yields at every epoch tick, so the deadline also interrupts
+        // wasm that never returns; dropping the call drops its instance.
+        let result = tokio::time::timeout(self.limits.call_timeout, call).await;
+        let reply = match result {
+            Err(_elapsed) => return Err(CallError::TimedOut(self.limits.call_timeout)),
+            Ok(Err(err)) if err.is::<wasmtime::PoolConcurrencyLimitError>() => {
+                return Err(CallError::Busy);
+            }
+            Ok(Err(_)) if store.data().limiter.exceeded => {
+                return Err(CallError::OutOfMemory {
+                    limit_bytes: self.limits.max_memory_bytes,
+                });
+            }
+            Ok(Err(err)) => return Err(CallError::Trapped(err.into())),
+            Ok(Ok(reply)) => reply,
+        };
+        let len = match &reply {
+            Ok(text) | Err(text) => text.len(),
+        };
+        if len > self.limits.max_reply_bytes {
+            return Err(CallError::ReplyTooLarge {
+                len,
+                limit: self.limits.max_reply_bytes,
+            });
         }
-        .await
-        .map_err(|err| CallError(err.into()))
+        Ok(reply)
+    }
+
+    fn record_failure(&self) {
+        let failures = self
+            .health
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        let threshold = self.limits.quarantine_after;
+        if threshold > 0
+            && failures >= threshold
+            && !self.health.disabled.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(
+                plugin = &*self.name,
+                failures,
+                "plugin disabled: {failures} consecutive calls failed; \
+                 it stays disabled until its file changes or the server restarts"
+            );
+        }
     }
 }

@@ -18,16 +18,21 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::plugboard::plugin::{host, types};
+use super::limits::MemoryLimiter;
+use super::runtime::TickingGuard;
 
 /// The data of one plugin instance's `Store`.
 pub struct Sandbox {
     plugin: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    /// Keeps the epoch ticking while this instance may run.
+    _ticking: Option<TickingGuard>,
 }
 
 impl Sandbox {
-    pub fn new(plugin: Arc<str>) -> Self {
+    pub fn new(plugin: Arc<str>, max_memory_bytes: usize, ticking: Option<TickingGuard>) -> Self {
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
@@ -39,6 +44,8 @@ impl Sandbox {
             plugin,
             wasi,
             table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(max_memory_bytes),
+            _ticking: ticking,
         }
     }
 }

@@ -1,0 +1,97 @@
+//! The limits every plugin call runs under, and the memory limiter that
+//! enforces the memory part inside wasmtime.
+//!
+//! Time is enforced around the call (see `Plugin::call`): calls yield at every
+//! epoch tick, so a deadline on the call's future interrupts wasm that never
+//! returns as well as a host call (a WASI sleep) that takes too long.
+//! Memory is enforced here, at every `memory.grow`: a denied grow makes the
+//! guest's allocator fail, which traps, and the flag left behind lets the host
+//! tell the client why instead of a bare "failed".
+
+use std::time::Duration;
+
+use wasmtime::ResourceLimiter;
+
+/// What one plugin may use per call. Built from the config's defaults and the
+/// plugin's `[plugins.<name>]` overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock time for one call, instantiation included.
+    pub call_timeout: Duration,
+    /// Linear memory of one instance, in bytes.
+    pub max_memory_bytes: usize,
+    /// Longest reply (success or error text) sent to a client.
+    pub max_reply_bytes: usize,
+    /// Consecutive failed calls (traps, timeouts, memory) before the plugin is
+    /// disabled; 0 never disables it.
+    pub quarantine_after: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_millis(1000),
+            max_memory_bytes: 64 << 20,
+            max_reply_bytes: 1 << 20,
+            quarantine_after: 5,
+        }
+    }
+}
+
+/// Table elements, instances, tables and memories are bounded too, so that a
+/// component cannot exhaust the host through them either. Generous for real
+/// components (a Python one has tens of core instances), tiny for the host.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+const MAX_INSTANCES: usize = 1000;
+const MAX_TABLES: usize = 1000;
+const MAX_MEMORIES: usize = 100;
+
+/// The `ResourceLimiter` of one store.
+pub struct MemoryLimiter {
+    max_memory_bytes: usize,
+    /// Set when a grow past the limit was denied during this call.
+    pub exceeded: bool,
+}
+
+impl MemoryLimiter {
+    pub fn new(max_memory_bytes: usize) -> Self {
+        Self {
+            max_memory_bytes,
+            exceeded: false,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.max_memory_bytes;
+        self.exceeded |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+}
