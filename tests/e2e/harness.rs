@@ -40,8 +40,10 @@ pub fn plugboard() -> Command {
 /// A server's plugin directory and config, before it starts.
 pub struct Setup {
     dir: TempDir,
-    /// `key = value` lines; a later line for a key replaces the earlier one.
+    /// Top-level `key = value` lines; a later line for a key replaces the earlier one.
     config: Vec<String>,
+    /// `[plugins.<name>]` tables, by plugin name.
+    plugin_tables: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Setup {
@@ -54,6 +56,7 @@ impl Setup {
                 "listen = \"127.0.0.1:0\"".into(),
                 "plugin_dir = \"plugins\"".into(),
             ],
+            plugin_tables: Default::default(),
         }
     }
 
@@ -78,13 +81,26 @@ impl Setup {
         self
     }
 
+    /// Adds a `key = value` line to the `[plugins.<plugin>]` table.
+    pub fn plugin_config(mut self, plugin: &str, line: &str) -> Self {
+        self.plugin_tables
+            .entry(plugin.into())
+            .or_default()
+            .push(line.into());
+        self
+    }
+
     pub fn plugin_dir(&self) -> PathBuf {
         self.dir.path().join("plugins")
     }
 
     pub fn config_path(&self) -> PathBuf {
         let path = self.dir.path().join("config.toml");
-        std::fs::write(&path, self.config.join("\n")).expect("write config");
+        let mut text = self.config.join("\n");
+        for (plugin, lines) in &self.plugin_tables {
+            text.push_str(&format!("\n[plugins.{plugin}]\n{}", lines.join("\n")));
+        }
+        std::fs::write(&path, text).expect("write config");
         path
     }
 
@@ -191,6 +207,10 @@ pub struct Server {
 impl Server {
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw()
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {

@@ -33,7 +33,10 @@ fn sigint_also_shuts_down_cleanly() {
 
 #[test]
 fn a_slow_plugin_call_does_not_stall_other_clients() {
-    let server = Setup::new().plugin("testing_echo", "echo").start();
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .config("call_timeout_ms = 10000")
+        .start();
     // More sleepers than the machine has cores: if a call pinned a runtime
     // thread, the quick client below would queue behind them.
     let mut sleepers: Vec<Client> = (0..8).map(|_| server.connect()).collect();

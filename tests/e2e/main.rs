@@ -5,3 +5,4 @@ mod harness;
 mod lifecycle;
 mod plugins;
 mod protocol;
+mod sandbox;

@@ -1,0 +1,111 @@
+//! A test plugin that attacks its sandbox, one command per attack. The
+//! end-to-end tests in `tests/e2e/sandbox.rs` run each against the real
+//! server and check the host contains it.
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "plugin",
+});
+
+use std::cell::RefCell;
+use std::hint::black_box;
+
+struct Hostile;
+
+fn command(name: &str, summary: &str) -> CommandInfo {
+    CommandInfo {
+        name: name.into(),
+        summary: summary.into(),
+    }
+}
+
+thread_local! {
+    /// What `remember` stored; `recall` shows whether an instance is reused.
+    static MEMORY: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+impl Guest for Hostile {
+    fn commands() -> Vec<CommandInfo> {
+        vec![
+            command("spin", "Loop forever"),
+            command("alloc-bomb", "Allocate memory without bound"),
+            command("recurse", "Recurse without bound"),
+            command("depth", "Recurse N levels deep, then reply"),
+            command("huge-reply", "Reply with N bytes"),
+            command("open-file", "Try to read a file given as argument"),
+            command("connect", "Try to open a TCP connection to an address"),
+            command("remember", "Keep the argument in the instance's memory"),
+            command("recall", "Reply with what `remember` kept in this instance"),
+        ]
+    }
+
+    fn handle(request: Request) -> Result<String, String> {
+        match request.command.as_str() {
+            "spin" => spin(),
+            "alloc-bomb" => alloc_bomb(),
+            "recurse" => Ok(recurse(black_box(1)).to_string()),
+            "depth" => {
+                let levels: u64 = request
+                    .raw_args
+                    .parse()
+                    .map_err(|_| "depth takes a number")?;
+                Ok(format!("reached {}", depth(black_box(levels))))
+            }
+            "huge-reply" => {
+                let len: usize = request
+                    .raw_args
+                    .parse()
+                    .map_err(|_| "huge-reply takes a size")?;
+                Ok("x".repeat(len))
+            }
+            "open-file" => match std::fs::read_to_string(&request.raw_args) {
+                Ok(text) => Ok(format!("read {} bytes", text.len())),
+                Err(err) => Err(format!("denied: {err}")),
+            },
+            "connect" => match std::net::TcpStream::connect(&request.raw_args) {
+                Ok(_) => Ok("connected".into()),
+                Err(err) => Err(format!("denied: {err}")),
+            },
+            "remember" => {
+                MEMORY.with(|m| *m.borrow_mut() = request.raw_args);
+                Ok("remembered".into())
+            }
+            "recall" => Ok(MEMORY.with(|m| m.borrow().clone())),
+            other => Err(format!("unexpected command '{other}'")),
+        }
+    }
+}
+
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+fn alloc_bomb() -> Result<String, String> {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // Touch every page so the memory is really used, not just reserved.
+        hoard.push(vec![1u8; 1 << 20]);
+        black_box(&hoard);
+    }
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 16]);
+    recurse(frame[0] + 1) + frame[15]
+}
+
+/// Recursion that uses only the machine stack (no locals in linear memory),
+/// so `max_stack_kib` alone decides how deep it can go.
+fn depth(levels: u64) -> u64 {
+    if levels == 0 {
+        0
+    } else {
+        black_box(depth(black_box(levels - 1))) + 1
+    }
+}
+
+export!(Hostile);

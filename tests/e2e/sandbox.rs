@@ -1,0 +1,275 @@
+//! The sandbox: every limit shown with a hostile plugin against the real
+//! server, which keeps serving other clients meanwhile and is healthy after.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+
+use crate::harness::{Client, Server, Setup};
+
+/// The hostile plugin beside onoff, whose `on` stands for "everyone else".
+fn hostile() -> Setup {
+    Setup::new()
+        .plugin("testing_hostile", "hostile")
+        .plugin("onoff", "onoff")
+}
+
+/// Asserts other clients are answered while `busy` still waits for its reply.
+fn others_are_served_meanwhile(server: &Server, busy: &mut [Client]) {
+    let mut other = server.connect();
+    for _ in 0..20 {
+        assert_eq!(other.request("on"), "success");
+    }
+    assert!(
+        busy.iter_mut().all(|client| !client.has_reply_ready()),
+        "the hostile call ended before the other client was served"
+    );
+}
+
+#[test]
+fn infinite_loop_times_out_without_stalling_others() {
+    let server = hostile().config("call_timeout_ms = 1500").start();
+    // More spinning calls than the machine has cores: a call that pinned a
+    // runtime thread would starve the other client.
+    let mut spinners: Vec<Client> = (0..4).map(|_| server.connect()).collect();
+    for spinner in &mut spinners {
+        spinner.send(b"spin<EOF>");
+    }
+    others_are_served_meanwhile(&server, &mut spinners);
+    for spinner in &mut spinners {
+        assert_eq!(
+            spinner.reply().unwrap(),
+            "error: plugin 'hostile' timed out"
+        );
+        assert_eq!(spinner.request("recall"), "", "the next call works");
+    }
+}
+
+#[test]
+fn per_plugin_timeout_overrides_the_default() {
+    let server = hostile()
+        .config("call_timeout_ms = 60000")
+        .plugin_config("hostile", "call_timeout_ms = 50")
+        .start();
+    let mut client = server.connect();
+    assert_eq!(client.request("spin"), "error: plugin 'hostile' timed out");
+    // Other plugins keep the top-level limit.
+    assert_eq!(client.request("on"), "success");
+}
+
+#[test]
+fn slow_call_within_its_deadline_succeeds() {
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .config("call_timeout_ms = 5000")
+        .start();
+    assert_eq!(server.connect().request("sleep 200"), "slept 200");
+}
+
+#[test]
+fn sleeping_past_the_deadline_times_out() {
+    // A host call (WASI sleep) is interrupted too, not only running wasm.
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .config("call_timeout_ms = 100")
+        .start();
+    assert_eq!(
+        server.connect().request("sleep 10000"),
+        "error: plugin 'echo' timed out"
+    );
+}
+
+/// Resident memory of the server process, from /proc.
+fn resident_mib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status");
+    kib / 1024
+}
+
+#[test]
+fn allocation_bomb_hits_the_memory_limit_and_host_memory_stays_bounded() {
+    let server = hostile()
+        .config("max_memory_mib = 32")
+        .config("quarantine_after = 0")
+        .start();
+    let mut client = server.connect();
+    for _ in 0..10 {
+        assert_eq!(
+            client.request("alloc-bomb"),
+            "error: plugin 'hostile' exceeded its memory limit"
+        );
+    }
+    // Ten bombs of 32 MiB each: memory is returned after every call.
+    let resident = resident_mib(&server);
+    assert!(
+        resident < 160,
+        "server resident memory is {resident} MiB after 10 bombs"
+    );
+    assert_eq!(client.request("recall"), "", "the next call works");
+    assert_eq!(client.request("on"), "success");
+}
+
+#[test]
+fn unbounded_recursion_traps_cleanly() {
+    let server = hostile().start();
+    let mut client = server.connect();
+    assert_eq!(client.request("recurse"), "error: plugin 'hostile' failed");
+    assert_eq!(client.request("recall"), "");
+}
+
+#[test]
+fn stack_limit_is_configurable() {
+    let levels = "depth 3000";
+    let default = hostile().start();
+    assert_eq!(default.connect().request(levels), "reached 3000");
+    let small = hostile().config("max_stack_kib = 64").start();
+    assert_eq!(
+        small.connect().request(levels),
+        "error: plugin 'hostile' failed"
+    );
+}
+
+#[test]
+fn every_attack_leaves_other_clients_served_and_the_server_healthy() {
+    let server = hostile()
+        .config("call_timeout_ms = 300")
+        .config("max_memory_mib = 16")
+        .config("max_reply_bytes = 100")
+        .config("quarantine_after = 0")
+        .start();
+    let attacks = [
+        ("spin", "error: plugin 'hostile' timed out"),
+        (
+            "alloc-bomb",
+            "error: plugin 'hostile' exceeded its memory limit",
+        ),
+        ("recurse", "error: plugin 'hostile' failed"),
+        (
+            "huge-reply 101",
+            "error: plugin 'hostile' reply too large (101 bytes, limit 100)",
+        ),
+    ];
+    // A bystander keeps sending `on` during every attack; each must succeed.
+    let served = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(Barrier::new(2));
+    let bystander = {
+        let (addr, served, stop, started) =
+            (server.addr, served.clone(), stop.clone(), started.clone());
+        std::thread::spawn(move || {
+            let mut client = Client::connect(addr);
+            assert_eq!(client.request("on"), "success");
+            started.wait();
+            while !stop.load(Ordering::Relaxed) {
+                assert_eq!(client.request("on"), "success");
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    started.wait();
+    let mut attacker = server.connect();
+    for (attack, reply) in attacks {
+        assert_eq!(attacker.request(attack), reply, "{attack}");
+    }
+    // After the attacks the bystander is still being served.
+    let after_attacks = served.load(Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + crate::harness::TIMEOUT;
+    while served.load(Ordering::Relaxed) < after_attacks + 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bystander stopped being served"
+        );
+        std::thread::yield_now();
+    }
+    stop.store(true, Ordering::Relaxed);
+    bystander.join().expect("bystander thread");
+    // Healthy afterwards: the same connection, the same plugin, new clients.
+    assert_eq!(attacker.request("remember ok"), "remembered");
+    assert_eq!(server.connect().request("on"), "success");
+}
+
+#[test]
+fn reply_over_max_reply_bytes_is_refused() {
+    let server = hostile().config("max_reply_bytes = 1000").start();
+    let mut client = server.connect();
+    assert_eq!(client.request("huge-reply 1000").len(), 1000);
+    assert_eq!(
+        client.request("huge-reply 1001"),
+        "error: plugin 'hostile' reply too large (1001 bytes, limit 1000)"
+    );
+}
+
+#[test]
+fn default_reply_limit_is_one_mebibyte() {
+    let server = hostile().start();
+    let mut client = server.connect();
+    assert_eq!(client.request("huge-reply 1048576").len(), 1 << 20);
+    assert_eq!(
+        client.request("huge-reply 1048577"),
+        "error: plugin 'hostile' reply too large (1048577 bytes, limit 1048576)"
+    );
+}
+
+#[test]
+fn files_are_out_of_reach() {
+    let server = hostile().start();
+    let mut client = server.connect();
+    for path in ["/etc/passwd", "Cargo.toml", "."] {
+        let reply = client.request(&format!("open-file {path}"));
+        assert!(reply.starts_with("error: denied:"), "{path}: {reply}");
+    }
+}
+
+#[test]
+fn sockets_are_out_of_reach() {
+    let server = hostile().start();
+    let mut client = server.connect();
+    // Even the server's own address on loopback.
+    let reply = client.request(&format!("connect {}", server.addr));
+    assert!(reply.starts_with("error: denied:"), "{reply}");
+}
+
+#[test]
+fn nothing_one_command_leaves_in_memory_is_seen_by_the_next() {
+    let server = hostile().start();
+    let mut alice = server.connect();
+    let mut bob = server.connect();
+    assert_eq!(alice.request("remember alice's secret"), "remembered");
+    assert_eq!(bob.request("recall"), "");
+    assert_eq!(alice.request("recall"), "");
+}
+
+#[test]
+fn crash_loop_disables_the_plugin_and_only_it() {
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .plugin("onoff", "onoff")
+        .config("quarantine_after = 3")
+        .start();
+    let mut client = server.connect();
+    assert_eq!(client.request("panic"), "error: plugin 'echo' failed");
+    // A success in between resets the count.
+    assert_eq!(client.request("echo ok"), "ok");
+    for _ in 0..3 {
+        assert_eq!(client.request("panic"), "error: plugin 'echo' failed");
+    }
+    assert_eq!(client.request("echo ok"), "error: plugin 'echo' disabled");
+    assert!(server.log.wait_for("plugin disabled").is_some());
+    assert_eq!(client.request("on"), "success");
+}
+
+#[test]
+fn plugin_refusals_do_not_count_as_failures() {
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .config("quarantine_after = 2")
+        .start();
+    let mut client = server.connect();
+    for _ in 0..5 {
+        assert_eq!(client.request("fail no"), "error: no");
+    }
+    assert_eq!(client.request("echo still"), "still");
+}
