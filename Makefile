@@ -10,13 +10,15 @@ WASM_OUT := target/$(WASM_TARGET)/release
 SHIPPED_PLUGINS := onoff
 PLUGIN_DIR := target/plugins
 
-.PHONY: run build plugins test lint wasm-target
+.PHONY: run build plugins test lint wasm-target bench-call
 
 run: build
 	./target/release/plugboard serve --config config.toml
 
+# --all-targets resolves dependency features as `cargo test` does (dev-dependencies
+# included), so `make run` and `make test` share one build of wasmtime instead of two.
 build: plugins
-	$(CARGO) build --release --locked -p plugboard
+	$(CARGO) build --release --locked -p plugboard --all-targets
 
 wasm-target:
 	rustup target add $(WASM_TARGET)
@@ -34,3 +36,7 @@ lint: wasm-target
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --locked -p plugboard --all-targets -- -D warnings
 	$(CARGO) clippy --locked --target $(WASM_TARGET) --workspace --exclude plugboard -- -D warnings
+
+# Cost of one plugin call (fresh instance + handle) against a native baseline.
+bench-call: plugins
+	$(CARGO) bench --locked -p plugboard --bench plugin_call

@@ -1,0 +1,161 @@
+//! What one plugin call costs: a fresh instance of the onoff plugin plus
+//! `handle("on")`, with the engine settings the server uses and without each
+//! of them, against a native baseline doing the same work in plain Rust.
+//!
+//! Prints figures; asserts nothing about time. Run with `make bench-call`
+//! (needs the plugins built: `make plugins`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plugboard::plugin::{Limits, Plugin, Runtime, RuntimeOptions};
+use plugboard::reply::Reply;
+use plugboard::request::Request;
+
+const WARMUP_CALLS: usize = 2_000;
+const SEQUENTIAL_CALLS: usize = 50_000;
+const CONCURRENT_TASKS: usize = 64;
+const CALLS_PER_TASK: usize = 1_000;
+
+fn onoff_wasm() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release/onoff.wasm");
+    assert!(
+        path.exists(),
+        "{} is missing: run `make plugins` first",
+        path.display()
+    );
+    path
+}
+
+/// Something that answers `on` the way a plugin would.
+trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: Request) -> impl Future<Output = Reply> + Send;
+}
+
+struct Wasm(Plugin);
+
+impl Handler for Wasm {
+    async fn handle(&self, request: Request) -> Reply {
+        match self.0.call(request).await {
+            Ok(Ok(text)) => Reply::ok(text),
+            Ok(Err(message)) => Reply::error(message),
+            Err(err) => panic!("benchmark call failed: {err}"),
+        }
+    }
+}
+
+/// The same work as onoff's `handle`, as a plain function.
+struct Native;
+
+impl Handler for Native {
+    async fn handle(&self, request: Request) -> Reply {
+        match request.command.as_str() {
+            "on" | "off" => Reply::ok("success".into()),
+            other => Reply::error(format_args!("unknown '{other}'")),
+        }
+    }
+}
+
+struct Figures {
+    sequential: Duration,
+    concurrent_per_sec: f64,
+}
+
+async fn measure<H: Handler>(handler: Arc<H>) -> Figures {
+    let on = || Request::parse(b"on").expect("valid request");
+    for _ in 0..WARMUP_CALLS {
+        handler.handle(on()).await;
+    }
+    let start = Instant::now();
+    for _ in 0..SEQUENTIAL_CALLS {
+        std::hint::black_box(handler.handle(on()).await);
+    }
+    let sequential = start.elapsed() / SEQUENTIAL_CALLS as u32;
+
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENT_TASKS)
+        .map(|_| {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                for _ in 0..CALLS_PER_TASK {
+                    std::hint::black_box(handler.handle(on()).await);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("benchmark task");
+    }
+    let total = (CONCURRENT_TASKS * CALLS_PER_TASK) as f64;
+    Figures {
+        sequential,
+        concurrent_per_sec: total / start.elapsed().as_secs_f64(),
+    }
+}
+
+async fn wasm(options: RuntimeOptions) -> Figures {
+    let runtime = Runtime::new(options).expect("runtime");
+    let plugin = Plugin::load(&runtime, &onoff_wasm(), Limits::default())
+        .await
+        .expect("load onoff");
+    measure(Arc::new(Wasm(plugin))).await
+}
+
+#[tokio::main]
+async fn main() {
+    let server = RuntimeOptions {
+        max_concurrent_calls: CONCURRENT_TASKS,
+        ..RuntimeOptions::default()
+    };
+    let variants = [
+        ("plugboard (epochs + pooling)", server),
+        (
+            "without epoch interruption",
+            RuntimeOptions {
+                epoch_interruption: false,
+                ..server
+            },
+        ),
+        (
+            "without the pooling allocator",
+            RuntimeOptions {
+                pooling_allocator: false,
+                ..server
+            },
+        ),
+    ];
+
+    let native = measure(Arc::new(Native)).await;
+    println!(
+        "one call = fresh instance of onoff + handle(\"on\"); {} worker threads",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "{:<32} {:>12} {:>14} {:>22}",
+        "variant", "µs/call", "calls/s (1)", "calls/s (64 tasks)"
+    );
+    print_row("native baseline (plain Rust)", &native, None);
+    for (name, options) in variants {
+        let figures = wasm(options).await;
+        print_row(name, &figures, Some(&native));
+    }
+}
+
+fn print_row(name: &str, figures: &Figures, native: Option<&Figures>) {
+    let per_call_us = figures.sequential.as_secs_f64() * 1e6;
+    let ratio = native
+        .map(|n| {
+            format!(
+                "  ({:.3} of native)",
+                figures.concurrent_per_sec / n.concurrent_per_sec
+            )
+        })
+        .unwrap_or_default();
+    println!(
+        "{name:<32} {per_call_us:>12.3} {:>14.0} {:>22.0}{ratio}",
+        1.0 / figures.sequential.as_secs_f64(),
+        figures.concurrent_per_sec
+    );
+}
