@@ -33,6 +33,11 @@ pub fn built_plugin(name: &str) -> PathBuf {
     path
 }
 
+/// The compile cache every test server shares (see `Setup::new`).
+pub fn shared_cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache")
+}
+
 pub fn plugboard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_plugboard"))
 }
@@ -44,6 +49,7 @@ pub struct Setup {
     config: Vec<String>,
     /// `[plugins.<name>]` tables, by plugin name.
     plugin_tables: std::collections::BTreeMap<String, Vec<String>>,
+    args: Vec<String>,
 }
 
 impl Setup {
@@ -55,8 +61,12 @@ impl Setup {
             config: vec![
                 "listen = \"127.0.0.1:0\"".into(),
                 "plugin_dir = \"plugins\"".into(),
+                // One cache for every test: the warm path is exercised and
+                // the suite does not recompile each plugin per server.
+                format!("cache_dir = {:?}", shared_cache_dir()),
             ],
             plugin_tables: Default::default(),
+            args: Vec::new(),
         }
     }
 
@@ -78,6 +88,12 @@ impl Setup {
         let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_owned();
         self.config.retain(|existing| key(existing) != key(line));
         self.config.push(line.into());
+        self
+    }
+
+    /// An extra argument for `plugboard serve`.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.into());
         self
     }
 
@@ -105,10 +121,12 @@ impl Setup {
     }
 
     pub fn start(self) -> Server {
+        let config_path = self.config_path();
         let mut child = plugboard()
             .arg("serve")
             .arg("--config")
-            .arg(self.config_path())
+            .arg(&config_path)
+            .args(&self.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -136,6 +154,8 @@ impl Setup {
             exit_status: None,
             addr,
             log,
+            plugin_dir: self.plugin_dir(),
+            config_path,
             _dir: self.dir,
         }
     }
@@ -170,6 +190,10 @@ impl Log {
         log
     }
 
+    pub fn count(&self, needle: &str) -> usize {
+        count_lines(&self.text(), needle)
+    }
+
     pub fn text(&self) -> String {
         self.0.0.lock().unwrap().text.clone()
     }
@@ -177,12 +201,28 @@ impl Log {
     /// Waits for a line containing `needle`; `None` if the process ended or
     /// the timeout passed first.
     pub fn wait_for(&self, needle: &str) -> Option<String> {
+        self.wait_until(|text| {
+            text.lines()
+                .find(|line| line.contains(needle))
+                .map(str::to_owned)
+        })
+    }
+
+    /// Waits until `needle` has appeared on `count` lines.
+    pub fn wait_for_count(&self, needle: &str, count: usize) -> bool {
+        self.wait_until(|text| (count_lines(text, needle) >= count).then_some(()))
+            .is_some()
+    }
+
+    /// Waits until `found` finds something in the log so far, re-checking
+    /// whenever a line arrives.
+    fn wait_until<T>(&self, found: impl Fn(&str) -> Option<T>) -> Option<T> {
         let (state, changed) = &*self.0;
         let deadline = Instant::now() + TIMEOUT;
         let mut state = state.lock().unwrap();
         loop {
-            if let Some(line) = state.text.lines().find(|line| line.contains(needle)) {
-                return Some(line.to_owned());
+            if let Some(result) = found(&state.text) {
+                return Some(result);
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             if state.closed {
@@ -193,6 +233,10 @@ impl Log {
     }
 }
 
+fn count_lines(text: &str, needle: &str) -> usize {
+    text.lines().filter(|line| line.contains(needle)).count()
+}
+
 /// A running server; killed when dropped.
 pub struct Server {
     pid: nix::unistd::Pid,
@@ -201,6 +245,8 @@ pub struct Server {
     exit_status: Option<ExitStatus>,
     pub addr: SocketAddr,
     pub log: Log,
+    pub plugin_dir: PathBuf,
+    pub config_path: PathBuf,
     _dir: TempDir,
 }
 
@@ -275,7 +321,12 @@ impl Client {
                 return Some(String::from_utf8(text.to_vec()).expect("UTF-8 reply"));
             }
             let mut buf = [0u8; 64 * 1024];
-            let n = self.stream.read(&mut buf).expect("read reply (timed out?)");
+            // A signal (e.g. SIGCHLD from a test server exiting) interrupts a
+            // blocking read with a timeout; like `read_exact`, just retry.
+            let n = match self.stream.read(&mut buf) {
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                read => read.expect("read reply (timed out?)"),
+            };
             if n == 0 {
                 assert!(
                     self.pending.is_empty(),
