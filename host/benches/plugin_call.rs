@@ -110,19 +110,19 @@ async fn main() {
         ..RuntimeOptions::default()
     };
     let variants = [
-        ("plugboard (epochs + pooling)", server),
+        ("plugboard (epochs + pooling)", server.clone()),
         (
             "without epoch interruption",
             RuntimeOptions {
                 epoch_interruption: false,
-                ..server
+                ..server.clone()
             },
         ),
         (
             "without the pooling allocator",
             RuntimeOptions {
                 pooling_allocator: false,
-                ..server
+                ..server.clone()
             },
         ),
     ];

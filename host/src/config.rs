@@ -17,7 +17,7 @@ use crate::plugin::{Limits, RuntimeOptions};
 
 /// `config.toml`, field by field. Every field has a default; see the README's
 /// configuration reference for the same text in user terms.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address to listen on. Port 0 picks a free port; the bound address is logged.
@@ -30,6 +30,12 @@ pub struct Config {
     pub max_connections: usize,
     /// On SIGINT/SIGTERM, how long in-flight commands get to finish.
     pub shutdown_timeout_ms: u64,
+    /// Watch `plugin_dir` and load added, changed and removed plugins live.
+    pub hot_reload: bool,
+    /// Keep compiled plugins on disk so a restart does not recompile them.
+    pub compile_cache: bool,
+    /// Where the compile cache lives. Relative to the config file.
+    pub cache_dir: PathBuf,
     /// Wall-clock limit of one plugin call, in milliseconds.
     pub call_timeout_ms: u64,
     /// Linear memory of one plugin instance, in MiB.
@@ -46,7 +52,7 @@ pub struct Config {
 
 /// One `[plugins.<name>]` table: the plugin's own limits. An absent key means
 /// "as at the top level".
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginSettings {
     pub call_timeout_ms: Option<u64>,
@@ -70,6 +76,9 @@ impl Default for Config {
             max_frame_bytes: 64 * 1024,
             max_connections: 1024,
             shutdown_timeout_ms: 10_000,
+            hot_reload: true,
+            compile_cache: true,
+            cache_dir: "plugboard-cache".into(),
             call_timeout_ms: limits.call_timeout.as_millis() as u64,
             max_memory_mib: (limits.max_memory_bytes >> 20) as u64,
             max_reply_bytes: limits.max_reply_bytes,
@@ -89,6 +98,7 @@ impl Config {
             .with_context(|| format!("invalid config file {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new(""));
         config.plugin_dir = base.join(&config.plugin_dir);
+        config.cache_dir = base.join(&config.cache_dir);
         config
             .validate()
             .with_context(|| format!("invalid config file {}", path.display()))?;
@@ -140,8 +150,48 @@ impl Config {
         RuntimeOptions {
             max_concurrent_calls: self.max_connections,
             max_wasm_stack_bytes: self.max_stack_kib << 10,
+            cache_dir: self.compile_cache.then(|| self.cache_dir.clone()),
             ..RuntimeOptions::default()
         }
+    }
+
+    /// Keys that differ in `new` but are only read at startup (the listener,
+    /// the engine, the watcher): a config reload cannot apply them.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let keys = [
+            ("listen", self.listen != new.listen),
+            ("plugin_dir", self.plugin_dir != new.plugin_dir),
+            (
+                "max_frame_bytes",
+                self.max_frame_bytes != new.max_frame_bytes,
+            ),
+            (
+                "max_connections",
+                self.max_connections != new.max_connections,
+            ),
+            (
+                "shutdown_timeout_ms",
+                self.shutdown_timeout_ms != new.shutdown_timeout_ms,
+            ),
+            ("hot_reload", self.hot_reload != new.hot_reload),
+            ("compile_cache", self.compile_cache != new.compile_cache),
+            ("cache_dir", self.cache_dir != new.cache_dir),
+            ("max_stack_kib", self.max_stack_kib != new.max_stack_kib),
+        ];
+        keys.into_iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    /// Takes from `new` what a running server can change: plugin limits and
+    /// per-plugin settings.
+    pub fn apply_reloadable(&mut self, new: &Config) {
+        self.call_timeout_ms = new.call_timeout_ms;
+        self.max_memory_mib = new.max_memory_mib;
+        self.max_reply_bytes = new.max_reply_bytes;
+        self.quarantine_after = new.quarantine_after;
+        self.plugins = new.plugins.clone();
     }
 
     /// The limits of plugin `name`: its overrides, else the top-level values.
@@ -258,6 +308,18 @@ mod tests {
         assert!(err.contains("plugins.onoff.max_memory_mib"), "{err}");
         let err = format!("{:#}", load("[plugins.onoff]\nbogus = 1").unwrap_err());
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn reload_applies_limits_and_reports_restart_only_keys() {
+        let mut running = load("").unwrap();
+        let mut new = running.clone();
+        new.call_timeout_ms = 5;
+        new.listen = "127.0.0.1:0".into();
+        assert_eq!(running.restart_only_changes(&new), ["listen"]);
+        running.apply_reloadable(&new);
+        assert_eq!(running.call_timeout_ms, 5);
+        assert_eq!(running.listen, "127.0.0.1:1100");
     }
 
     #[test]

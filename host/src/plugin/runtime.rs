@@ -4,6 +4,7 @@
 //! Engine settings live here, each with its reason, so that limits added later
 //! (deadlines, memory, pooling) have one place to go.
 
+use anyhow::Context;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::Thread;
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+    Cache, CacheConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    UpdateDeadline,
 };
 
 use super::bindings;
@@ -31,6 +33,7 @@ pub struct Runtime {
     linker: Linker<Sandbox>,
     /// `None` when epoch interruption is off (benchmarks only).
     ticker: Option<Arc<EpochTicker>>,
+    cache: Option<Cache>,
 }
 
 /// Instances that may exist at once beyond one per connection: plugins being
@@ -45,7 +48,7 @@ const HOST_STACK_BYTES: usize = 1536 << 10;
 /// `pooling_allocator` are always on in the server; they are options only so
 /// that the benchmarks can measure what each costs. With epoch interruption
 /// off, a call that never returns cannot be stopped.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RuntimeOptions {
     /// Sizes the instance pool: each connection runs one call at a time.
     pub max_concurrent_calls: usize,
@@ -53,6 +56,8 @@ pub struct RuntimeOptions {
     pub max_wasm_stack_bytes: usize,
     pub epoch_interruption: bool,
     pub pooling_allocator: bool,
+    /// Directory of wasmtime's compile cache; `None` compiles every time.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RuntimeOptions {
@@ -62,6 +67,7 @@ impl Default for RuntimeOptions {
             max_wasm_stack_bytes: 512 << 10,
             epoch_interruption: true,
             pooling_allocator: true,
+            cache_dir: None,
         }
     }
 }
@@ -78,6 +84,10 @@ impl Runtime {
             let pool = pool(options.max_concurrent_calls);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
+        // Compiled code is cached on disk, keyed by the wasm's content and the
+        // engine's settings: a restart with unchanged plugins skips Cranelift.
+        let cache = options.cache_dir.as_ref().map(compile_cache).transpose()?;
+        config.cache(cache.clone());
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
@@ -94,7 +104,15 @@ impl Runtime {
             engine,
             linker,
             ticker,
+            cache,
         }))
+    }
+
+    /// Compile-cache hits and misses so far, if the cache is on.
+    pub fn cache_stats(&self) -> Option<(usize, usize)> {
+        self.cache
+            .as_ref()
+            .map(|cache| (cache.cache_hits(), cache.cache_misses()))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -128,6 +146,16 @@ impl Runtime {
         }
         store
     }
+}
+
+fn compile_cache(dir: &std::path::PathBuf) -> anyhow::Result<Cache> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create `cache_dir` {}", dir.display()))?;
+    let mut config = CacheConfig::new();
+    config.with_directory(dir);
+    Cache::new(config)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot use `cache_dir` {}", dir.display()))
 }
 
 /// The pooling allocator keeps instance slots (memories, tables, stacks) mapped
