@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{EofCodec, FrameError};
 use crate::reply::Reply;
 use crate::request::Request;
-use crate::router::Router;
+use crate::router::Routes;
 
 /// After a framing error, how long and how much of the client's remaining
 /// input is read and discarded before closing. Closing a socket with unread
@@ -35,20 +35,20 @@ const LINGER_BYTES: usize = 1 << 20;
 
 pub struct Connection {
     framed: Framed<TcpStream, EofCodec>,
-    router: Arc<Router>,
+    routes: Arc<Routes>,
     shutdown: CancellationToken,
 }
 
 impl Connection {
     pub fn new(
         stream: TcpStream,
-        router: Arc<Router>,
+        routes: Arc<Routes>,
         max_frame_bytes: usize,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             framed: Framed::new(stream, EofCodec::new(max_frame_bytes)),
-            router,
+            routes,
             shutdown,
         }
     }
@@ -77,7 +77,9 @@ impl Connection {
     async fn serve(&mut self) -> Result<(), FrameError> {
         while let Some(frame) = self.next_frame().await {
             let reply = match Request::parse(&frame?) {
-                Ok(request) => self.router.dispatch(request).await,
+                // The table current now: a reload during this command does
+                // not affect it, and the next command sees the new one.
+                Ok(request) => self.routes.load_full().dispatch(request).await,
                 Err(err) => Reply::error(err),
             };
             self.framed.feed(reply.into()).await?;

@@ -5,7 +5,7 @@
 //! socket ([`server`], [`connection`]) -> frame ([`codec`]) -> request
 //! ([`request`]) -> route ([`router`]) -> plugin ([`plugin`]) -> [`reply`].
 //! [`config`] is the server's settings, [`plugin_dir`] the directory of plugin
-//! files, and [`client`] the `plugboard send` client.
+//! files, [`reload`] hot reload, and [`client`] the `plugboard send` client.
 
 pub mod client;
 pub mod codec;
@@ -13,6 +13,7 @@ pub mod config;
 pub mod connection;
 pub mod plugin;
 pub mod plugin_dir;
+pub mod reload;
 pub mod reply;
 pub mod request;
 pub mod router;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use plugboard::config::Config;
+use plugboard::server::ServeOptions;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
@@ -28,6 +29,9 @@ enum Command {
         /// Config file [default: config.toml, or built-in defaults if it does not exist]
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Do not watch the plugin directory (SIGHUP still rescans it).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Send commands to a running server and print each reply on its own line.
     ///
@@ -62,10 +66,15 @@ fn fail(err: anyhow::Error) -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config } => {
-            let config = load_config(config)?;
+        Command::Serve { config, no_watch } => {
+            let (config, config_path) = load_config(config)?;
             let shutdown = shutdown_signal()?;
-            plugboard::server::run(config, shutdown).await?;
+            let options = ServeOptions {
+                config,
+                config_path,
+                watch: !no_watch,
+            };
+            plugboard::server::run(options, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Send { addr, commands } => plugboard::client::send(&addr, commands).await,
@@ -73,16 +82,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// An explicit `--config` must exist; without one, `config.toml` is used if
-/// present and the built-in defaults otherwise.
-fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+/// present and the built-in defaults otherwise. Returns the file read, if
+/// any: it is what SIGHUP re-reads.
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<(Config, Option<PathBuf>)> {
+    let path = path.or_else(|| {
+        let default = PathBuf::from(DEFAULT_CONFIG);
+        default.exists().then_some(default)
+    });
     match path {
-        Some(path) => Config::load(&path),
-        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
-            Config::load(DEFAULT_CONFIG.as_ref())
-        }
+        Some(path) => Ok((Config::load(&path)?, Some(path))),
         None => {
             tracing::info!("no {DEFAULT_CONFIG} here: using built-in defaults");
-            Config::defaults()
+            Ok((Config::defaults()?, None))
         }
     }
 }

@@ -1,30 +1,42 @@
-//! The plugin directory: which files are plugins, and loading all of them.
+//! The plugin directory: which files are plugins, what was loaded from each,
+//! and bringing that up to date with what is on disk.
 //!
 //! Files are visited in file-name order so that everything derived from the
 //! directory (above all, which plugin wins a contested command) is the same on
-//! every start, whatever order the filesystem lists entries in. One bad file
-//! is logged and skipped: it must not keep the other plugins from serving.
+//! every start and every reload, whatever order the filesystem lists entries
+//! in. A file that fails to load is logged and, if an earlier version of it
+//! loaded, that version keeps serving: a broken build never takes a working
+//! plugin down.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::Context;
 
 use crate::config::Config;
 use crate::plugin::{Plugin, Runtime};
+use crate::router::Router;
 
 /// The `*.wasm` files directly in `dir`, sorted by file name.
 pub fn plugin_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|ext| ext == "wasm") && path.is_file() {
+        if is_plugin_file(&path) && path.is_file() {
             files.push(path);
         }
     }
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     Ok(files)
+}
+
+pub fn is_plugin_file(path: &Path) -> bool {
+    path.extension().is_some_and(|ext| ext == "wasm")
 }
 
 /// A plugin is named after its file: `onoff.wasm` is `onoff`.
@@ -34,34 +46,189 @@ pub fn plugin_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Loads every plugin in the config's `plugin_dir` under its limits, logging
-/// and skipping the files that fail.
-pub async fn load_all(runtime: &Arc<Runtime>, config: &Config) -> anyhow::Result<Vec<Plugin>> {
-    let dir = &config.plugin_dir;
-    let files =
-        plugin_files(dir).with_context(|| format!("cannot list plugin_dir {}", dir.display()))?;
-    let mut plugins = Vec::with_capacity(files.len());
-    for path in files {
-        let limits = config.limits_for(&plugin_name(&path));
-        match Plugin::load(runtime, &path, limits).await {
+/// What a rescan changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub loaded: Vec<String>,
+    pub rejected: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl Changes {
+    /// Whether the routing table must be rebuilt.
+    pub fn alter_routes(&self) -> bool {
+        !self.loaded.is_empty() || !self.removed.is_empty()
+    }
+}
+
+/// The plugins loaded from one directory, by file name.
+pub struct PluginDir {
+    dir: PathBuf,
+    files: BTreeMap<OsString, LoadedFile>,
+}
+
+/// One file and what came of it.
+struct LoadedFile {
+    /// Size and modification time when last read: unchanged means not re-read.
+    stamp: (u64, Option<SystemTime>),
+    /// Hash of the content last read, loaded or rejected: the same bytes
+    /// rewritten (a `touch`, a no-op rebuild) are not loaded again.
+    content: u64,
+    /// The version serving, if any version of this file ever loaded.
+    plugin: Option<Arc<Plugin>>,
+}
+
+impl PluginDir {
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            files: BTreeMap::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Loads new and changed files, forgets removed ones. Each file is read
+    /// at most once per call, and only if its size or mtime changed.
+    pub async fn rescan(
+        &mut self,
+        runtime: &Arc<Runtime>,
+        config: &Config,
+    ) -> anyhow::Result<Changes> {
+        let paths = plugin_files(&self.dir)
+            .with_context(|| format!("cannot list plugin_dir {}", self.dir.display()))?;
+        let mut changes = Changes::default();
+        let present: Vec<OsString> = paths
+            .iter()
+            .filter_map(|p| p.file_name().map(Into::into))
+            .collect();
+        self.files.retain(|file, loaded| {
+            let keep = present.contains(file);
+            if !keep && let Some(plugin) = &loaded.plugin {
+                tracing::info!(
+                    plugin = plugin.name(),
+                    "plugin file removed; its commands are gone"
+                );
+                changes.removed.push(plugin.name().to_owned());
+            }
+            keep
+        });
+        for path in paths {
+            self.refresh(&path, runtime, config, &mut changes).await;
+        }
+        Ok(changes)
+    }
+
+    async fn refresh(
+        &mut self,
+        path: &Path,
+        runtime: &Arc<Runtime>,
+        config: &Config,
+        changes: &mut Changes,
+    ) {
+        let Some(file) = path.file_name().map(OsString::from) else {
+            return;
+        };
+        let stamp = match std::fs::metadata(path) {
+            Ok(meta) => (meta.len(), meta.modified().ok()),
+            Err(err) => {
+                tracing::error!(file = %path.display(), "cannot read plugin file: {err}");
+                return;
+            }
+        };
+        let known = self.files.get(&file);
+        if known.is_some_and(|known| known.stamp == stamp) {
+            return;
+        }
+        let bytes = match tokio::fs::read(path).await {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                tracing::error!(file = %path.display(), "cannot read plugin file: {err}");
+                return;
+            }
+        };
+        let content = content_hash(&bytes);
+        let previous = known.and_then(|known| known.plugin.clone());
+        if known.is_some_and(|known| known.content == content) {
+            self.files.insert(
+                file,
+                LoadedFile {
+                    stamp,
+                    content,
+                    plugin: previous,
+                },
+            );
+            return;
+        }
+        let name = plugin_name(path);
+        let plugin = match Plugin::from_bytes(runtime, path, bytes, config.limits_for(&name)).await
+        {
             Ok(plugin) => {
                 let commands: Vec<&str> =
                     plugin.commands().iter().map(|c| c.name.as_str()).collect();
                 tracing::info!(plugin = plugin.name(), commands = ?commands, "loaded plugin");
-                plugins.push(plugin);
+                changes.loaded.push(name);
+                Some(Arc::new(plugin))
             }
             Err(err) => {
-                tracing::error!(file = %path.display(), "skipping plugin: {err}");
+                let fallback = match previous {
+                    Some(_) => "the previous version keeps serving",
+                    None => "not serving it",
+                };
+                tracing::error!(file = %path.display(), "rejected plugin file: {err}; {fallback}");
+                changes.rejected.push(name);
+                previous
+            }
+        };
+        self.files.insert(
+            file,
+            LoadedFile {
+                stamp,
+                content,
+                plugin,
+            },
+        );
+    }
+
+    /// Applies changed limits to loaded plugins (without recompiling them).
+    /// Returns whether any plugin changed.
+    pub fn apply_limits(&mut self, config: &Config) -> bool {
+        let mut changed = false;
+        for loaded in self.files.values_mut() {
+            let Some(plugin) = &loaded.plugin else {
+                continue;
+            };
+            let limits = config.limits_for(plugin.name());
+            if *plugin.limits() != limits {
+                tracing::info!(plugin = plugin.name(), ?limits, "plugin limits changed");
+                loaded.plugin = Some(Arc::new(plugin.with_limits(limits)));
+                changed = true;
             }
         }
+        changed
     }
-    for name in config.plugins.keys() {
-        if !plugins.iter().any(|plugin| plugin.name() == name) {
-            tracing::warn!("config has [plugins.{name}] but no plugin of that name is loaded");
-        }
+
+    /// The routing table for the plugins serving now, in file-name order.
+    pub fn router(&self) -> Router {
+        Router::new(
+            self.files
+                .values()
+                .filter_map(|loaded| loaded.plugin.clone()),
+        )
     }
-    if plugins.is_empty() {
-        tracing::warn!(dir = %dir.display(), "no plugins loaded: every command will be unknown");
+
+    /// Names of the plugins serving now.
+    pub fn plugin_names(&self) -> impl Iterator<Item = &str> {
+        self.files
+            .values()
+            .filter_map(|loaded| loaded.plugin.as_deref().map(Plugin::name))
     }
-    Ok(plugins)
+}
+
+fn content_hash(bytes: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
 }

@@ -1,9 +1,10 @@
 //! Routing: which plugin serves which command, and turning a plugin's answer
 //! into a reply.
 //!
-//! The table is built once from a set of loaded plugins and never mutated;
-//! changing the plugins means building a new table, which is what lets a
-//! running server swap tables atomically.
+//! The table is built once from a set of loaded plugins and never mutated.
+//! Changing the plugins means building a new table and swapping it into the
+//! [`Routes`] every connection reads: a command already running keeps the
+//! table (and plugin versions) it started with, every later one sees the new.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,9 @@ use std::sync::Arc;
 use crate::plugin::{CallError, Plugin};
 use crate::reply::Reply;
 use crate::request::{CommandName, Request};
+
+/// The current routing table, swapped atomically on reload.
+pub type Routes = arc_swap::ArcSwap<Router>;
 
 pub struct Router {
     routes: HashMap<CommandName, Arc<Plugin>>,
@@ -20,9 +24,9 @@ impl Router {
     /// Builds the table from plugins in load (file-name) order. When two
     /// plugins claim a command, the first keeps it: deterministic across
     /// restarts, and logged as an error naming both so the operator can fix it.
-    pub fn new(plugins: Vec<Plugin>) -> Self {
+    pub fn new(plugins: impl IntoIterator<Item = Arc<Plugin>>) -> Self {
         let mut routes: HashMap<CommandName, Arc<Plugin>> = HashMap::new();
-        for plugin in plugins.into_iter().map(Arc::new) {
+        for plugin in plugins {
             for command in plugin.commands() {
                 match routes.get(&command.name) {
                     Some(owner) if !Arc::ptr_eq(owner, &plugin) => tracing::error!(

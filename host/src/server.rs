@@ -7,6 +7,7 @@
 //! client over the connection limit is told so and closed at once, instead of
 //! being left waiting in the accept queue with no idea why.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,20 +22,40 @@ use crate::codec::DELIMITER;
 use crate::config::Config;
 use crate::connection::Connection;
 use crate::plugin::Runtime;
-use crate::plugin_dir;
+use crate::plugin_dir::PluginDir;
+use crate::reload::Reloader;
 use crate::reply::Reply;
-use crate::router::Router;
+use crate::router::Routes;
 
 /// Longest pause between retries when `accept` keeps failing (e.g. out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// How to serve: the config, where it came from (what SIGHUP re-reads), and
+/// whether to watch the plugin directory.
+pub struct ServeOptions {
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    pub watch: bool,
+}
+
 /// Runs the server until `shutdown_signal` completes, then stops accepting,
 /// lets in-flight commands finish (up to `shutdown_timeout_ms`) and returns.
-pub async fn run(config: Config, shutdown_signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    options: ServeOptions,
+    shutdown_signal: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let ServeOptions {
+        config,
+        config_path,
+        watch,
+    } = options;
     let runtime =
         Runtime::new(config.runtime_options()).context("cannot start the WebAssembly runtime")?;
-    let plugins = plugin_dir::load_all(&runtime, &config).await?;
-    let router = Arc::new(Router::new(plugins));
+    let reloader = Reloader::start(runtime.clone(), config.clone(), config_path, watch).await?;
+    report_startup(&runtime, &config, reloader.plugins());
+    let routes = reloader.routes();
+    let shutdown = CancellationToken::new();
+    let reloading = tokio::spawn(reloader.run(shutdown.clone()));
 
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -44,23 +65,40 @@ pub async fn run(config: Config, shutdown_signal: impl Future<Output = ()>) -> a
 
     let server = Listener {
         listener,
-        router,
+        routes,
         connections: Arc::new(Semaphore::new(config.max_connections)),
         max_frame_bytes: config.max_frame_bytes,
         tracker: TaskTracker::new(),
-        shutdown: CancellationToken::new(),
+        shutdown,
     };
     tokio::select! {
         () = server.accept_loop() => {}
         () = shutdown_signal => {}
     }
     server.drain(config.shutdown_timeout()).await;
+    let _ = reloading.await;
     Ok(())
+}
+
+/// Logs what a freshly started server serves, and settings that match nothing.
+fn report_startup(runtime: &Runtime, config: &Config, plugins: &PluginDir) {
+    let names: Vec<&str> = plugins.plugin_names().collect();
+    if names.is_empty() {
+        tracing::warn!(dir = %config.plugin_dir.display(), "no plugins loaded: every command will be unknown");
+    }
+    for name in config.plugins.keys() {
+        if !names.contains(&name.as_str()) {
+            tracing::warn!("config has [plugins.{name}] but no plugin of that name is loaded");
+        }
+    }
+    if let Some((hits, misses)) = runtime.cache_stats() {
+        tracing::info!(hits, misses, dir = %config.cache_dir.display(), "compile cache");
+    }
 }
 
 struct Listener {
     listener: TcpListener,
-    router: Arc<Router>,
+    routes: Arc<Routes>,
     connections: Arc<Semaphore>,
     max_frame_bytes: usize,
     tracker: TaskTracker,
@@ -81,7 +119,7 @@ impl Listener {
             }
             let connection = Connection::new(
                 stream,
-                self.router.clone(),
+                self.routes.clone(),
                 self.max_frame_bytes,
                 self.shutdown.clone(),
             );

@@ -137,8 +137,19 @@ impl Plugin {
         path: &Path,
         limits: Limits,
     ) -> Result<Self, LoadError> {
-        let name: Arc<str> = crate::plugin_dir::plugin_name(path).into();
         let bytes = tokio::fs::read(path).await?;
+        Self::from_bytes(runtime, path, bytes, limits).await
+    }
+
+    /// Like [`Plugin::load`] with the file already read: the plugin directory
+    /// reads each version of a file once, to hash it and to compile it.
+    pub async fn from_bytes(
+        runtime: &Arc<Runtime>,
+        path: &Path,
+        bytes: Vec<u8>,
+        limits: Limits,
+    ) -> Result<Self, LoadError> {
+        let name: Arc<str> = crate::plugin_dir::plugin_name(path).into();
         check_component_header(&bytes)?;
         // Compiling is CPU-bound and can take seconds: keep it off the async workers.
         let engine = runtime.engine().clone();
@@ -198,6 +209,20 @@ impl Plugin {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The same compiled plugin under other limits, with a clean record (a
+    /// config reload is a fresh start, as a new file is).
+    pub fn with_limits(&self, limits: Limits) -> Self {
+        Self {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            pre: self.pre.clone(),
+            commands: self.commands.clone(),
+            limits,
+            runtime: self.runtime.clone(),
+            health: Health::default(),
+        }
     }
 
     /// Runs `request` in a fresh instance under the plugin's limits.

@@ -1,0 +1,230 @@
+//! Hot reload: the plugin directory and the config change under a running
+//! server without a dropped connection or a failed command.
+//!
+//! One task owns the plugin set. It wakes on filesystem events (notify) and on
+//! SIGHUP, brings the set up to date, and swaps a new routing table into
+//! [`Routes`]. Connections read the table per command, so a command already
+//! running finishes on the version it started with and every later command
+//! uses the new one; nothing waits for a lock.
+//!
+//! Files are loaded only once they are complete. A file being copied or built
+//! is written in several steps; on Linux the kernel reports when the writer
+//! closes it (`IN_CLOSE_WRITE`), and editors and atomic writers rename a
+//! finished file into place. Those events mean "complete" and trigger a
+//! rescan after a short settling time. Mere creation or modification means
+//! "still being written": it triggers a rescan only after a longer quiet
+//! period, as a fallback for platforms without close events. Even a file read
+//! too early cannot do harm: a truncated component fails to load and the
+//! previous version keeps serving.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::plugin::Runtime;
+use crate::plugin_dir::{PluginDir, is_plugin_file};
+use crate::router::Routes;
+
+/// After a "file complete" event, how long to wait for more events (a build
+/// writing several plugins, a rename following a close) before rescanning.
+const SETTLE: Duration = Duration::from_millis(50);
+/// After only "being written" events, how long the directory must stay quiet
+/// before a rescan.
+const QUIET: Duration = Duration::from_secs(1);
+
+/// What a filesystem event says about a plugin file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// Closed after writing, renamed into place, or removed.
+    Complete,
+    /// Created or modified: the writer may not be done.
+    Writing,
+}
+
+/// The plugin set, what it serves through, and what makes it change.
+pub struct Reloader {
+    runtime: Arc<Runtime>,
+    config: Config,
+    config_path: Option<PathBuf>,
+    plugins: PluginDir,
+    routes: Arc<Routes>,
+    hangup: Signal,
+    triggers: mpsc::UnboundedReceiver<Trigger>,
+    /// Stops watching when dropped.
+    _watcher: Option<RecommendedWatcher>,
+}
+
+impl Reloader {
+    /// Starts watching (if `watch` and `hot_reload`) and loads the plugin
+    /// directory, in that order: a file added while the initial load runs is
+    /// then seen by the watcher, not missed. `config_path` is what SIGHUP
+    /// re-reads; `None` when serving on the built-in defaults.
+    pub async fn start(
+        runtime: Arc<Runtime>,
+        config: Config,
+        config_path: Option<PathBuf>,
+        watch: bool,
+    ) -> anyhow::Result<Self> {
+        // Installed at startup: a SIGHUP's default action is to end the process.
+        let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        let (events, triggers) = mpsc::unbounded_channel();
+        let watcher = (watch && config.hot_reload)
+            .then(|| watch_dir(&config.plugin_dir, events))
+            .flatten();
+        let mut plugins = PluginDir::new(config.plugin_dir.clone());
+        plugins.rescan(&runtime, &config).await?;
+        let routes = Arc::new(Routes::from_pointee(plugins.router()));
+        Ok(Self {
+            runtime,
+            config,
+            config_path,
+            plugins,
+            routes,
+            hangup,
+            triggers,
+            _watcher: watcher,
+        })
+    }
+
+    /// The routing table connections read; this reloader keeps it current.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.clone()
+    }
+
+    pub fn plugins(&self) -> &PluginDir {
+        &self.plugins
+    }
+
+    /// Serves reloads until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                Some(first) = self.triggers.recv() => {
+                    settle(first, &mut self.triggers).await;
+                    self.rescan().await;
+                }
+                _ = self.hangup.recv() => self.reload_config().await,
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Brings the plugin set up to date and, if it changed, swaps the table.
+    async fn rescan(&mut self) {
+        match self.plugins.rescan(&self.runtime, &self.config).await {
+            Ok(changes) if changes.alter_routes() => self.publish(),
+            Ok(_) => {}
+            Err(err) => tracing::error!("plugin rescan failed: {err:#}"),
+        }
+    }
+
+    fn publish(&self) {
+        self.routes.store(Arc::new(self.plugins.router()));
+        let plugins: Vec<&str> = self.plugins.plugin_names().collect();
+        tracing::info!(?plugins, "plugin set updated");
+    }
+
+    /// SIGHUP: re-read the config, apply what can change while running,
+    /// rescan the plugin directory. An invalid config changes nothing.
+    async fn reload_config(&mut self) {
+        tracing::info!("SIGHUP: reloading the config and rescanning plugins");
+        let new = match &self.config_path {
+            Some(path) => match Config::load(path) {
+                Ok(config) => config,
+                Err(err) => {
+                    let err = one_line(&err);
+                    tracing::error!("config reload rejected, keeping the running config: {err}");
+                    return self.rescan().await;
+                }
+            },
+            None => self.config.clone(),
+        };
+        for key in self.config.restart_only_changes(&new) {
+            tracing::warn!("`{key}` changed: it takes effect at the next restart");
+        }
+        self.config.apply_reloadable(&new);
+        let limits_changed = self.plugins.apply_limits(&self.config);
+        tracing::info!("config reloaded");
+        self.rescan().await;
+        if limits_changed {
+            self.publish();
+        }
+    }
+}
+
+/// An error and its causes on one line: a log event per line is what log
+/// shippers expect, and TOML errors quote the offending line over several.
+fn one_line(err: &anyhow::Error) -> String {
+    format!("{err:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Waits until the events that follow `first` settle: a short time after a
+/// "complete" event, a longer quiet period when files are only being written.
+async fn settle(first: Trigger, triggers: &mut mpsc::UnboundedReceiver<Trigger>) {
+    let mut complete = first == Trigger::Complete;
+    loop {
+        let wait = if complete { SETTLE } else { QUIET };
+        match tokio::time::timeout(wait, triggers.recv()).await {
+            Ok(Some(trigger)) => complete |= trigger == Trigger::Complete,
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+/// Maps a filesystem event to a trigger, ignoring events about other files
+/// and reads (including the server's own reads of plugin files).
+fn classify(event: &notify::Event) -> Option<Trigger> {
+    if !event.paths.iter().any(|path| is_plugin_file(path)) {
+        return None;
+    }
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Modify(ModifyKind::Name(_))
+        | EventKind::Remove(_) => Some(Trigger::Complete),
+        EventKind::Create(_) | EventKind::Modify(_) => Some(Trigger::Writing),
+        _ => None,
+    }
+}
+
+/// Watches `dir`, sending a trigger per relevant event. `None` (and an error
+/// in the log) if the platform refuses: the server still runs, without hot reload.
+fn watch_dir(
+    dir: &std::path::Path,
+    events: mpsc::UnboundedSender<Trigger>,
+) -> Option<RecommendedWatcher> {
+    let dir = dir.to_owned();
+    let handler = move |event: notify::Result<notify::Event>| match event {
+        Ok(event) => {
+            if let Some(trigger) = classify(&event) {
+                let _ = events.send(trigger);
+            }
+        }
+        Err(err) => tracing::warn!("plugin directory watch error: {err}"),
+    };
+    let watching = notify::recommended_watcher(handler).and_then(|mut watcher| {
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map(|()| watcher)
+    });
+    match watching {
+        Ok(watcher) => {
+            tracing::info!(dir = %dir.display(), "watching the plugin directory for changes");
+            Some(watcher)
+        }
+        Err(err) => {
+            tracing::error!(dir = %dir.display(), "cannot watch the plugin directory, hot reload is off: {err}");
+            None
+        }
+    }
+}
