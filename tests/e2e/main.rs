@@ -5,4 +5,5 @@ mod harness;
 mod lifecycle;
 mod plugins;
 mod protocol;
+mod reload;
 mod sandbox;
