@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use serde::Deserialize;
 
-use crate::plugin::{Limits, RuntimeOptions};
+use crate::plugin::{Limits, RuntimeOptions, Setup};
+use crate::store::{KvLimits, Store};
 
 /// `config.toml`, field by field. Every field has a default; see the README's
 /// configuration reference for the same text in user terms.
@@ -46,12 +47,30 @@ pub struct Config {
     pub quarantine_after: u32,
     /// Stack one plugin call may use, in KiB. Engine-wide: no per-plugin override.
     pub max_stack_kib: usize,
+    /// Where plugins' key-value state is kept on disk. Relative to the config file.
+    pub state_dir: PathBuf,
+    /// `disk` (durable, in `state_dir`) or `memory` (lost at exit).
+    pub state_store: StateStore,
+    /// Longest key a plugin may use, in bytes.
+    pub max_key_bytes: u32,
+    /// Longest value a plugin may store, in bytes.
+    pub max_value_bytes: u32,
+    /// Keys one plugin may hold.
+    pub max_keys_per_plugin: u32,
     /// Per-plugin settings, keyed by plugin name (the file stem).
     pub plugins: BTreeMap<String, PluginSettings>,
 }
 
-/// One `[plugins.<name>]` table: the plugin's own limits. An absent key means
-/// "as at the top level".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateStore {
+    Disk,
+    Memory,
+}
+
+/// One `[plugins.<name>]` table: the plugin's own limits (an absent key means
+/// "as at the top level") and its `config` table, which it reads with the WIT
+/// `config.get`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginSettings {
@@ -59,6 +78,8 @@ pub struct PluginSettings {
     pub max_memory_mib: Option<u64>,
     pub max_reply_bytes: Option<usize>,
     pub quarantine_after: Option<u32>,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
 }
 
 /// wasm32's linear memory cannot exceed 4 GiB.
@@ -84,6 +105,11 @@ impl Default for Config {
             max_reply_bytes: limits.max_reply_bytes,
             quarantine_after: limits.quarantine_after,
             max_stack_kib: RuntimeOptions::default().max_wasm_stack_bytes >> 10,
+            state_dir: "plugboard-state".into(),
+            state_store: StateStore::Disk,
+            max_key_bytes: 256,
+            max_value_bytes: 64 * 1024,
+            max_keys_per_plugin: 10_000,
             plugins: BTreeMap::new(),
         }
     }
@@ -96,20 +122,36 @@ impl Config {
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let mut config: Self = toml::from_str(&text)
             .with_context(|| format!("invalid config file {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new(""));
-        config.plugin_dir = base.join(&config.plugin_dir);
-        config.cache_dir = base.join(&config.cache_dir);
+        // Absolute, so paths stay right whatever the working directory later
+        // (and wasmtime's cache insists on an absolute directory).
+        let path = std::path::absolute(path)
+            .with_context(|| format!("cannot resolve config path {}", path.display()))?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new("/")));
         config
             .validate()
             .with_context(|| format!("invalid config file {}", path.display()))?;
         Ok(config)
     }
 
-    /// The built-in defaults, for `serve` without a config file.
+    /// The built-in defaults, for `serve` without a config file: paths are
+    /// relative to the working directory.
     pub fn defaults() -> anyhow::Result<Self> {
-        let config = Self::default();
+        let mut config = Self::default();
+        let cwd = std::env::current_dir().context("cannot read the working directory")?;
+        config.resolve_paths(&cwd);
         config.validate()?;
         Ok(config)
+    }
+
+    /// Makes every directory setting absolute, relative to `base`.
+    fn resolve_paths(&mut self, base: &Path) {
+        for dir in [
+            &mut self.plugin_dir,
+            &mut self.cache_dir,
+            &mut self.state_dir,
+        ] {
+            *dir = base.join(&*dir);
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -177,6 +219,17 @@ impl Config {
             ("compile_cache", self.compile_cache != new.compile_cache),
             ("cache_dir", self.cache_dir != new.cache_dir),
             ("max_stack_kib", self.max_stack_kib != new.max_stack_kib),
+            ("state_dir", self.state_dir != new.state_dir),
+            ("state_store", self.state_store != new.state_store),
+            ("max_key_bytes", self.max_key_bytes != new.max_key_bytes),
+            (
+                "max_value_bytes",
+                self.max_value_bytes != new.max_value_bytes,
+            ),
+            (
+                "max_keys_per_plugin",
+                self.max_keys_per_plugin != new.max_keys_per_plugin,
+            ),
         ];
         keys.into_iter()
             .filter(|(_, changed)| *changed)
@@ -192,6 +245,32 @@ impl Config {
         self.max_reply_bytes = new.max_reply_bytes;
         self.quarantine_after = new.quarantine_after;
         self.plugins = new.plugins.clone();
+    }
+
+    /// Opens the key-value store this config names.
+    pub fn open_store(&self) -> anyhow::Result<Store> {
+        let limits = KvLimits {
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+            max_keys: self.max_keys_per_plugin,
+        };
+        match self.state_store {
+            StateStore::Disk => Store::open_disk(&self.state_dir, limits),
+            StateStore::Memory => Ok(Store::in_memory(limits)),
+        }
+    }
+
+    /// How plugin `name` is set up: its limits and its config table.
+    pub fn setup_for(&self, name: &str) -> Setup {
+        let config = self
+            .plugins
+            .get(name)
+            .map(|p| p.config.clone())
+            .unwrap_or_default();
+        Setup {
+            limits: self.limits_for(name),
+            config: std::sync::Arc::new(config),
+        }
     }
 
     /// The limits of plugin `name`: its overrides, else the top-level values.
@@ -215,6 +294,7 @@ impl Config {
             max_memory_mib: Some(self.max_memory_mib),
             max_reply_bytes: Some(self.max_reply_bytes),
             quarantine_after: Some(self.quarantine_after),
+            config: BTreeMap::new(),
         }
     }
 }
@@ -259,6 +339,20 @@ mod tests {
         assert_eq!(config.max_frame_bytes, 64 * 1024);
         assert!(config.plugin_dir.ends_with("plugins"));
         assert!(config.plugin_dir.is_absolute());
+    }
+
+    #[test]
+    fn a_relative_config_path_gives_absolute_directories() {
+        let dir = tempfile::tempdir_in(".").unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        let name = dir.path().file_name().unwrap();
+        let relative = Path::new(name).join("config.toml");
+        std::fs::write(&relative, "cache_dir = \"cache\"").unwrap();
+        let config = Config::load(&relative).unwrap();
+        for path in [&config.plugin_dir, &config.cache_dir, &config.state_dir] {
+            assert!(path.is_absolute(), "{}", path.display());
+        }
+        assert!(config.plugin_dir.is_dir());
     }
 
     #[test]

@@ -18,3 +18,4 @@ pub mod reply;
 pub mod request;
 pub mod router;
 pub mod server;
+pub mod store;

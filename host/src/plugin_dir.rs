@@ -163,8 +163,7 @@ impl PluginDir {
             return;
         }
         let name = plugin_name(path);
-        let plugin = match Plugin::from_bytes(runtime, path, bytes, config.limits_for(&name)).await
-        {
+        let plugin = match Plugin::from_bytes(runtime, path, bytes, config.setup_for(&name)).await {
             Ok(plugin) => {
                 let commands: Vec<&str> =
                     plugin.commands().iter().map(|c| c.name.as_str()).collect();
@@ -192,7 +191,8 @@ impl PluginDir {
         );
     }
 
-    /// Applies changed limits to loaded plugins (without recompiling them).
+    /// Applies changed limits and plugin config to loaded plugins (without
+    /// recompiling them).
     /// Returns whether any plugin changed.
     pub fn apply_limits(&mut self, config: &Config) -> bool {
         let mut changed = false;
@@ -200,10 +200,10 @@ impl PluginDir {
             let Some(plugin) = &loaded.plugin else {
                 continue;
             };
-            let limits = config.limits_for(plugin.name());
-            if *plugin.limits() != limits {
-                tracing::info!(plugin = plugin.name(), ?limits, "plugin limits changed");
-                loaded.plugin = Some(Arc::new(plugin.with_limits(limits)));
+            let setup = config.setup_for(plugin.name());
+            if *plugin.setup() != setup {
+                tracing::info!(plugin = plugin.name(), limits = ?setup.limits, "plugin settings changed");
+                loaded.plugin = Some(Arc::new(plugin.with_setup(setup)));
                 changed = true;
             }
         }

@@ -49,8 +49,9 @@ pub async fn run(
         config_path,
         watch,
     } = options;
-    let runtime =
-        Runtime::new(config.runtime_options()).context("cannot start the WebAssembly runtime")?;
+    let store = config.open_store()?;
+    let runtime = Runtime::new(config.runtime_options(), store)
+        .context("cannot start the WebAssembly runtime")?;
     let reloader = Reloader::start(runtime.clone(), config.clone(), config_path, watch).await?;
     report_startup(&runtime, &config, reloader.plugins());
     let routes = reloader.routes();

@@ -24,9 +24,18 @@ use std::time::Duration;
 use wasmtime::component::Component;
 
 pub use limits::Limits;
+
+/// How one plugin is set up from the config: its limits and its own
+/// `[plugins.<name>.config]` table (what `config.get` reads).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Setup {
+    pub limits: Limits,
+    pub config: Arc<std::collections::BTreeMap<String, String>>,
+}
 pub use runtime::{Runtime, RuntimeOptions};
 
 use crate::request::{CommandName, Request};
+use crate::store::Namespace;
 
 /// Host bindings generated from `wit/`: never hand-write lifting and lowering.
 mod bindings {
@@ -34,6 +43,9 @@ mod bindings {
         path: "../wit",
         world: "plugin",
         exports: { default: async },
+        // Store operations may wait on the disk (commits are fsynced): they
+        // run on the blocking pool, and the plugin's call awaits them.
+        imports: { "plugboard:plugin/kv": async },
     });
 }
 
@@ -50,7 +62,10 @@ pub struct Plugin {
     path: PathBuf,
     pre: bindings::PluginPre<sandbox::Sandbox>,
     commands: Vec<CommandSpec>,
+    setup: Setup,
     limits: Limits,
+    /// This plugin's key-value namespace.
+    kv: Arc<Namespace>,
     runtime: Arc<Runtime>,
     health: Health,
 }
@@ -135,10 +150,10 @@ impl Plugin {
     pub async fn load(
         runtime: &Arc<Runtime>,
         path: &Path,
-        limits: Limits,
+        setup: Setup,
     ) -> Result<Self, LoadError> {
         let bytes = tokio::fs::read(path).await?;
-        Self::from_bytes(runtime, path, bytes, limits).await
+        Self::from_bytes(runtime, path, bytes, setup).await
     }
 
     /// Like [`Plugin::load`] with the file already read: the plugin directory
@@ -147,9 +162,11 @@ impl Plugin {
         runtime: &Arc<Runtime>,
         path: &Path,
         bytes: Vec<u8>,
-        limits: Limits,
+        setup: Setup,
     ) -> Result<Self, LoadError> {
         let name: Arc<str> = crate::plugin_dir::plugin_name(path).into();
+        let limits = setup.limits.clone();
+        let kv = Arc::new(runtime.store().namespace(&name));
         check_component_header(&bytes)?;
         // Compiling is CPU-bound and can take seconds: keep it off the async workers.
         let engine = runtime.engine().clone();
@@ -164,7 +181,7 @@ impl Plugin {
         let pre =
             bindings::PluginPre::new(instance_pre).map_err(|err| LoadError::Link(err.into()))?;
 
-        let mut store = runtime.new_store(name.clone(), &limits);
+        let mut store = runtime.new_store(name.clone(), &setup, kv.clone());
         let call = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance.call_commands(&mut store).await
@@ -189,7 +206,9 @@ impl Plugin {
             path: path.to_owned(),
             pre,
             commands,
+            setup,
             limits,
+            kv,
             runtime: runtime.clone(),
             health: Health::default(),
         })
@@ -207,19 +226,21 @@ impl Plugin {
         &self.commands
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+    pub fn setup(&self) -> &Setup {
+        &self.setup
     }
 
-    /// The same compiled plugin under other limits, with a clean record (a
-    /// config reload is a fresh start, as a new file is).
-    pub fn with_limits(&self, limits: Limits) -> Self {
+    /// The same compiled plugin set up anew, with a clean record (a config
+    /// reload is a fresh start, as a new file is).
+    pub fn with_setup(&self, setup: Setup) -> Self {
         Self {
             name: self.name.clone(),
             path: self.path.clone(),
             pre: self.pre.clone(),
             commands: self.commands.clone(),
-            limits,
+            limits: setup.limits.clone(),
+            setup,
+            kv: self.kv.clone(),
             runtime: self.runtime.clone(),
             health: Health::default(),
         }
@@ -247,7 +268,9 @@ impl Plugin {
             args: request.args,
             raw_args: request.raw_args,
         };
-        let mut store = self.runtime.new_store(self.name.clone(), &self.limits);
+        let mut store = self
+            .runtime
+            .new_store(self.name.clone(), &self.setup, self.kv.clone());
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance.call_handle(&mut store, &wit_request).await

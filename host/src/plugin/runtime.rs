@@ -16,9 +16,10 @@ use wasmtime::{
     UpdateDeadline,
 };
 
+use super::Setup;
 use super::bindings;
-use super::limits::Limits;
 use super::sandbox::Sandbox;
+use crate::store::{Namespace, Store as KvStore};
 
 /// How often the engine's epoch advances. A running plugin call yields to the
 /// Tokio scheduler at every tick, so this bounds how long one call can keep a
@@ -34,6 +35,8 @@ pub struct Runtime {
     /// `None` when epoch interruption is off (benchmarks only).
     ticker: Option<Arc<EpochTicker>>,
     cache: Option<Cache>,
+    /// Plugins' key-value state, one namespace each.
+    kv: KvStore,
 }
 
 /// Instances that may exist at once beyond one per connection: plugins being
@@ -73,7 +76,7 @@ impl Default for RuntimeOptions {
 }
 
 impl Runtime {
-    pub fn new(options: RuntimeOptions) -> anyhow::Result<Arc<Self>> {
+    pub fn new(options: RuntimeOptions, kv: KvStore) -> anyhow::Result<Arc<Self>> {
         let mut config = wasmtime::Config::new();
         // Compiled code checks the epoch at loop headers and function entries,
         // which is what lets a call that never returns be interrupted at all.
@@ -105,6 +108,7 @@ impl Runtime {
             linker,
             ticker,
             cache,
+            kv,
         }))
     }
 
@@ -115,6 +119,10 @@ impl Runtime {
             .map(|cache| (cache.cache_hits(), cache.cache_misses()))
     }
 
+    pub fn store(&self) -> &KvStore {
+        &self.kv
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -123,11 +131,11 @@ impl Runtime {
         &self.linker
     }
 
-    /// A store for one instance of `plugin` under `limits`, set to yield at
+    /// A store for one instance of `plugin` as `setup` says, set to yield at
     /// every epoch tick.
-    pub fn new_store(&self, plugin: Arc<str>, limits: &Limits) -> Store<Sandbox> {
+    pub fn new_store(&self, plugin: Arc<str>, setup: &Setup, kv: Arc<Namespace>) -> Store<Sandbox> {
         let ticking = self.ticker.as_ref().map(EpochTicker::keep_ticking);
-        let sandbox = Sandbox::new(plugin, limits.max_memory_bytes, ticking);
+        let sandbox = Sandbox::new(plugin, setup, kv, ticking);
         let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limiter);
         if self.ticker.is_some() {

@@ -17,9 +17,11 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::plugboard::plugin::{host, types};
+use super::Setup;
+use super::bindings::plugboard::plugin::{config, host, kv, types};
 use super::limits::MemoryLimiter;
 use super::runtime::TickingGuard;
+use crate::store::{KvError, Namespace};
 
 /// The data of one plugin instance's `Store`.
 pub struct Sandbox {
@@ -27,12 +29,21 @@ pub struct Sandbox {
     wasi: WasiCtx,
     table: ResourceTable,
     pub limiter: MemoryLimiter,
+    /// The plugin's `[plugins.<name>.config]` table.
+    config: Arc<std::collections::BTreeMap<String, String>>,
+    /// The plugin's key-value namespace.
+    kv: Arc<Namespace>,
     /// Keeps the epoch ticking while this instance may run.
     _ticking: Option<TickingGuard>,
 }
 
 impl Sandbox {
-    pub fn new(plugin: Arc<str>, max_memory_bytes: usize, ticking: Option<TickingGuard>) -> Self {
+    pub fn new(
+        plugin: Arc<str>,
+        setup: &Setup,
+        kv: Arc<Namespace>,
+        ticking: Option<TickingGuard>,
+    ) -> Self {
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
@@ -44,7 +55,9 @@ impl Sandbox {
             plugin,
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter::new(max_memory_bytes),
+            limiter: MemoryLimiter::new(setup.limits.max_memory_bytes),
+            config: setup.config.clone(),
+            kv,
             _ticking: ticking,
         }
     }
@@ -71,6 +84,64 @@ impl host::Host for Sandbox {
             host::Level::Warn => tracing::warn!(plugin, "{message}"),
             host::Level::Error => tracing::error!(plugin, "{message}"),
         }
+    }
+}
+
+impl config::Host for Sandbox {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+}
+
+/// Runs a store operation on the blocking pool: disk commits are fsynced.
+async fn on_store<T: Send + 'static>(
+    kv: &Arc<Namespace>,
+    operation: impl FnOnce(&Namespace) -> Result<T, KvError> + Send + 'static,
+) -> Result<T, kv::Error> {
+    let kv = kv.clone();
+    let result = tokio::task::spawn_blocking(move || operation(&kv))
+        .await
+        .unwrap_or_else(|join| Err(KvError::Storage(join.to_string())));
+    result.map_err(|err| match err {
+        KvError::KeyTooLarge(max) => kv::Error::KeyTooLarge(max),
+        KvError::ValueTooLarge(max) => kv::Error::ValueTooLarge(max),
+        KvError::TooManyKeys(max) => kv::Error::TooManyKeys(max),
+        KvError::NotANumber => kv::Error::NotANumber,
+        KvError::Storage(message) => kv::Error::Storage(message),
+    })
+}
+
+impl kv::Host for Sandbox {
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::Error> {
+        on_store(&self.kv, move |kv| kv.get(&key)).await
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::Error> {
+        on_store(&self.kv, move |kv| kv.set(&key, &value)).await
+    }
+
+    async fn delete(&mut self, key: String) -> Result<bool, kv::Error> {
+        on_store(&self.kv, move |kv| kv.delete(&key)).await
+    }
+
+    async fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, kv::Error> {
+        on_store(&self.kv, move |kv| kv.list_keys(&prefix)).await
+    }
+
+    async fn increment(&mut self, key: String, delta: i64) -> Result<i64, kv::Error> {
+        on_store(&self.kv, move |kv| kv.increment(&key, delta)).await
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> Result<bool, kv::Error> {
+        on_store(&self.kv, move |kv| {
+            kv.compare_and_swap(&key, expected.as_deref(), &new)
+        })
+        .await
     }
 }
 
