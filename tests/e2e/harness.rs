@@ -122,42 +122,49 @@ impl Setup {
 
     pub fn start(self) -> Server {
         let config_path = self.config_path();
-        let mut child = plugboard()
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plugboard");
-        let log = Log::capture(child.stderr.take().expect("stderr"));
-        let Some(line) = log.wait_for("listening on ") else {
-            let _ = child.kill();
-            panic!("server did not start:\n{}", log.text());
-        };
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let (exited, exit) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = exited.send(child.wait().expect("wait for plugboard"));
-        });
-        Server {
-            pid,
-            exit,
-            exit_status: None,
-            addr,
-            log,
-            plugin_dir: self.plugin_dir(),
-            config_path,
-            _dir: self.dir,
-        }
+        spawn_server(config_path, self.args, self.dir)
+    }
+}
+
+/// Starts `plugboard serve` on `config_path` and waits until it listens.
+/// The server owns `dir` (its config, plugins and state) until dropped.
+fn spawn_server(config_path: PathBuf, args: Vec<String>, dir: TempDir) -> Server {
+    let mut child = plugboard()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .args(&args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn plugboard");
+    let log = Log::capture(child.stderr.take().expect("stderr"));
+    let Some(line) = log.wait_for("listening on ") else {
+        let _ = child.kill();
+        panic!("server did not start:\n{}", log.text());
+    };
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (exited, exit) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exited.send(child.wait().expect("wait for plugboard"));
+    });
+    Server {
+        pid,
+        exit,
+        exit_status: None,
+        addr,
+        log,
+        plugin_dir: dir.path().join("plugins"),
+        config_path,
+        args,
+        _dir: Some(dir),
     }
 }
 
@@ -247,7 +254,9 @@ pub struct Server {
     pub log: Log,
     pub plugin_dir: PathBuf,
     pub config_path: PathBuf,
-    _dir: TempDir,
+    args: Vec<String>,
+    /// `None` only while being handed to a restarted server.
+    _dir: Option<TempDir>,
 }
 
 impl Server {
@@ -257,6 +266,25 @@ impl Server {
 
     pub fn pid(&self) -> i32 {
         self.pid.as_raw()
+    }
+
+    /// Kills the server with SIGKILL (no chance to flush or close anything)
+    /// and starts a new one on the same config, plugins and state.
+    pub fn kill_and_restart(mut self) -> Server {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.wait_exit();
+        self.restart_stopped()
+    }
+
+    /// Starts a new server on this one's directory, once it has exited.
+    pub fn restart_stopped(mut self) -> Server {
+        self.wait_exit();
+        let dir = self._dir.take().expect("server directory");
+        spawn_server(
+            self.config_path.clone(),
+            std::mem::take(&mut self.args),
+            dir,
+        )
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {

@@ -7,3 +7,4 @@ mod plugins;
 mod protocol;
 mod reload;
 mod sandbox;
+mod state;

@@ -1,34 +1,89 @@
-//! The on/off plugin: serves `on` and `off`, each replying `success`.
+//! The on/off plugin: a switch whose state lives in the host's key-value
+//! store, so it outlives a call, a hot reload and a restart.
 //!
-//! The smallest useful plugboard plugin, and the template for new ones: list
-//! the commands, handle a request, return `Ok(reply)` or `Err(message)`.
+//! `on` and `off` reply `success`; `status` replies `on` or `off` (`off`
+//! before any command), prefixed with the device's name when the config
+//! names one (`[plugins.onoff.config] device = "lamp"` gives `lamp: on`);
+//! `toggle` flips the state atomically and replies with the new one.
 
 wit_bindgen::generate!({
     path: "../../wit",
     world: "plugin",
 });
 
-// `use types.{...}` in the world brings `CommandInfo` and `Request` into scope.
+use plugboard::plugin::{config, kv};
+
+/// The key the switch's state is kept under.
+const STATE: &str = "state";
+
 struct OnOff;
+
+fn command(name: &str, summary: &str) -> CommandInfo {
+    CommandInfo {
+        name: name.into(),
+        summary: summary.into(),
+    }
+}
 
 impl Guest for OnOff {
     fn commands() -> Vec<CommandInfo> {
         vec![
-            CommandInfo {
-                name: "on".into(),
-                summary: "Switch the device on".into(),
-            },
-            CommandInfo {
-                name: "off".into(),
-                summary: "Switch the device off".into(),
-            },
+            command("on", "Switch the device on"),
+            command("off", "Switch the device off"),
+            command("status", "Say whether the device is on or off"),
+            command("toggle", "Flip the device, reply with its new state"),
         ]
     }
 
     fn handle(request: Request) -> Result<String, String> {
         match request.command.as_str() {
-            "on" | "off" => Ok("success".into()),
+            "on" => switch(true).map(|()| "success".into()),
+            "off" => switch(false).map(|()| "success".into()),
+            "status" => status().map(describe),
+            "toggle" => toggle().map(describe),
             other => Err(format!("onoff does not handle '{other}'")),
+        }
+    }
+}
+
+fn word(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
+fn describe(on: bool) -> String {
+    match config::get("device") {
+        Some(device) => format!("{device}: {}", word(on)),
+        None => word(on).into(),
+    }
+}
+
+fn store_error(err: kv::Error) -> String {
+    format!("cannot record the device state: {err:?}")
+}
+
+/// Writes only when the state changes: a durable write costs a disk sync,
+/// a read almost nothing, and `on` when already on changes nothing.
+fn switch(on: bool) -> Result<(), String> {
+    if status()? == on {
+        return Ok(());
+    }
+    kv::set(STATE, word(on).as_bytes()).map_err(store_error)
+}
+
+fn status() -> Result<bool, String> {
+    let state = kv::get(STATE).map_err(store_error)?;
+    Ok(state.as_deref() == Some(b"on"))
+}
+
+/// Read, then swap only if nobody changed the state meanwhile: concurrent
+/// toggles from several clients each flip it exactly once.
+fn toggle() -> Result<bool, String> {
+    loop {
+        let current = kv::get(STATE).map_err(store_error)?;
+        let on = current.as_deref() == Some(b"on");
+        let flipped = word(!on).as_bytes();
+        if kv::compare_and_swap(STATE, current.as_deref(), flipped).map_err(store_error)? {
+            return Ok(!on);
         }
     }
 }

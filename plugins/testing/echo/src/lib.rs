@@ -6,6 +6,7 @@ wit_bindgen::generate!({
 });
 
 use plugboard::plugin::host::{Level, log};
+use plugboard::plugin::kv;
 
 struct Echo;
 
@@ -28,6 +29,9 @@ impl Guest for Echo {
                 "Write the arguments to stdout, stderr and the host log",
             ),
             command("delimiter", "Reply with text containing <EOF>"),
+            command("kv-set", "Store the second argument under the first"),
+            command("kv-get", "Reply with the value stored under the argument"),
+            command("kv-count", "Increment the counter named by the argument"),
         ]
     }
 
@@ -51,6 +55,21 @@ impl Guest for Echo {
                 Ok("printed".into())
             }
             "delimiter" => Ok("before<EOF>after".into()),
+            "kv-set" => {
+                let (key, value) = request
+                    .raw_args
+                    .split_once(' ')
+                    .unwrap_or((&request.raw_args, ""));
+                kv::set(key, value.as_bytes()).map_err(|err| format!("{err:?}"))?;
+                Ok("stored".into())
+            }
+            "kv-get" => match kv::get(&request.raw_args).map_err(|err| format!("{err:?}"))? {
+                Some(value) => Ok(String::from_utf8_lossy(&value).into_owned()),
+                None => Ok("(none)".into()),
+            },
+            "kv-count" => kv::increment(&request.raw_args, 1)
+                .map(|n| n.to_string())
+                .map_err(|err| format!("{err:?}")),
             other => Err(format!("unexpected command '{other}'")),
         }
     }
