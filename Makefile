@@ -10,7 +10,7 @@ WASM_OUT := target/$(WASM_TARGET)/release
 SHIPPED_PLUGINS := onoff
 PLUGIN_DIR := target/plugins
 
-.PHONY: run build plugins test lint wasm-target bench-call
+.PHONY: run build plugins test lint wasm-target bench-call bench-reload bench-kv
 
 run: build
 	./target/release/plugboard serve --config config.toml
@@ -40,3 +40,11 @@ lint: wasm-target
 # Cost of one plugin call (fresh instance + handle) against a native baseline.
 bench-call: plugins
 	$(CARGO) bench --locked -p plugboard --bench plugin_call
+
+# Hot-reload latency and restart time with a cold and a warm compile cache.
+bench-reload: plugins
+	$(CARGO) bench --locked -p plugboard --bench reload
+
+# Cost of each key-value store operation, in memory and on disk.
+bench-kv:
+	$(CARGO) bench --locked -p plugboard --bench kv

@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plugboard::plugin::{Limits, Plugin, Runtime, RuntimeOptions};
+use plugboard::plugin::{Plugin, Runtime, RuntimeOptions, Setup};
 use plugboard::reply::Reply;
 use plugboard::request::Request;
+use plugboard::store::{KvLimits, Store};
 
 const WARMUP_CALLS: usize = 2_000;
 const SEQUENTIAL_CALLS: usize = 50_000;
@@ -96,8 +97,13 @@ async fn measure<H: Handler>(handler: Arc<H>) -> Figures {
 }
 
 async fn wasm(options: RuntimeOptions) -> Figures {
-    let runtime = Runtime::new(options).expect("runtime");
-    let plugin = Plugin::load(&runtime, &onoff_wasm(), Limits::default())
+    let store = Store::in_memory(KvLimits {
+        max_key_bytes: 256,
+        max_value_bytes: 65536,
+        max_keys: 10_000,
+    });
+    let runtime = Runtime::new(options, store).expect("runtime");
+    let plugin = Plugin::load(&runtime, &onoff_wasm(), Setup::default())
         .await
         .expect("load onoff");
     measure(Arc::new(Wasm(plugin))).await
