@@ -144,3 +144,27 @@ fn serve_names_a_missing_config_file() {
         stderr(&output)
     );
 }
+
+#[test]
+fn send_prompts_on_a_terminal() {
+    let server = onoff();
+    let pty = nix::pty::openpty(None, None).expect("open a pseudo-terminal");
+    let mut child = plugboard()
+        .args(["send", "--addr", &server.addr.to_string()])
+        .stdin(Stdio::from(pty.slave))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn plugboard send");
+    let mut terminal = std::fs::File::from(pty.master);
+    // Two commands, then Ctrl-D (end of input on a terminal).
+    terminal.write_all(b"on\ndance\n\x04").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        stdout(&output),
+        "plugboard> success\nplugboard> error: unknown command 'dance'\nplugboard> \n"
+    );
+    assert!(
+        !output.status.success(),
+        "an error reply makes the exit status non-zero"
+    );
+}

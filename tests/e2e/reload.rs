@@ -292,3 +292,38 @@ fn a_restart_with_unchanged_plugins_does_not_recompile() {
     );
     assert_eq!(warm.connect().request("on"), "success");
 }
+
+#[test]
+fn a_command_already_running_finishes_on_the_version_it_started_with() {
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .config("call_timeout_ms = 10000")
+        .start();
+    let mut busy = server.connect();
+    busy.send(b"echo started<EOF>sleep 1500<EOF>");
+    assert_eq!(busy.reply().unwrap(), "started");
+    // Replace echo with a plugin that has no `sleep` at all.
+    replace(&server, "echo.wasm", &bytes_of("testing_rival"), 1);
+    assert_eq!(
+        server.connect().request("sleep 1"),
+        "error: unknown command 'sleep'"
+    );
+    assert_eq!(
+        busy.reply().unwrap(),
+        "slept 1500",
+        "the running call kept its version"
+    );
+}
+
+#[test]
+fn conflicts_are_re_resolved_on_every_change() {
+    let server = onoff();
+    let mut client = server.connect();
+    // `a-rival.wasm` sorts before `onoff.wasm`: it takes `on` while present.
+    replace(&server, "a-rival.wasm", &bytes_of("testing_rival"), 1);
+    assert_eq!(client.request("on"), "rival on");
+    assert_eq!(client.request("off"), "success");
+    std::fs::remove_file(server.plugin_dir.join("a-rival.wasm")).unwrap();
+    assert!(server.log.wait_for_count(UPDATED, 2));
+    assert_eq!(client.request("on"), "success");
+}
