@@ -149,7 +149,7 @@ fn serve_names_a_missing_config_file() {
 fn send_prompts_on_a_terminal() {
     let server = onoff();
     let pty = nix::pty::openpty(None, None).expect("open a pseudo-terminal");
-    let mut child = plugboard()
+    let child = plugboard()
         .args(["send", "--addr", &server.addr.to_string()])
         .stdin(Stdio::from(pty.slave))
         .stdout(Stdio::piped())
