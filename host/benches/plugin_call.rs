@@ -153,10 +153,8 @@ fn print_row(name: &str, figures: &Figures, native: Option<&Figures>) {
     let per_call_us = figures.sequential.as_secs_f64() * 1e6;
     let ratio = native
         .map(|n| {
-            format!(
-                "  ({:.3} of native)",
-                figures.concurrent_per_sec / n.concurrent_per_sec
-            )
+            let ratio = figures.concurrent_per_sec / n.concurrent_per_sec;
+            format!("  ({ratio:.5} of native, {:.0}x slower)", 1.0 / ratio)
         })
         .unwrap_or_default();
     println!(

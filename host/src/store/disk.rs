@@ -126,4 +126,9 @@ impl Backend for DiskStore {
         tx.commit().map_err(storage)?;
         Ok(SetOutcome::Written)
     }
+
+    /// Every commit is synced to disk.
+    fn writes_block(&self) -> bool {
+        true
+    }
 }

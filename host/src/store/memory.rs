@@ -79,4 +79,8 @@ impl Backend for MemoryStore {
         inner.entries.insert(entry, value);
         Ok(SetOutcome::Written)
     }
+
+    fn writes_block(&self) -> bool {
+        false
+    }
 }

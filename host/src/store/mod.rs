@@ -34,6 +34,10 @@ pub trait Backend: Send + Sync + 'static {
         max_keys: u32,
         update: Updater<'_>,
     ) -> Result<SetOutcome, String>;
+
+    /// Whether writes wait on a device (a disk sync, a network round trip)
+    /// and so must not run on an async worker. Reads are assumed quick.
+    fn writes_block(&self) -> bool;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +109,11 @@ pub struct Namespace {
 }
 
 impl Namespace {
+    /// See [`Backend::writes_block`].
+    pub fn writes_block(&self) -> bool {
+        self.store.backend.writes_block()
+    }
+
     fn check_key(&self, key: &str) -> Result<(), KvError> {
         let max = self.store.limits.max_key_bytes;
         if key.len() > max as usize {
