@@ -5,7 +5,8 @@
 //! socket ([`server`], [`connection`]) -> frame ([`codec`]) -> request
 //! ([`request`]) -> route ([`router`]) -> plugin ([`plugin`]) -> [`reply`].
 //! [`config`] is the server's settings, [`plugin_dir`] the directory of plugin
-//! files, [`reload`] hot reload, and [`client`] the `plugboard send` client.
+//! files, [`reload`] hot reload, [`client`] the `plugboard send` client, and
+//! [`standalone`] `plugboard check` and `call`.
 
 pub mod client;
 pub mod codec;
@@ -18,4 +19,5 @@ pub mod reply;
 pub mod request;
 pub mod router;
 pub mod server;
+pub mod standalone;
 pub mod store;

@@ -44,6 +44,27 @@ enum Command {
         /// Commands to send, each one message (quote a command with arguments).
         commands: Vec<String>,
     },
+    /// Load a plugin file exactly as the server would, and list its commands
+    /// and the imports it needs. Exits non-zero if the server would reject it.
+    Check {
+        /// The plugin (`.wasm` component).
+        file: PathBuf,
+        /// Config whose limits apply [default: built-in defaults]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run one command in a plugin without a server, under the same limits,
+    /// and print the reply. State lives in memory for this run only.
+    Call {
+        /// The plugin (`.wasm` component).
+        file: PathBuf,
+        /// The command and its arguments.
+        #[arg(required = true, num_args = 1..)]
+        words: Vec<String>,
+        /// Config whose limits and plugin settings apply [default: built-in defaults]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Errors are printed as one line with their causes (`error: cannot connect
@@ -78,6 +99,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Send { addr, commands } => plugboard::client::send(&addr, commands).await,
+        Command::Check { file, config } => {
+            plugboard::standalone::check(&file, &tool_config(config)?).await
+        }
+        Command::Call {
+            file,
+            words,
+            config,
+        } => plugboard::standalone::call(&file, &words, &tool_config(config)?).await,
     }
 }
 
@@ -95,6 +124,19 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<(Config, Option<PathBuf>
             tracing::info!("no {DEFAULT_CONFIG} here: using built-in defaults");
             Ok((Config::defaults()?, None))
         }
+    }
+}
+
+/// `check` and `call` use a config only when given one: their plugin is a
+/// file on the command line, not the config's plugin directory. Without one,
+/// they compile without a cache rather than leave one in the working directory.
+fn tool_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Config::load(&path),
+        None => Ok(Config {
+            compile_cache: false,
+            ..Config::default()
+        }),
     }
 }
 

@@ -168,3 +168,85 @@ fn send_prompts_on_a_terminal() {
         "an error reply makes the exit status non-zero"
     );
 }
+
+fn plugin_tool(args: &[&str]) -> Output {
+    plugboard().args(args).output().expect("run plugboard")
+}
+
+#[test]
+fn check_lists_commands_and_imports_of_a_valid_plugin() {
+    let onoff = crate::harness::built_plugin("onoff");
+    let output = plugin_tool(&["check", onoff.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = stdout(&output);
+    assert!(report.contains("ok, plugin 'onoff'"), "{report}");
+    assert!(report.contains("toggle  Flip the device"), "{report}");
+    assert!(report.contains("plugboard:plugin/kv@0.1.1"), "{report}");
+}
+
+#[test]
+fn check_rejects_invalid_files_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[u8], &str); 3] = [
+        ("garbage.wasm", b"not wasm", "not a WebAssembly file"),
+        ("core.wasm", b"\0asm\x01\0\0\0", "not a component"),
+        (
+            "truncated.wasm",
+            b"\0asm\x0d\0\x01\0\x01",
+            "not a valid WebAssembly component",
+        ),
+    ];
+    for (name, bytes, reason) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let output = plugin_tool(&["check", path.to_str().unwrap()]);
+        assert!(!output.status.success(), "{name} passed check");
+        assert!(
+            stderr(&output).contains(reason),
+            "{name}: {}",
+            stderr(&output)
+        );
+    }
+    let missing = plugin_tool(&["check", "/no/such/plugin.wasm"]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("/no/such/plugin.wasm"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[test]
+fn call_runs_one_command_as_the_server_would() {
+    let echo = crate::harness::built_plugin("testing_echo");
+    let output = plugin_tool(&["call", echo.to_str().unwrap(), "echo", "hello", "there"]);
+    assert_eq!(stdout(&output), "hello there\n");
+    assert!(output.status.success());
+
+    let output = plugin_tool(&["call", echo.to_str().unwrap(), "fail", "nope"]);
+    assert_eq!(stdout(&output), "error: nope\n");
+    assert!(!output.status.success());
+
+    let output = plugin_tool(&["call", echo.to_str().unwrap(), "dance"]);
+    assert_eq!(stdout(&output), "error: unknown command 'dance'\n");
+    assert!(!output.status.success());
+}
+
+#[test]
+fn call_applies_the_config_limits() {
+    let setup = Setup::new().config("call_timeout_ms = 100");
+    let hostile = crate::harness::built_plugin("testing_hostile");
+    let config = setup.config_path();
+    let output = plugin_tool(&[
+        "call",
+        hostile.to_str().unwrap(),
+        "spin",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        stdout(&output),
+        "error: plugin 'testing_hostile' timed out\n"
+    );
+    assert!(!output.status.success());
+}

@@ -62,6 +62,8 @@ pub struct Plugin {
     path: PathBuf,
     pre: bindings::PluginPre<sandbox::Sandbox>,
     commands: Vec<CommandSpec>,
+    /// What the component imports (WIT interfaces), for `plugboard check`.
+    imports: Vec<String>,
     setup: Setup,
     limits: Limits,
     /// This plugin's key-value namespace.
@@ -174,6 +176,11 @@ impl Plugin {
             .await
             .map_err(|join| LoadError::Compile(join.into()))?
             .map_err(|err| LoadError::Compile(err.into()))?;
+        let imports = component
+            .component_type()
+            .imports(runtime.engine())
+            .map(|(name, _)| name.to_owned())
+            .collect();
         let instance_pre = runtime
             .linker()
             .instantiate_pre(&component)
@@ -206,6 +213,7 @@ impl Plugin {
             path: path.to_owned(),
             pre,
             commands,
+            imports,
             setup,
             limits,
             kv,
@@ -226,6 +234,10 @@ impl Plugin {
         &self.commands
     }
 
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
     pub fn setup(&self) -> &Setup {
         &self.setup
     }
@@ -238,6 +250,7 @@ impl Plugin {
             path: self.path.clone(),
             pre: self.pre.clone(),
             commands: self.commands.clone(),
+            imports: self.imports.clone(),
             limits: setup.limits.clone(),
             setup,
             kv: self.kv.clone(),

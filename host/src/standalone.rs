@@ -1,0 +1,74 @@
+//! A plugin without a server: `plugboard check` and `plugboard call`, for
+//! plugin authors and their scripts.
+//!
+//! Both load the file exactly as the server does (same engine settings,
+//! limits from the config, same validation), so "check passes" means "the
+//! server will load it", and `call` replies exactly what the server would.
+//! State goes to an in-memory store: a test run never touches a server's data.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::{Config, StateStore};
+use crate::plugin::{Plugin, Runtime};
+use crate::plugin_dir::plugin_name;
+use crate::request::Request;
+use crate::router::Router;
+
+/// Loads `file` as the server would; the error says why it would be rejected.
+async fn load(file: &Path, config: &Config) -> anyhow::Result<Plugin> {
+    let mut config = config.clone();
+    config.state_store = StateStore::Memory;
+    let runtime = Runtime::new(config.runtime_options(), config.open_store()?)
+        .context("cannot start the WebAssembly runtime")?;
+    let setup = config.setup_for(&plugin_name(file));
+    Plugin::load(&runtime, file, setup)
+        .await
+        .with_context(|| format!("{} would be rejected", file.display()))
+}
+
+/// `plugboard check FILE`: validates the plugin and lists what it serves and
+/// what it needs.
+pub async fn check(file: &Path, config: &Config) -> anyhow::Result<ExitCode> {
+    let plugin = load(file, config).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}: ok, plugin '{}'", file.display(), plugin.name())?;
+    writeln!(out, "commands:")?;
+    let width = plugin
+        .commands()
+        .iter()
+        .map(|c| c.name.as_str().len())
+        .max()
+        .unwrap_or(0);
+    for command in plugin.commands() {
+        writeln!(
+            out,
+            "  {:width$}  {}",
+            command.name.as_str(),
+            command.summary
+        )?;
+    }
+    writeln!(out, "imports:")?;
+    for import in plugin.imports() {
+        writeln!(out, "  {import}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `plugboard call FILE COMMAND [ARGS...]`: runs one command under the
+/// plugin's limits and prints the reply as `send` would.
+pub async fn call(file: &Path, words: &[String], config: &Config) -> anyhow::Result<ExitCode> {
+    let plugin = load(file, config).await?;
+    let request = Request::parse(words.join(" ").as_bytes())?;
+    let reply = Router::new([Arc::new(plugin)]).dispatch(request).await;
+    writeln!(std::io::stdout().lock(), "{}", reply.as_str())?;
+    Ok(if reply.is_error() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
