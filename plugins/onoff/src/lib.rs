@@ -6,45 +6,32 @@
 //! names one (`[plugins.onoff.config] device = "lamp"` gives `lamp: on`);
 //! `toggle` flips the state atomically and replies with the new one.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "plugin",
-});
-
-use plugboard::plugin::{config, kv};
+use plugboard_plugin::{Command, Plugin, Request, config, kv};
 
 /// The key the switch's state is kept under.
 const STATE: &str = "state";
 
 struct OnOff;
 
-fn command(name: &str, summary: &str) -> CommandInfo {
-    CommandInfo {
-        name: name.into(),
-        summary: summary.into(),
-    }
-}
-
-impl Guest for OnOff {
-    fn commands() -> Vec<CommandInfo> {
-        vec![
-            command("on", "Switch the device on"),
-            command("off", "Switch the device off"),
-            command("status", "Say whether the device is on or off"),
-            command("toggle", "Flip the device, reply with its new state"),
-        ]
-    }
+impl Plugin for OnOff {
+    const COMMANDS: &'static [Command] = &[
+        Command::new("on", "Switch the device on"),
+        Command::new("off", "Switch the device off"),
+        Command::new("status", "Say whether the device is on or off"),
+        Command::new("toggle", "Flip the device, reply with its new state"),
+    ];
 
     fn handle(request: Request) -> Result<String, String> {
         match request.command.as_str() {
             "on" => switch(true).map(|()| "success".into()),
             "off" => switch(false).map(|()| "success".into()),
             "status" => status().map(describe),
-            "toggle" => toggle().map(describe),
-            other => Err(format!("onoff does not handle '{other}'")),
+            _ => toggle().map(describe),
         }
     }
 }
+
+plugboard_plugin::export!(OnOff);
 
 fn word(on: bool) -> &'static str {
     if on { "on" } else { "off" }
@@ -58,7 +45,7 @@ fn describe(on: bool) -> String {
 }
 
 fn store_error(err: kv::Error) -> String {
-    format!("cannot record the device state: {err:?}")
+    format!("cannot record the device state: {err}")
 }
 
 /// Writes only when the state changes: a durable write costs a disk sync,
@@ -67,12 +54,11 @@ fn switch(on: bool) -> Result<(), String> {
     if status()? == on {
         return Ok(());
     }
-    kv::set(STATE, word(on).as_bytes()).map_err(store_error)
+    kv::set_string(STATE, word(on)).map_err(store_error)
 }
 
 fn status() -> Result<bool, String> {
-    let state = kv::get(STATE).map_err(store_error)?;
-    Ok(state.as_deref() == Some(b"on"))
+    Ok(kv::get_string(STATE).map_err(store_error)?.as_deref() == Some("on"))
 }
 
 /// Read, then swap only if nobody changed the state meanwhile: concurrent
@@ -87,5 +73,3 @@ fn toggle() -> Result<bool, String> {
         }
     }
 }
-
-export!(OnOff);

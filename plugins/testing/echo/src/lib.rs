@@ -1,39 +1,24 @@
 //! A test plugin with one command per behaviour the end-to-end tests provoke.
 
-wit_bindgen::generate!({
-    path: "../../../wit",
-    world: "plugin",
-});
-
-use plugboard::plugin::host::{Level, log};
-use plugboard::plugin::kv;
+use plugboard_plugin::{Command, Plugin, Request, kv, log};
 
 struct Echo;
 
-fn command(name: &str, summary: &str) -> CommandInfo {
-    CommandInfo {
-        name: name.into(),
-        summary: summary.into(),
-    }
-}
-
-impl Guest for Echo {
-    fn commands() -> Vec<CommandInfo> {
-        vec![
-            command("echo", "Reply with the arguments, as sent"),
-            command("fail", "Refuse with the arguments as the error message"),
-            command("panic", "Panic (traps the instance)"),
-            command("sleep", "Sleep for the given milliseconds, then reply"),
-            command(
-                "print",
-                "Write the arguments to stdout, stderr and the host log",
-            ),
-            command("delimiter", "Reply with text containing <EOF>"),
-            command("kv-set", "Store the second argument under the first"),
-            command("kv-get", "Reply with the value stored under the argument"),
-            command("kv-count", "Increment the counter named by the argument"),
-        ]
-    }
+impl Plugin for Echo {
+    const COMMANDS: &'static [Command] = &[
+        Command::new("echo", "Reply with the arguments, as sent"),
+        Command::new("fail", "Refuse with the arguments as the error message"),
+        Command::new("panic", "Panic (traps the instance)"),
+        Command::new("sleep", "Sleep for the given milliseconds, then reply"),
+        Command::new(
+            "print",
+            "Write the arguments to stdout, stderr and the host log",
+        ),
+        Command::new("delimiter", "Reply with text containing <EOF>"),
+        Command::new("kv-set", "Store the second argument under the first"),
+        Command::new("kv-get", "Reply with the value stored under the argument"),
+        Command::new("kv-count", "Increment the counter named by the argument"),
+    ];
 
     fn handle(request: Request) -> Result<String, String> {
         match request.command.as_str() {
@@ -51,7 +36,7 @@ impl Guest for Echo {
             "print" => {
                 println!("stdout: {}", request.raw_args);
                 eprintln!("stderr: {}", request.raw_args);
-                log(Level::Warn, &format!("log: {}", request.raw_args));
+                log::warn(&format!("log: {}", request.raw_args));
                 Ok("printed".into())
             }
             "delimiter" => Ok("before<EOF>after".into()),
@@ -75,4 +60,4 @@ impl Guest for Echo {
     }
 }
 
-export!(Echo);
+plugboard_plugin::export!(Echo);

@@ -2,42 +2,30 @@
 //! end-to-end tests in `tests/e2e/sandbox.rs` run each against the real
 //! server and check the host contains it.
 
-wit_bindgen::generate!({
-    path: "../../../wit",
-    world: "plugin",
-});
-
 use std::cell::RefCell;
 use std::hint::black_box;
 
-struct Hostile;
+use plugboard_plugin::{Command, Plugin, Request};
 
-fn command(name: &str, summary: &str) -> CommandInfo {
-    CommandInfo {
-        name: name.into(),
-        summary: summary.into(),
-    }
-}
+struct Hostile;
 
 thread_local! {
     /// What `remember` stored; `recall` shows whether an instance is reused.
     static MEMORY: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
-impl Guest for Hostile {
-    fn commands() -> Vec<CommandInfo> {
-        vec![
-            command("spin", "Loop forever"),
-            command("alloc-bomb", "Allocate memory without bound"),
-            command("recurse", "Recurse without bound"),
-            command("depth", "Recurse N levels deep, then reply"),
-            command("huge-reply", "Reply with N bytes"),
-            command("open-file", "Try to read a file given as argument"),
-            command("connect", "Try to open a TCP connection to an address"),
-            command("remember", "Keep the argument in the instance's memory"),
-            command("recall", "Reply with what `remember` kept in this instance"),
-        ]
-    }
+impl Plugin for Hostile {
+    const COMMANDS: &'static [Command] = &[
+        Command::new("spin", "Loop forever"),
+        Command::new("alloc-bomb", "Allocate memory without bound"),
+        Command::new("recurse", "Recurse without bound"),
+        Command::new("depth", "Recurse N levels deep, then reply"),
+        Command::new("huge-reply", "Reply with N bytes"),
+        Command::new("open-file", "Try to read a file given as argument"),
+        Command::new("connect", "Try to open a TCP connection to an address"),
+        Command::new("remember", "Keep the argument in the instance's memory"),
+        Command::new("recall", "Reply with what `remember` kept in this instance"),
+    ];
 
     fn handle(request: Request) -> Result<String, String> {
         match request.command.as_str() {
@@ -108,4 +96,4 @@ fn depth(levels: u64) -> u64 {
     }
 }
 
-export!(Hostile);
+plugboard_plugin::export!(Hostile);

@@ -1,24 +1,16 @@
 //! A test plugin that claims `on`, which onoff also serves: for the tests of
 //! command conflicts (and, later, of replacing a plugin with another version).
 
-wit_bindgen::generate!({
-    path: "../../../wit",
-    world: "plugin",
-});
+use plugboard_plugin::{Command, Plugin, Request};
 
 struct Rival;
 
-impl Guest for Rival {
-    fn commands() -> Vec<CommandInfo> {
-        vec![CommandInfo {
-            name: "on".into(),
-            summary: "Claim `on` to test conflicts".into(),
-        }]
-    }
+impl Plugin for Rival {
+    const COMMANDS: &'static [Command] = &[Command::new("on", "Claim `on` to test conflicts")];
 
     fn handle(_request: Request) -> Result<String, String> {
         Ok("rival on".into())
     }
 }
 
-export!(Rival);
+plugboard_plugin::export!(Rival);

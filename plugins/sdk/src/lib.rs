@@ -1,0 +1,182 @@
+//! Write a [plugboard](https://example.invalid/plugboard) plugin in Rust:
+//! implement [`Plugin`], call [`export!`], build for `wasm32-wasip2`.
+//!
+//! The SDK hides wit-bindgen's generated code behind a small surface: the
+//! commands as a table, one handler, and typed access to what the host
+//! offers ([`log`], [`config`], [`kv`]). It is generated from the same WIT
+//! package as the host (`wit/`), so it cannot drift from the contract.
+//!
+//! # A complete plugin
+//!
+//! `Cargo.toml`:
+//!
+//! ```toml
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! plugboard-plugin = { path = "../sdk" }
+//! ```
+//!
+//! `src/lib.rs`:
+//!
+//! ```ignore
+//! use plugboard_plugin::{Command, Plugin, Request, kv, log};
+//!
+//! struct Counter;
+//!
+//! impl Plugin for Counter {
+//!     const COMMANDS: &'static [Command] = &[
+//!         Command::new("count", "Count calls, reply with the total"),
+//!         Command::new("hello", "Greet the first argument"),
+//!     ];
+//!
+//!     fn handle(request: Request) -> Result<String, String> {
+//!         match request.command.as_str() {
+//!             "count" => kv::increment("calls", 1)
+//!                 .map(|n| n.to_string())
+//!                 .map_err(|err| format!("cannot count: {err}")),
+//!             "hello" => {
+//!                 log::info("saying hello");
+//!                 Ok(format!("hello, {}", request.args.first().map_or("world", String::as_str)))
+//!             }
+//!             _ => unreachable!("the SDK only routes listed commands here"),
+//!         }
+//!     }
+//! }
+//!
+//! plugboard_plugin::export!(Counter);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2` and copy
+//! `target/wasm32-wasip2/release/<crate>.wasm` into the server's plugin
+//! directory; `plugboard check <file>` says whether the server will load it.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+        default_bindings_module: "plugboard_plugin::bindings",
+    });
+}
+
+use bindings::plugboard::plugin as wit;
+
+/// One client message: the command name, its arguments split on whitespace
+/// (`args`), and everything after the name as typed (`raw_args`).
+pub use wit::types::Request;
+
+/// A command the plugin serves, with a one-line summary for humans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Command {
+    pub name: &'static str,
+    pub summary: &'static str,
+}
+
+impl Command {
+    pub const fn new(name: &'static str, summary: &'static str) -> Self {
+        Self { name, summary }
+    }
+}
+
+/// A plugboard plugin. The host routes each message whose first word is one
+/// of [`Plugin::COMMANDS`] to [`Plugin::handle`], in a fresh instance.
+pub trait Plugin {
+    /// The commands this plugin serves. Names are non-empty, without whitespace.
+    const COMMANDS: &'static [Command];
+
+    /// Handles one request for one of [`Plugin::COMMANDS`]. `Ok(text)` is sent
+    /// to the client as `text<EOF>`, `Err(message)` as `error: message<EOF>`.
+    fn handle(request: Request) -> Result<String, String>;
+}
+
+/// Writing to the host's log, tagged with the plugin's name.
+pub mod log {
+    use super::wit::host::{self, Level};
+
+    pub fn trace(message: &str) {
+        host::log(Level::Trace, message);
+    }
+    pub fn debug(message: &str) {
+        host::log(Level::Debug, message);
+    }
+    pub fn info(message: &str) {
+        host::log(Level::Info, message);
+    }
+    pub fn warn(message: &str) {
+        host::log(Level::Warn, message);
+    }
+    pub fn error(message: &str) {
+        host::log(Level::Error, message);
+    }
+}
+
+/// The plugin's own settings: its `[plugins.<name>.config]` table.
+pub mod config {
+    /// The value of `key`, if the server's config sets it.
+    pub fn get(key: &str) -> Option<String> {
+        super::wit::config::get(key)
+    }
+}
+
+/// Durable key-value state in the plugin's own namespace. [`Error`]
+/// implements `std::error::Error` and `Display`.
+pub mod kv {
+    pub use super::wit::kv::{Error, compare_and_swap, delete, get, increment, list_keys, set};
+
+    /// The value at `key` as text (lossy for bytes that are not UTF-8).
+    pub fn get_string(key: &str) -> Result<Option<String>, Error> {
+        Ok(get(key)?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Stores `value` at `key`.
+    pub fn set_string(key: &str, value: &str) -> Result<(), Error> {
+        set(key, value.as_bytes())
+    }
+}
+
+#[doc(hidden)]
+pub fn __commands<P: Plugin>() -> Vec<bindings::CommandInfo> {
+    P::COMMANDS
+        .iter()
+        .map(|command| bindings::CommandInfo {
+            name: command.name.into(),
+            summary: command.summary.into(),
+        })
+        .collect()
+}
+
+#[doc(hidden)]
+pub fn __handle<P: Plugin>(request: Request) -> Result<String, String> {
+    if !P::COMMANDS.iter().any(|c| c.name == request.command) {
+        return Err(format!("unexpected command '{}'", request.command));
+    }
+    P::handle(request)
+}
+
+/// Exports a [`Plugin`] implementation as the component's `plugin` world.
+/// Call it once, at the crate root of the plugin.
+#[macro_export]
+macro_rules! export {
+    ($plugin:ty) => {
+        #[doc(hidden)]
+        pub struct __PlugboardExport;
+
+        impl $crate::bindings::Guest for __PlugboardExport {
+            fn commands() -> ::std::vec::Vec<$crate::bindings::CommandInfo> {
+                $crate::__commands::<$plugin>()
+            }
+
+            fn handle(
+                request: $crate::Request,
+            ) -> ::core::result::Result<::std::string::String, ::std::string::String> {
+                $crate::__handle::<$plugin>(request)
+            }
+        }
+
+        $crate::bindings::__export_world!(__PlugboardExport with_types_in $crate::bindings);
+    };
+}
