@@ -6,7 +6,7 @@
 //! ([`request`]) -> route ([`router`]) -> plugin ([`plugin`]) -> [`reply`].
 //! [`config`] is the server's settings, [`plugin_dir`] the directory of plugin
 //! files, [`reload`] hot reload, [`client`] the `plugboard send` client, and
-//! [`standalone`] `plugboard check` and `call`.
+//! [`standalone`] `plugboard check` and `call`, [`scaffold`] `plugboard new`.
 
 pub mod client;
 pub mod codec;
@@ -18,6 +18,7 @@ pub mod reload;
 pub mod reply;
 pub mod request;
 pub mod router;
+pub mod scaffold;
 pub mod server;
 pub mod standalone;
 pub mod store;

@@ -44,6 +44,17 @@ enum Command {
         /// Commands to send, each one message (quote a command with arguments).
         commands: Vec<String>,
     },
+    /// Create a plugin project that builds and loads as is, answering `hello`.
+    New {
+        /// The plugin's name (lowercase letters, digits, '-').
+        name: String,
+        /// Language of the plugin.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: plugboard::scaffold::Lang,
+        /// Directory to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Load a plugin file exactly as the server would, and list its commands
     /// and the imports it needs. Exits non-zero if the server would reject it.
     Check {
@@ -99,6 +110,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Send { addr, commands } => plugboard::client::send(&addr, commands).await,
+        Command::New { name, lang, dir } => {
+            let root = plugboard::scaffold::new_plugin(&name, &dir, lang)?;
+            // `make check` runs `plugboard`, which need not be on PATH.
+            let me = std::env::current_exe().context("cannot locate this binary")?;
+            println!("created {}", root.display());
+            println!(
+                "build and check it: make -C {} check PLUGBOARD={}",
+                root.display(),
+                me.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { file, config } => {
             plugboard::standalone::check(&file, &tool_config(config)?).await
         }

@@ -250,3 +250,58 @@ fn call_applies_the_config_limits() {
     );
     assert!(!output.status.success());
 }
+
+#[test]
+fn new_scaffolds_a_plugin_that_builds_checks_and_serves() {
+    let projects = tempfile::tempdir().unwrap();
+    let created = plugin_tool(&["new", "greeter", "--dir", projects.path().to_str().unwrap()]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let again = plugin_tool(&["new", "greeter", "--dir", projects.path().to_str().unwrap()]);
+    assert!(!again.status.success() && stderr(&again).contains("already exists"));
+    let bad = plugin_tool(&[
+        "new",
+        "Bad Name",
+        "--dir",
+        projects.path().to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success() && stderr(&bad).contains("invalid plugin name"));
+
+    // Build it as its README says, in a target dir kept between test runs.
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .current_dir(projects.path().join("greeter"))
+        .output()
+        .expect("run cargo");
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = target.join("wasm32-wasip2/release/greeter.wasm");
+
+    let check = plugin_tool(&["check", wasm.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        stdout(&check).contains("hello  Greet"),
+        "{}",
+        stdout(&check)
+    );
+
+    // A running server picks it up and serves it.
+    let server = onoff();
+    std::fs::copy(&wasm, server.plugin_dir.join("greeter.wasm")).unwrap();
+    assert!(server.log.wait_for_count("plugin set updated", 1));
+    assert_eq!(
+        server.connect().request("hello plugboard"),
+        "hello, plugboard"
+    );
+}
