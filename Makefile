@@ -9,6 +9,10 @@ WASM_OUT := target/$(WASM_TARGET)/release
 # The plugins the default config serves (test plugins stay out of it).
 SHIPPED_PLUGINS := onoff
 PLUGIN_DIR := target/plugins
+# Plugins in other languages are built into GUEST_OUT.
+GUEST_OUT := target/guest
+PYTHON ?= python3
+COMPONENTIZE_PY_VERSION := 0.25.1
 
 .PHONY: run build plugins test lint wasm-target bench-call bench-reload bench-kv
 
@@ -23,11 +27,20 @@ build: plugins
 wasm-target:
 	rustup target add $(WASM_TARGET)
 
-# Every guest crate in the workspace, shipped and test-only alike.
-plugins: wasm-target
+# Every guest, shipped and test-only alike: the workspace's Rust crates and
+# the plugins in other languages.
+plugins: wasm-target $(GUEST_OUT)/stats.wasm
 	$(CARGO) build --release --locked --target $(WASM_TARGET) --workspace --exclude plugboard
 	mkdir -p $(PLUGIN_DIR)
 	for p in $(SHIPPED_PLUGINS); do cp $(WASM_OUT)/$$p.wasm $(PLUGIN_DIR)/; done
+	cp $(GUEST_OUT)/stats.wasm $(PLUGIN_DIR)/
+
+# Python: componentize-py (pinned) from PyPI; rebuilt when the source or the contract changes.
+$(GUEST_OUT)/stats.wasm: plugins/python/stats/app.py wit/plugin.wit
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
+	mkdir -p $(GUEST_OUT)
+	cd plugins/python/stats && "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/componentize-py" \
+		-d ../../../wit -w plugin componentize app -o ../../../$@
 
 test: plugins
 	$(CARGO) test --release --locked -p plugboard

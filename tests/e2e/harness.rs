@@ -16,15 +16,29 @@ use tempfile::TempDir;
 
 /// How long any single wait in a test may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
+/// Startup compiles every plugin; an 18 MB Python component takes ~13 s on
+/// a cold compile cache, more while other tests load the machine.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub const DELIMITER: &[u8] = b"<EOF>";
 
 /// A plugin built by `make plugins`, by crate file name (`onoff`, `testing_echo`).
 pub fn built_plugin(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+    expect_built(target_dir().join(format!("wasm32-wasip2/release/{name}.wasm")))
+}
+
+/// A plugin in another language, built into `target/guest` by `make plugins`.
+pub fn built_guest(name: &str) -> PathBuf {
+    expect_built(target_dir().join(format!("guest/{name}.wasm")))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join(format!("wasm32-wasip2/release/{name}.wasm"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+fn expect_built(path: PathBuf) -> PathBuf {
     assert!(
         path.exists(),
         "{} is missing: build the plugins first (`make plugins`, or just `make test`)",
@@ -74,6 +88,14 @@ impl Setup {
     pub fn plugin(self, crate_file: &str, as_name: &str) -> Self {
         let dest = self.plugin_dir().join(format!("{as_name}.wasm"));
         std::fs::copy(built_plugin(crate_file), dest).expect("copy plugin");
+        self
+    }
+
+    /// Copies a plugin in another language, built into `target/guest` by
+    /// `make plugins`, into the plugin dir as `as_name.wasm`.
+    pub fn guest(self, file: &str, as_name: &str) -> Self {
+        let dest = self.plugin_dir().join(format!("{as_name}.wasm"));
+        std::fs::copy(built_guest(file), dest).expect("copy guest plugin");
         self
     }
 
@@ -141,7 +163,7 @@ fn spawn_server(config_path: PathBuf, args: Vec<String>, dir: TempDir) -> Server
         .spawn()
         .expect("spawn plugboard");
     let log = Log::capture(child.stderr.take().expect("stderr"));
-    let Some(line) = log.wait_for("listening on ") else {
+    let Some(line) = log.wait_for_within("listening on ", STARTUP_TIMEOUT) else {
         let _ = child.kill();
         panic!("server did not start:\n{}", log.text());
     };
@@ -208,7 +230,11 @@ impl Log {
     /// Waits for a line containing `needle`; `None` if the process ended or
     /// the timeout passed first.
     pub fn wait_for(&self, needle: &str) -> Option<String> {
-        self.wait_until(|text| {
+        self.wait_for_within(needle, TIMEOUT)
+    }
+
+    pub fn wait_for_within(&self, needle: &str, timeout: Duration) -> Option<String> {
+        self.wait_until(timeout, |text| {
             text.lines()
                 .find(|line| line.contains(needle))
                 .map(str::to_owned)
@@ -217,15 +243,17 @@ impl Log {
 
     /// Waits until `needle` has appeared on `count` lines.
     pub fn wait_for_count(&self, needle: &str, count: usize) -> bool {
-        self.wait_until(|text| (count_lines(text, needle) >= count).then_some(()))
-            .is_some()
+        self.wait_until(TIMEOUT, |text| {
+            (count_lines(text, needle) >= count).then_some(())
+        })
+        .is_some()
     }
 
     /// Waits until `found` finds something in the log so far, re-checking
     /// whenever a line arrives.
-    fn wait_until<T>(&self, found: impl Fn(&str) -> Option<T>) -> Option<T> {
+    fn wait_until<T>(&self, timeout: Duration, found: impl Fn(&str) -> Option<T>) -> Option<T> {
         let (state, changed) = &*self.0;
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + timeout;
         let mut state = state.lock().unwrap();
         loop {
             if let Some(result) = found(&state.text) {

@@ -2,6 +2,7 @@
 
 mod cli;
 mod harness;
+mod languages;
 mod lifecycle;
 mod plugins;
 mod protocol;

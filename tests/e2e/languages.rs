@@ -1,0 +1,28 @@
+//! Plugins written in other languages, built by `make plugins` from
+//! `plugins/<language>/`, served through the real protocol.
+
+use crate::harness::Setup;
+
+#[test]
+fn python_stats_plugin_is_served() {
+    let server = Setup::new()
+        .guest("stats", "stats")
+        .plugin("onoff", "onoff")
+        .start();
+    let mut client = server.connect();
+    assert_eq!(
+        client.request("stats 1 2 3 4"),
+        "count=4 mean=2.5 median=2.5 min=1 max=4 stdev=1.29099"
+    );
+    assert_eq!(client.request("stats 1 x"), "error: not a number: 'x'");
+    assert_eq!(
+        client.request("stats"),
+        "error: stats needs numbers, e.g. `stats 1 2 3`"
+    );
+    // Beside a Rust plugin, on the same connection.
+    assert_eq!(client.request("on"), "success");
+    assert_eq!(
+        client.request("stats 5"),
+        "count=1 mean=5 median=5 min=5 max=5 stdev=0"
+    );
+}
