@@ -13,6 +13,7 @@ PLUGIN_DIR := target/plugins
 GUEST_OUT := target/guest
 PYTHON ?= python3
 COMPONENTIZE_PY_VERSION := 0.25.1
+NPM ?= npm
 
 .PHONY: run build plugins test lint wasm-target bench-call bench-reload bench-kv
 
@@ -29,11 +30,11 @@ wasm-target:
 
 # Every guest, shipped and test-only alike: the workspace's Rust crates and
 # the plugins in other languages.
-plugins: wasm-target $(GUEST_OUT)/stats.wasm
+plugins: wasm-target $(GUEST_OUT)/stats.wasm $(GUEST_OUT)/text.wasm
 	$(CARGO) build --release --locked --target $(WASM_TARGET) --workspace --exclude plugboard
 	mkdir -p $(PLUGIN_DIR)
 	for p in $(SHIPPED_PLUGINS); do cp $(WASM_OUT)/$$p.wasm $(PLUGIN_DIR)/; done
-	cp $(GUEST_OUT)/stats.wasm $(PLUGIN_DIR)/
+	cp $(GUEST_OUT)/stats.wasm $(GUEST_OUT)/text.wasm $(PLUGIN_DIR)/
 
 # Python: componentize-py (pinned) from PyPI; rebuilt when the source or the contract changes.
 $(GUEST_OUT)/stats.wasm: plugins/python/stats/app.py wit/plugin.wit
@@ -61,3 +62,9 @@ bench-reload: plugins
 # Cost of each key-value store operation, in memory and on disk.
 bench-kv:
 	$(CARGO) bench --locked -p plugboard --bench kv
+
+# JavaScript: componentize-js, pinned by package-lock.json, through its API
+# (build.mjs); rebuilt when the source, the lock or the contract changes.
+$(GUEST_OUT)/text.wasm: plugins/js/text/plugin.js plugins/js/text/build.mjs plugins/js/text/package-lock.json wit/plugin.wit
+	mkdir -p $(GUEST_OUT)
+	cd plugins/js/text && $(NPM) ci --silent --no-audit --no-fund && node build.mjs ../../../$@

@@ -26,3 +26,31 @@ fn python_stats_plugin_is_served() {
         "count=1 mean=5 median=5 min=5 max=5 stdev=0"
     );
 }
+
+#[test]
+fn javascript_text_plugin_is_served() {
+    let server = Setup::new()
+        .guest("text", "text")
+        .plugin("onoff", "onoff")
+        .start();
+    let mut client = server.connect();
+    assert_eq!(client.request("upper hello,  world"), "HELLO,  WORLD");
+    assert_eq!(
+        client.request(r#"json-get a.b.1 {"a": {"b": [1, "two"]}}"#),
+        "two"
+    );
+    assert_eq!(
+        client.request(r#"json-get a {"a": {"b": 1}}"#),
+        r#"{"b":1}"#
+    );
+    assert_eq!(
+        client.request(r#"json-get a.x {"a": {}}"#),
+        "error: no value at 'a.x'"
+    );
+    assert!(
+        client
+            .request("json-get a {bad")
+            .starts_with("error: invalid JSON")
+    );
+    assert_eq!(client.request("on"), "success");
+}
