@@ -251,22 +251,66 @@ fn call_applies_the_config_limits() {
     assert!(!output.status.success());
 }
 
-#[test]
-fn new_scaffolds_a_plugin_that_builds_checks_and_serves() {
+/// `plugboard new greeter --lang LANG` in a fresh directory: the project.
+fn scaffold(lang: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let projects = tempfile::tempdir().unwrap();
-    let created = plugin_tool(&["new", "greeter", "--dir", projects.path().to_str().unwrap()]);
+    let dir = projects.path().to_str().unwrap();
+    let created = plugin_tool(&["new", "greeter", "--lang", lang, "--dir", dir]);
     assert!(created.status.success(), "{}", stderr(&created));
-    let again = plugin_tool(&["new", "greeter", "--dir", projects.path().to_str().unwrap()]);
-    assert!(!again.status.success() && stderr(&again).contains("already exists"));
-    let bad = plugin_tool(&[
-        "new",
-        "Bad Name",
-        "--dir",
-        projects.path().to_str().unwrap(),
-    ]);
-    assert!(!bad.status.success() && stderr(&bad).contains("invalid plugin name"));
+    let project = projects.path().join("greeter");
+    (projects, project)
+}
 
-    // Build it as its README says, in a target dir kept between test runs.
+/// The built scaffold passes `check` and is served by a running server.
+fn assert_checks_and_serves(wasm: &std::path::Path) {
+    let check = plugin_tool(&["check", wasm.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        stdout(&check).contains("hello  Greet"),
+        "{}",
+        stdout(&check)
+    );
+    let server = onoff();
+    std::fs::copy(wasm, server.plugin_dir.join("greeter.wasm")).unwrap();
+    let updated = server
+        .log
+        .wait_for_within("plugin set updated", crate::harness::COMPILE_TIMEOUT);
+    assert!(updated.is_some(), "not loaded:\n{}", server.log.text());
+    assert_eq!(
+        server.connect().request("hello plugboard"),
+        "hello, plugboard"
+    );
+}
+
+/// Runs `make build` in a scaffolded project, as its README says.
+fn make_build(project: &std::path::Path) {
+    let build = std::process::Command::new("make")
+        .arg("build")
+        .current_dir(project)
+        .output()
+        .expect("run make");
+    assert!(
+        build.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&build.stdout),
+        String::from_utf8_lossy(&build.stderr)
+    );
+}
+
+#[test]
+fn new_refuses_existing_directories_and_bad_names() {
+    let (projects, _) = scaffold("rust");
+    let dir = projects.path().to_str().unwrap();
+    let again = plugin_tool(&["new", "greeter", "--dir", dir]);
+    assert!(!again.status.success() && stderr(&again).contains("already exists"));
+    let bad = plugin_tool(&["new", "Bad Name", "--dir", dir]);
+    assert!(!bad.status.success() && stderr(&bad).contains("invalid plugin name"));
+}
+
+#[test]
+fn new_rust_plugin_builds_checks_and_serves() {
+    let (_projects, project) = scaffold("rust");
+    // Built with cargo directly, in a target dir kept between test runs.
     let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let build = std::process::Command::new(cargo)
@@ -278,7 +322,7 @@ fn new_scaffolds_a_plugin_that_builds_checks_and_serves() {
             "--target-dir",
         ])
         .arg(&target)
-        .current_dir(projects.path().join("greeter"))
+        .current_dir(&project)
         .output()
         .expect("run cargo");
     assert!(
@@ -286,22 +330,19 @@ fn new_scaffolds_a_plugin_that_builds_checks_and_serves() {
         "{}",
         String::from_utf8_lossy(&build.stderr)
     );
-    let wasm = target.join("wasm32-wasip2/release/greeter.wasm");
+    assert_checks_and_serves(&target.join("wasm32-wasip2/release/greeter.wasm"));
+}
 
-    let check = plugin_tool(&["check", wasm.to_str().unwrap()]);
-    assert!(check.status.success(), "{}", stderr(&check));
-    assert!(
-        stdout(&check).contains("hello  Greet"),
-        "{}",
-        stdout(&check)
-    );
+#[test]
+fn new_python_plugin_builds_checks_and_serves() {
+    let (_projects, project) = scaffold("python");
+    make_build(&project);
+    assert_checks_and_serves(&project.join("greeter.wasm"));
+}
 
-    // A running server picks it up and serves it.
-    let server = onoff();
-    std::fs::copy(&wasm, server.plugin_dir.join("greeter.wasm")).unwrap();
-    assert!(server.log.wait_for_count("plugin set updated", 1));
-    assert_eq!(
-        server.connect().request("hello plugboard"),
-        "hello, plugboard"
-    );
+#[test]
+fn new_js_plugin_builds_checks_and_serves() {
+    let (_projects, project) = scaffold("js");
+    make_build(&project);
+    assert_checks_and_serves(&project.join("greeter.wasm"));
 }

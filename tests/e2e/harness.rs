@@ -16,9 +16,9 @@ use tempfile::TempDir;
 
 /// How long any single wait in a test may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
-/// Startup compiles every plugin; an 18 MB Python component takes ~13 s on
-/// a cold compile cache, more while other tests load the machine.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
+/// For waits that include compiling a plugin: an 18 MB Python component takes
+/// ~13 s on a cold compile cache, more while other tests load the machine.
+pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub const DELIMITER: &[u8] = b"<EOF>";
 
@@ -163,7 +163,7 @@ fn spawn_server(config_path: PathBuf, args: Vec<String>, dir: TempDir) -> Server
         .spawn()
         .expect("spawn plugboard");
     let log = Log::capture(child.stderr.take().expect("stderr"));
-    let Some(line) = log.wait_for_within("listening on ", STARTUP_TIMEOUT) else {
+    let Some(line) = log.wait_for_within("listening on ", COMPILE_TIMEOUT) else {
         let _ = child.kill();
         panic!("server did not start:\n{}", log.text());
     };
