@@ -185,7 +185,7 @@ fn check_lists_commands_and_imports_of_a_valid_plugin() {
 }
 
 #[test]
-fn check_rejects_invalid_files_with_the_reason() {
+fn check_and_call_reject_invalid_files_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let cases: [(&str, &[u8], &str); 3] = [
         ("garbage.wasm", b"not wasm", "not a WebAssembly file"),
