@@ -33,12 +33,7 @@ pub fn new_plugin(name: &str, dir: &Path, lang: Lang) -> anyhow::Result<PathBuf>
             root.display()
         );
     }
-    let files = match lang {
-        Lang::Rust => rust_files(name),
-        Lang::Python => python_files(name),
-        Lang::Js => js_files(name),
-    };
-    for (path, contents) in files {
+    for (path, contents) in scaffold_files(name, lang.template()) {
         let path = root.join(path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -64,50 +59,63 @@ fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fills `{{name}}` (the project) and `{{file}}` (the `.wasm` file's stem,
-/// which names the plugin: Cargo turns `-` into `_`, the others follow).
-fn filler(name: &str) -> impl Fn(&str) -> String + '_ {
-    move |template: &str| {
-        template
-            .replace("{{name}}", name)
-            .replace("{{file}}", &name.replace('-', "_"))
+/// A language's scaffold: template files and the `.gitignore`. Every
+/// scaffold also gets the contract, `wit/plugin.wit`.
+struct Template {
+    files: &'static [(&'static str, &'static str)],
+    gitignore: &'static str,
+}
+
+impl Lang {
+    fn template(self) -> &'static Template {
+        match self {
+            Lang::Rust => &Template {
+                files: &[
+                    ("Cargo.toml", RUST_CARGO_TOML),
+                    ("src/lib.rs", RUST_LIB_RS),
+                    ("Makefile", RUST_MAKEFILE),
+                    ("README.md", RUST_README),
+                ],
+                gitignore: "/target\nCargo.lock\n",
+            },
+            Lang::Python => &Template {
+                files: &[
+                    ("app.py", PYTHON_APP),
+                    ("Makefile", PYTHON_MAKEFILE),
+                    ("README.md", PYTHON_README),
+                ],
+                gitignore: "*.wasm\n__pycache__/\n",
+            },
+            Lang::Js => &Template {
+                files: &[
+                    ("plugin.js", JS_PLUGIN),
+                    ("build.mjs", JS_BUILD),
+                    ("package.json", JS_PACKAGE),
+                    ("Makefile", JS_MAKEFILE),
+                    ("README.md", JS_README),
+                ],
+                gitignore: "*.wasm\nnode_modules/\n",
+            },
+        }
     }
 }
 
-fn rust_files(name: &str) -> Vec<(&'static str, String)> {
-    let fill = filler(name);
-    vec![
-        ("Cargo.toml", fill(RUST_CARGO_TOML)),
-        ("src/lib.rs", fill(RUST_LIB_RS)),
-        ("Makefile", fill(RUST_MAKEFILE)),
-        ("README.md", fill(RUST_README)),
+/// The scaffold's files with `{{name}}` (the project) and `{{file}}` (the
+/// `.wasm` file's stem, which names the plugin: Cargo turns `-` into `_`, the
+/// other languages follow) filled in.
+fn scaffold_files(name: &str, template: &Template) -> Vec<(&'static str, String)> {
+    let file = name.replace('-', "_");
+    let fill = |text: &str| text.replace("{{name}}", name).replace("{{file}}", &file);
+    let common = [
         ("wit/plugin.wit", WIT.to_owned()),
-        (".gitignore", "/target\nCargo.lock\n".to_owned()),
-    ]
-}
-
-fn python_files(name: &str) -> Vec<(&'static str, String)> {
-    let fill = filler(name);
-    vec![
-        ("app.py", fill(PYTHON_APP)),
-        ("Makefile", fill(PYTHON_MAKEFILE)),
-        ("README.md", fill(PYTHON_README)),
-        ("wit/plugin.wit", WIT.to_owned()),
-        (".gitignore", "*.wasm\n__pycache__/\n".to_owned()),
-    ]
-}
-
-fn js_files(name: &str) -> Vec<(&'static str, String)> {
-    let fill = filler(name);
-    vec![
-        ("plugin.js", fill(JS_PLUGIN)),
-        ("build.mjs", fill(JS_BUILD)),
-        ("package.json", fill(JS_PACKAGE)),
-        ("Makefile", fill(JS_MAKEFILE)),
-        ("README.md", fill(JS_README)),
-        ("wit/plugin.wit", WIT.to_owned()),
-        (".gitignore", "*.wasm\nnode_modules/\n".to_owned()),
-    ]
+        (".gitignore", template.gitignore.to_owned()),
+    ];
+    template
+        .files
+        .iter()
+        .map(|(path, text)| (*path, fill(text)))
+        .chain(common)
+        .collect()
 }
 
 const RUST_CARGO_TOML: &str = r#"[package]
