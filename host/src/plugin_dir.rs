@@ -50,7 +50,6 @@ pub fn plugin_name(path: &Path) -> String {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub loaded: Vec<String>,
-    pub rejected: Vec<String>,
     pub removed: Vec<String>,
 }
 
@@ -84,10 +83,6 @@ impl PluginDir {
             dir,
             files: BTreeMap::new(),
         }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Loads new and changed files, forgets removed ones. Each file is read
@@ -177,7 +172,6 @@ impl PluginDir {
                     None => "not serving it",
                 };
                 tracing::error!(file = %path.display(), "rejected plugin file: {err}; {fallback}");
-                changes.rejected.push(name);
                 previous
             }
         };

@@ -16,7 +16,7 @@ mod limits;
 mod runtime;
 mod sandbox;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -59,13 +59,11 @@ pub struct CommandSpec {
 /// A compiled, linked plugin, ready to run requests.
 pub struct Plugin {
     name: Arc<str>,
-    path: PathBuf,
     pre: bindings::PluginPre<sandbox::Sandbox>,
     commands: Vec<CommandSpec>,
     /// What the component imports (WIT interfaces), for `plugboard check`.
     imports: Vec<String>,
     setup: Setup,
-    limits: Limits,
     /// This plugin's key-value namespace.
     kv: Arc<Namespace>,
     runtime: Arc<Runtime>,
@@ -167,7 +165,6 @@ impl Plugin {
         setup: Setup,
     ) -> Result<Self, LoadError> {
         let name: Arc<str> = crate::plugin_dir::plugin_name(path).into();
-        let limits = setup.limits.clone();
         let kv = Arc::new(runtime.store().namespace(&name));
         check_component_header(&bytes)?;
         // Compiling is CPU-bound and can take seconds: keep it off the async workers.
@@ -193,7 +190,7 @@ impl Plugin {
             let instance = pre.instantiate_async(&mut store).await?;
             instance.call_commands(&mut store).await
         };
-        let declared = tokio::time::timeout(limits.call_timeout, call)
+        let declared = tokio::time::timeout(setup.limits.call_timeout, call)
             .await
             .map_err(|_| LoadError::Commands(anyhow::anyhow!("timed out")))?
             .map_err(|err| LoadError::Commands(err.into()))?;
@@ -210,12 +207,10 @@ impl Plugin {
 
         Ok(Self {
             name,
-            path: path.to_owned(),
             pre,
             commands,
             imports,
             setup,
-            limits,
             kv,
             runtime: runtime.clone(),
             health: Health::default(),
@@ -224,10 +219,6 @@ impl Plugin {
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn commands(&self) -> &[CommandSpec] {
@@ -247,11 +238,9 @@ impl Plugin {
     pub fn with_setup(&self, setup: Setup) -> Self {
         Self {
             name: self.name.clone(),
-            path: self.path.clone(),
             pre: self.pre.clone(),
             commands: self.commands.clone(),
             imports: self.imports.clone(),
-            limits: setup.limits.clone(),
             setup,
             kv: self.kv.clone(),
             runtime: self.runtime.clone(),
@@ -264,7 +253,7 @@ impl Plugin {
     /// plugin failing (or disabled for failing too often).
     pub async fn call(&self, request: Request) -> Result<Result<String, String>, CallError> {
         if self.health.disabled.load(Ordering::Relaxed) {
-            return Err(CallError::Disabled(self.limits.quarantine_after));
+            return Err(CallError::Disabled(self.setup.limits.quarantine_after));
         }
         let outcome = self.call_sandboxed(request).await;
         match &outcome {
@@ -290,15 +279,15 @@ impl Plugin {
         };
         // The call yields at every epoch tick, so the deadline also interrupts
         // wasm that never returns; dropping the call drops its instance.
-        let result = tokio::time::timeout(self.limits.call_timeout, call).await;
+        let result = tokio::time::timeout(self.setup.limits.call_timeout, call).await;
         let reply = match result {
-            Err(_elapsed) => return Err(CallError::TimedOut(self.limits.call_timeout)),
+            Err(_elapsed) => return Err(CallError::TimedOut(self.setup.limits.call_timeout)),
             Ok(Err(err)) if err.is::<wasmtime::PoolConcurrencyLimitError>() => {
                 return Err(CallError::Busy);
             }
             Ok(Err(_)) if store.data().limiter.exceeded => {
                 return Err(CallError::OutOfMemory {
-                    limit_bytes: self.limits.max_memory_bytes,
+                    limit_bytes: self.setup.limits.max_memory_bytes,
                 });
             }
             Ok(Err(err)) => return Err(CallError::Trapped(err.into())),
@@ -307,10 +296,10 @@ impl Plugin {
         let len = match &reply {
             Ok(text) | Err(text) => text.len(),
         };
-        if len > self.limits.max_reply_bytes {
+        if len > self.setup.limits.max_reply_bytes {
             return Err(CallError::ReplyTooLarge {
                 len,
-                limit: self.limits.max_reply_bytes,
+                limit: self.setup.limits.max_reply_bytes,
             });
         }
         Ok(reply)
@@ -322,7 +311,7 @@ impl Plugin {
             .consecutive_failures
             .fetch_add(1, Ordering::Relaxed)
             + 1;
-        let threshold = self.limits.quarantine_after;
+        let threshold = self.setup.limits.quarantine_after;
         if threshold > 0
             && failures >= threshold
             && !self.health.disabled.swap(true, Ordering::Relaxed)
