@@ -15,7 +15,7 @@ PYTHON ?= python3
 COMPONENTIZE_PY_VERSION := 0.25.1
 NPM ?= npm
 
-.PHONY: run build plugins test lint wasm-target bench-call bench-reload bench-kv
+.PHONY: run build plugins test lint wasm-target bench bench-load bench-call bench-reload bench-kv
 
 run: build
 	./target/release/plugboard serve --config config.toml
@@ -49,7 +49,18 @@ test: plugins
 lint: wasm-target
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --locked -p plugboard --all-targets -- -D warnings
+	$(CARGO) clippy --locked -p plugboard --all-targets --features native-baseline -- -D warnings
 	$(CARGO) clippy --locked --target $(WASM_TARGET) --workspace --exclude plugboard -- -D warnings
+
+# Every benchmark, one after another (~5 min): prints figures, asserts nothing.
+# The native-baseline feature builds the `serve --native-baseline` the load
+# benchmark compares against; it rebuilds only the host crate.
+bench: plugins
+	$(CARGO) bench --locked -p plugboard --features native-baseline
+
+# Throughput and latency over TCP against the native baseline; resident memory.
+bench-load: plugins
+	$(CARGO) bench --locked -p plugboard --features native-baseline --bench load
 
 # Cost of one plugin call (fresh instance + handle) against a native baseline.
 bench-call: plugins

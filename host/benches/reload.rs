@@ -8,90 +8,28 @@
 //!
 //! Prints figures; asserts nothing about time. Run with `make bench-reload`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{Server, built_plugin, request, tagged};
 
 const SWAPS: usize = 20;
 const RESTARTS: usize = 5;
 
-fn built_plugin(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../target/wasm32-wasip2/release/{name}.wasm"));
-    std::fs::read(&path)
-        .unwrap_or_else(|_| panic!("{} missing: run `make plugins`", path.display()))
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the server on `dir`'s config and waits for its address.
-fn start(dir: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plugboard"))
-        .args(["serve", "--config"])
-        .arg(dir.join("config.toml"))
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn plugboard");
-    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut lines = stderr.lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            line.split("listening on ")
-                .nth(1)
-                .map(|a| a.trim().to_owned())
-        })
-        .expect("server did not start");
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Server { child, addr }
-}
-
-fn request(stream: &mut TcpStream, message: &str) -> String {
-    stream
-        .write_all(format!("{message}<EOF>").as_bytes())
-        .unwrap();
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    while !reply.ends_with(b"<EOF>") {
-        match stream.read(&mut byte) {
-            Ok(0) => panic!("connection closed"),
-            Ok(_) => reply.push(byte[0]),
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(err) => panic!("read: {err}"),
-        }
-    }
-    String::from_utf8_lossy(&reply[..reply.len() - 5]).into_owned()
-}
-
 fn setup(cache: &Path) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("plugins")).unwrap();
-    std::fs::write(dir.path().join("plugins/onoff.wasm"), built_plugin("onoff")).unwrap();
-    let config =
-        format!("listen = \"127.0.0.1:0\"\nplugin_dir = \"plugins\"\ncache_dir = {cache:?}\n");
-    std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    dir
+    common::setup(
+        &[("onoff", built_plugin("onoff"))],
+        &format!("cache_dir = {cache:?}\nhot_reload = true"),
+    )
 }
 
 fn reload_latency() -> Vec<Duration> {
     let cache = tempfile::tempdir().unwrap();
     let dir = setup(cache.path());
-    let server = start(dir.path());
+    let server = Server::start(dir.path());
     let mut client = TcpStream::connect(&server.addr).unwrap();
     let versions = [
         (built_plugin("testing_rival"), "rival on"),
@@ -112,23 +50,13 @@ fn reload_latency() -> Vec<Duration> {
         .collect()
 }
 
-/// `component` with a custom section naming `tag` appended: the same plugin,
-/// different bytes.
-fn tagged(component: &[u8], tag: usize) -> Vec<u8> {
-    let name = format!("swap-{tag}");
-    let mut bytes = component.to_vec();
-    bytes.extend_from_slice(&[0, name.len() as u8 + 1, name.len() as u8]);
-    bytes.extend_from_slice(name.as_bytes());
-    bytes
-}
-
 fn restart_time(cache: &Path, cold: bool) -> Duration {
     if cold {
         let _ = std::fs::remove_dir_all(cache);
     }
     let dir = setup(cache);
     let started = Instant::now();
-    let server = start(dir.path());
+    let server = Server::start(dir.path());
     let mut client = TcpStream::connect(&server.addr).unwrap();
     assert_eq!(request(&mut client, "on"), "success");
     started.elapsed()

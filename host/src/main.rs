@@ -32,6 +32,10 @@ enum Command {
         /// Do not watch the plugin directory (SIGHUP still rescans it).
         #[arg(long)]
         no_watch: bool,
+        /// Bench-only: answer routed commands with a native function.
+        #[cfg(feature = "native-baseline")]
+        #[arg(long, hide = true)]
+        native_baseline: bool,
     },
     /// Send commands to a running server and print each reply on its own line.
     ///
@@ -98,7 +102,16 @@ fn fail(err: anyhow::Error) -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, no_watch } => {
+        Command::Serve {
+            config,
+            no_watch,
+            #[cfg(feature = "native-baseline")]
+            native_baseline,
+        } => {
+            #[cfg(feature = "native-baseline")]
+            if native_baseline {
+                plugboard::router::native_baseline::enable();
+            }
             let (config, config_path) = load_config(config)?;
             let shutdown = shutdown_signal()?;
             let options = ServeOptions {

@@ -55,6 +55,10 @@ impl Router {
         let Some(plugin) = self.route(&request.command) else {
             return Reply::error(format_args!("unknown command '{}'", request.command));
         };
+        #[cfg(feature = "native-baseline")]
+        if native_baseline::is_on() {
+            return native_baseline::answer(&request);
+        }
         let command = request.command.clone();
         match plugin.call(request).await {
             Ok(Ok(text)) if Reply::is_frameable(&text) => Reply::ok(text),
@@ -88,5 +92,36 @@ fn failure_reply(plugin: &str, err: &CallError) -> Reply {
         )),
         CallError::Disabled(_) => Reply::error(format_args!("plugin '{plugin}' disabled")),
         CallError::Busy => Reply::error("server busy, try again"),
+    }
+}
+
+/// Bench-only: the host with its plugin calls replaced by a plain function,
+/// the baseline the load benchmark compares plugboard against. Everything
+/// else (sockets, framing, parsing, routing, replies) is the real server's.
+#[cfg(feature = "native-baseline")]
+pub mod native_baseline {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::reply::Reply;
+    use crate::request::Request;
+
+    static ON: AtomicBool = AtomicBool::new(false);
+
+    /// From now on, routed commands are answered natively.
+    pub fn enable() {
+        ON.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn is_on() -> bool {
+        ON.load(Ordering::Relaxed)
+    }
+
+    /// What the onoff plugin answers, without the plugin.
+    pub(super) fn answer(request: &Request) -> Reply {
+        match request.command.as_str() {
+            "on" | "off" => Reply::ok("success".into()),
+            "status" => Reply::ok("on".into()),
+            other => Reply::ok(other.to_owned()),
+        }
     }
 }

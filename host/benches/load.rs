@@ -1,0 +1,431 @@
+//! Throughput and latency over real TCP: plugboard answering commands from
+//! WASM plugins, against its native baseline (the same binary serving with
+//! `--native-baseline`: every plugin call replaced by a plain Rust function).
+//!
+//! Server and load generator are pinned to separate cores (`taskset -c 0`
+//! with one Tokio worker; the generator's thread on core 1), so the ratio
+//! compares the host's work per command, not how two processes share a CPU.
+//! Also measures resident memory with 10 000 idle and 1 000 active
+//! connections.
+//!
+//! Prints figures; asserts nothing about time. `make bench` runs it (with the
+//! other benchmarks); `PLUGBOARD_BENCH_SECS` sets each run's length (default 3).
+
+mod common;
+
+use std::net::TcpStream as StdTcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Server, built_plugin, guest_plugin};
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DELIMITER: &[u8] = b"<EOF>";
+const WARMUP: Duration = Duration::from_millis(500);
+const SERVER_CORE: usize = 0;
+const CLIENT_CORE: usize = 1;
+const IDLE_CONNECTIONS: usize = 10_000;
+const ACTIVE_CONNECTIONS: usize = 1_000;
+
+/// One shape of load: `connections` clients each keeping `depth` commands in
+/// flight, or (`reconnect`) opening a connection per command like the
+/// classic one-shot client.
+#[derive(Clone, Copy)]
+struct Load {
+    connections: usize,
+    depth: usize,
+    reconnect: bool,
+    command: &'static str,
+}
+
+impl Load {
+    fn label(&self) -> String {
+        let shape = if self.reconnect {
+            format!("{} clients, reconnect", self.connections)
+        } else {
+            format!("{}x{}", self.connections, self.depth)
+        };
+        format!("{:<20} {:<16}", shape, format!("`{}`", self.command))
+    }
+}
+
+/// What one run measured, over the window after warm-up.
+struct Figures {
+    replies: u64,
+    errors: u64,
+    window: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Figures {
+    fn per_sec(&self) -> f64 {
+        self.replies as f64 / self.window.as_secs_f64()
+    }
+
+    fn percentile_us(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1e3
+    }
+
+    fn summary(&self) -> String {
+        let errors = if self.errors > 0 {
+            format!("  ({} ERROR REPLIES)", self.errors)
+        } else {
+            String::new()
+        };
+        format!(
+            "{:>10.0}/s  p50 {:>7.1} us  p99 {:>7.1} us  p99.9 {:>8.1} us{errors}",
+            self.per_sec(),
+            self.percentile_us(0.5),
+            self.percentile_us(0.99),
+            self.percentile_us(0.999),
+        )
+    }
+}
+
+fn measure_secs() -> Duration {
+    let secs = std::env::var("PLUGBOARD_BENCH_SECS")
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or(3.0);
+    Duration::from_secs_f64(secs)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The server binary behind `taskset` when there is a core to spare for the
+/// load generator, with one Tokio worker either way.
+fn server_command() -> Command {
+    let binary = env!("CARGO_BIN_EXE_plugboard");
+    let mut command = if cores() > 1 {
+        let mut taskset = Command::new("taskset");
+        taskset.args(["-c", &SERVER_CORE.to_string(), binary]);
+        taskset
+    } else {
+        Command::new(binary)
+    };
+    command.env("TOKIO_WORKER_THREADS", "1");
+    command
+}
+
+fn start(dir: &Path, native: bool) -> Server {
+    let mut extra = vec!["--no-watch"];
+    if native {
+        extra.push("--native-baseline");
+    }
+    Server::start_with(server_command(), dir, &extra)
+}
+
+/// Runs `load` against `addr` from a thread pinned to the client core.
+fn run(addr: &str, load: Load, window: Duration) -> Figures {
+    let addr = addr.to_owned();
+    std::thread::spawn(move || {
+        if cores() > 1 {
+            pin_to(CLIENT_CORE);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(generate(addr, load, window))
+    })
+    .join()
+    .expect("load generator")
+}
+
+fn pin_to(core: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(core).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+}
+
+async fn generate(addr: String, load: Load, window: Duration) -> Figures {
+    let start = Instant::now();
+    let clock = Clock {
+        measure_from: start + WARMUP,
+        stop_at: start + WARMUP + window,
+    };
+    let clients: Vec<_> = (0..load.connections)
+        .map(|_| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                if load.reconnect {
+                    reconnecting_client(&addr, load.command, clock).await
+                } else {
+                    pipelining_client(&addr, load, clock).await
+                }
+            })
+        })
+        .collect();
+    let mut total = Figures {
+        replies: 0,
+        errors: 0,
+        window,
+        latency: new_histogram(),
+    };
+    for client in clients {
+        let tally = client.await.expect("client task");
+        total.replies += tally.replies;
+        total.errors += tally.errors;
+        total.latency.add(&tally.latency).unwrap();
+    }
+    total
+}
+
+#[derive(Clone, Copy)]
+struct Clock {
+    measure_from: Instant,
+    stop_at: Instant,
+}
+
+struct Tally {
+    replies: u64,
+    errors: u64,
+    latency: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            replies: 0,
+            errors: 0,
+            latency: new_histogram(),
+        }
+    }
+
+    /// Counts a reply that arrived at `now` for a command sent at `sent`,
+    /// if both fall in the measured window.
+    fn record(&mut self, reply: &[u8], sent: Instant, now: Instant, clock: Clock) {
+        if sent < clock.measure_from || now > clock.stop_at {
+            return;
+        }
+        self.replies += 1;
+        if reply.starts_with(b"error") {
+            self.errors += 1;
+        }
+        let nanos = u64::try_from((now - sent).as_nanos()).unwrap_or(u64::MAX);
+        self.latency.saturating_record(nanos);
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap()
+}
+
+/// Keeps `load.depth` commands in flight: writes a batch, reads its replies.
+async fn pipelining_client(addr: &str, load: Load, clock: Clock) -> Tally {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).unwrap();
+    let batch = format!("{}<EOF>", load.command).repeat(load.depth);
+    let mut tally = Tally::new();
+    let mut received = Vec::with_capacity(64 << 10);
+    let mut chunk = vec![0u8; 64 << 10];
+    while Instant::now() < clock.stop_at {
+        stream.write_all(batch.as_bytes()).await.expect("write");
+        let sent = Instant::now();
+        let mut outstanding = load.depth;
+        while outstanding > 0 {
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "server closed the connection");
+            received.extend_from_slice(&chunk[..n]);
+            let now = Instant::now();
+            outstanding -= take_replies(&mut received, |reply| {
+                tally.record(reply, sent, now, clock);
+            });
+        }
+    }
+    tally
+}
+
+/// One connection per command, closed by the client with a reset (linger 0)
+/// so that tens of thousands of them do not exhaust ports in TIME_WAIT.
+async fn reconnecting_client(addr: &str, command: &str, clock: Clock) -> Tally {
+    let message = format!("{command}<EOF>");
+    let mut tally = Tally::new();
+    let mut received = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    while Instant::now() < clock.stop_at {
+        let sent = Instant::now();
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream.set_zero_linger().unwrap();
+        stream.write_all(message.as_bytes()).await.expect("write");
+        received.clear();
+        loop {
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "server closed the connection");
+            received.extend_from_slice(&chunk[..n]);
+            let now = Instant::now();
+            if take_replies(&mut received, |reply| tally.record(reply, sent, now, clock)) > 0 {
+                break;
+            }
+        }
+    }
+    tally
+}
+
+/// Removes every complete reply from the front of `received`, passing each
+/// to `each`; returns how many there were.
+fn take_replies(received: &mut Vec<u8>, mut each: impl FnMut(&[u8])) -> usize {
+    let mut consumed = 0;
+    let mut count = 0;
+    while let Some(at) = memchr::memmem::find(&received[consumed..], DELIMITER) {
+        each(&received[consumed..consumed + at]);
+        consumed += at + DELIMITER.len();
+        count += 1;
+    }
+    received.drain(..consumed);
+    count
+}
+
+/// Plugboard against the native baseline for `on`, at each load shape.
+fn compare_with_native(window: Duration) {
+    let dir = common::setup(&[("onoff", built_plugin("onoff"))], BENCH_CONFIG);
+    let loads = [
+        Load {
+            connections: 1,
+            depth: 1,
+            reconnect: false,
+            command: "on",
+        },
+        Load {
+            connections: 64,
+            depth: 1,
+            reconnect: false,
+            command: "on",
+        },
+        Load {
+            connections: 64,
+            depth: 16,
+            reconnect: false,
+            command: "on",
+        },
+        Load {
+            connections: 8,
+            depth: 1,
+            reconnect: true,
+            command: "on",
+        },
+    ];
+    let plugboard: Vec<Figures> = {
+        let server = start(dir.path(), false);
+        loads
+            .iter()
+            .map(|load| run(&server.addr, *load, window))
+            .collect()
+    };
+    let native: Vec<Figures> = {
+        let server = start(dir.path(), true);
+        loads
+            .iter()
+            .map(|load| run(&server.addr, *load, window))
+            .collect()
+    };
+    for ((load, wasm), native) in loads.iter().zip(&plugboard).zip(&native) {
+        println!("{} plugboard {}", load.label(), wasm.summary());
+        println!("{} native    {}", load.label(), native.summary());
+        println!(
+            "{} ratio      {:.2} of native commands/s, p99 {:.2}x native's",
+            load.label(),
+            wasm.per_sec() / native.per_sec(),
+            wasm.percentile_us(0.99) / native.percentile_us(0.99),
+        );
+    }
+}
+
+/// The Python and JavaScript example plugins at 64x16.
+fn other_languages(window: Duration) {
+    let dir = common::setup(
+        &[
+            ("stats", guest_plugin("stats")),
+            ("text", guest_plugin("text")),
+        ],
+        BENCH_CONFIG,
+    );
+    let server = start(dir.path(), false);
+    for command in ["stats 1 2 3", "upper hello"] {
+        let load = Load {
+            connections: 64,
+            depth: 16,
+            reconnect: false,
+            command,
+        };
+        println!(
+            "{} plugboard {}",
+            load.label(),
+            run(&server.addr, load, window).summary()
+        );
+    }
+}
+
+/// Resident memory of the server with many idle connections (each served
+/// one command first) and with many active ones.
+fn resident_memory(window: Duration) {
+    let config = format!(
+        "{BENCH_CONFIG}\nmax_connections = {}",
+        IDLE_CONNECTIONS + 64
+    );
+    let dir = common::setup(&[("onoff", built_plugin("onoff"))], &config);
+    let server = start(dir.path(), false);
+    println!(
+        "resident memory, started:                  {:>6.1} MiB",
+        server.resident_mib()
+    );
+
+    let idle: Vec<StdTcpStream> = (0..IDLE_CONNECTIONS)
+        .map(|_| {
+            let mut stream = StdTcpStream::connect(&server.addr).expect("connect");
+            assert_eq!(common::request(&mut stream, "on"), "success");
+            stream
+        })
+        .collect();
+    // Past the idle time after which a connection releases its instance.
+    std::thread::sleep(Duration::from_secs(2));
+    println!(
+        "resident memory, {IDLE_CONNECTIONS} idle connections:     {:>6.1} MiB",
+        server.resident_mib()
+    );
+    drop(idle);
+
+    let addr = server.addr.clone();
+    let load = Load {
+        connections: ACTIVE_CONNECTIONS,
+        depth: 1,
+        reconnect: false,
+        command: "on",
+    };
+    let active = std::thread::spawn(move || run(&addr, load, window));
+    std::thread::sleep(WARMUP + window / 2);
+    let resident = server.resident_mib();
+    let figures = active.join().expect("load");
+    println!(
+        "resident memory, {ACTIVE_CONNECTIONS} active connections:    {resident:>6.1} MiB  ({:.0} commands/s)",
+        figures.per_sec()
+    );
+}
+
+/// Plugin state in memory: the benchmark measures the host and the plugin
+/// call, not the disk. The compile cache is kept between runs.
+const BENCH_CONFIG: &str = concat!(
+    "state_store = \"memory\"\n",
+    "cache_dir = \"",
+    env!("CARGO_MANIFEST_DIR"),
+    "/../target/bench-compile-cache\"\n",
+);
+
+fn main() {
+    let window = measure_secs();
+    println!(
+        "load: {} s per run after {} ms warm-up; server on core {SERVER_CORE} (1 Tokio worker), \
+         load generator on core {CLIENT_CORE}",
+        window.as_secs_f64(),
+        WARMUP.as_millis()
+    );
+    compare_with_native(window);
+    other_languages(window);
+    resident_memory(window);
+}
