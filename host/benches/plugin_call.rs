@@ -1,6 +1,7 @@
-//! What one plugin call costs: a fresh instance of the onoff plugin plus
-//! `handle("on")`, with the engine settings the server uses and without each
-//! of them, against a native baseline doing the same work in plain Rust.
+//! What one plugin call costs: `handle("on")` of the onoff plugin in the
+//! connection's warm instance (what the server does), and in a fresh instance
+//! per call with the engine settings the server uses and without each of
+//! them, against a native baseline doing the same work in plain Rust.
 //!
 //! Prints figures; asserts nothing about time. Run with `make bench-call`
 //! (needs the plugins built: `make plugins`).
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plugboard::plugin::{Plugin, Runtime, RuntimeOptions, Setup};
+use plugboard::plugin::{Plugin, Runtime, RuntimeOptions, Session, Setup};
 use plugboard::reply::Reply;
 use plugboard::request::Request;
 use plugboard::store::{KvLimits, Store};
@@ -31,15 +32,26 @@ fn onoff_wasm() -> PathBuf {
 }
 
 /// Something that answers `on` the way a plugin would.
+/// `session` is the caller's, one per task as one per connection.
 trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: Request) -> impl Future<Output = Reply> + Send;
+    fn handle(&self, request: Request, session: &mut Session)
+    -> impl Future<Output = Reply> + Send;
 }
 
-struct Wasm(Plugin);
+struct Wasm {
+    plugin: Plugin,
+    /// A fresh instance for every call instead of the session's.
+    fresh: bool,
+}
 
 impl Handler for Wasm {
-    async fn handle(&self, request: Request) -> Reply {
-        match self.0.call(request).await {
+    async fn handle(&self, request: Request, session: &mut Session) -> Reply {
+        let session = if self.fresh {
+            &mut Session::default()
+        } else {
+            session
+        };
+        match self.plugin.call(request, session).await {
             Ok(Ok(text)) => Reply::ok(text),
             Ok(Err(message)) => Reply::error(message),
             Err(err) => panic!("benchmark call failed: {err}"),
@@ -51,7 +63,7 @@ impl Handler for Wasm {
 struct Native;
 
 impl Handler for Native {
-    async fn handle(&self, request: Request) -> Reply {
+    async fn handle(&self, request: Request, _session: &mut Session) -> Reply {
         match request.command.as_str() {
             "on" | "off" => Reply::ok("success".into()),
             other => Reply::error(format_args!("unknown '{other}'")),
@@ -66,12 +78,13 @@ struct Figures {
 
 async fn measure<H: Handler>(handler: Arc<H>) -> Figures {
     let on = || Request::parse(b"on").expect("valid request");
+    let mut session = Session::default();
     for _ in 0..WARMUP_CALLS {
-        handler.handle(on()).await;
+        handler.handle(on(), &mut session).await;
     }
     let start = Instant::now();
     for _ in 0..SEQUENTIAL_CALLS {
-        std::hint::black_box(handler.handle(on()).await);
+        std::hint::black_box(handler.handle(on(), &mut session).await);
     }
     let sequential = start.elapsed() / SEQUENTIAL_CALLS as u32;
 
@@ -80,8 +93,9 @@ async fn measure<H: Handler>(handler: Arc<H>) -> Figures {
         .map(|_| {
             let handler = handler.clone();
             tokio::spawn(async move {
+                let mut session = Session::default();
                 for _ in 0..CALLS_PER_TASK {
-                    std::hint::black_box(handler.handle(on()).await);
+                    std::hint::black_box(handler.handle(on(), &mut session).await);
                 }
             })
         })
@@ -96,7 +110,7 @@ async fn measure<H: Handler>(handler: Arc<H>) -> Figures {
     }
 }
 
-async fn wasm(options: RuntimeOptions) -> Figures {
+async fn wasm(options: RuntimeOptions, fresh: bool) -> Figures {
     let store = Store::in_memory(KvLimits {
         max_key_bytes: 256,
         max_value_bytes: 65536,
@@ -106,7 +120,7 @@ async fn wasm(options: RuntimeOptions) -> Figures {
     let plugin = Plugin::load(&runtime, &onoff_wasm(), Setup::default())
         .await
         .expect("load onoff");
-    measure(Arc::new(Wasm(plugin))).await
+    measure(Arc::new(Wasm { plugin, fresh })).await
 }
 
 #[tokio::main]
@@ -116,26 +130,29 @@ async fn main() {
         ..RuntimeOptions::default()
     };
     let variants = [
-        ("plugboard (epochs + pooling)", server.clone()),
+        ("plugboard: warm instance", server.clone(), false),
+        ("fresh instance per call", server.clone(), true),
         (
-            "without epoch interruption",
+            "fresh, no epoch interruption",
             RuntimeOptions {
                 epoch_interruption: false,
                 ..server.clone()
             },
+            true,
         ),
         (
-            "without the pooling allocator",
+            "fresh, no pooling allocator",
             RuntimeOptions {
                 pooling_allocator: false,
                 ..server.clone()
             },
+            true,
         ),
     ];
 
     let native = measure(Arc::new(Native)).await;
     println!(
-        "one call = fresh instance of onoff + handle(\"on\"); {} worker threads",
+        "one call = handle(\"on\") of onoff (+ instantiation when fresh); {} worker threads",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
@@ -143,8 +160,8 @@ async fn main() {
         "variant", "µs/call", "calls/s (1)", "calls/s (64 tasks)"
     );
     print_row("native baseline (plain Rust)", &native, None);
-    for (name, options) in variants {
-        let figures = wasm(options).await;
+    for (name, options, fresh) in variants {
+        let figures = wasm(options, fresh).await;
         print_row(name, &figures, Some(&native));
     }
 }

@@ -7,6 +7,10 @@
 //! than a thousand small ones, while a client waiting for one reply gets it at
 //! once.
 //!
+//! The connection owns its plugin instance ([`Session`]): reused from one
+//! command to the next, released after [`IDLE_RELEASE`] without a command,
+//! so that thousands of idle clients hold no plugin memory.
+//!
 //! Bad input is answered, never fatal to the server: an unparsable message
 //! gets an error reply and the connection goes on; a stream that cannot be
 //! framed any more (a frame over the size limit, a truncated last message)
@@ -22,6 +26,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{EofCodec, FrameError};
+use crate::plugin::Session;
 use crate::reply::Reply;
 use crate::request::Request;
 use crate::router::Routes;
@@ -33,9 +38,16 @@ use crate::router::Routes;
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
 
+/// How long a connection keeps its plugin instance while waiting for the
+/// client's next command. Long enough that a client sending a command every
+/// few hundred milliseconds never waits for an instantiation; short enough
+/// that idle clients free their instances quickly.
+pub const IDLE_RELEASE: Duration = Duration::from_secs(1);
+
 pub struct Connection {
     framed: Framed<TcpStream, EofCodec>,
     routes: Arc<Routes>,
+    session: Session,
     shutdown: CancellationToken,
 }
 
@@ -49,6 +61,7 @@ impl Connection {
         Self {
             framed: Framed::new(stream, EofCodec::new(max_frame_bytes)),
             routes,
+            session: Session::default(),
             shutdown,
         }
     }
@@ -79,7 +92,10 @@ impl Connection {
             let reply = match Request::parse(&frame?) {
                 // The table current now: a reload during this command does
                 // not affect it, and the next command sees the new one.
-                Ok(request) => self.routes.load_full().dispatch(request).await,
+                Ok(request) => {
+                    let routes = self.routes.load_full();
+                    routes.dispatch(request, &mut self.session).await
+                }
                 Err(err) => Reply::error(err),
             };
             self.framed.feed(reply.into()).await?;
@@ -97,9 +113,14 @@ impl Connection {
         if let Err(err) = self.framed.flush().await {
             return Some(Err(err));
         }
-        tokio::select! {
-            frame = self.framed.next() => frame,
-            () = self.shutdown.cancelled() => None,
+        loop {
+            // Created each time but only armed (polled) while an instance is held.
+            let idle = tokio::time::sleep(IDLE_RELEASE);
+            tokio::select! {
+                frame = self.framed.next() => return frame,
+                () = self.shutdown.cancelled() => return None,
+                () = idle, if self.session.is_warm() => self.session.release(),
+            }
         }
     }
 

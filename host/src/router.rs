@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::plugin::{CallError, Plugin};
+use crate::plugin::{CallError, Plugin, Session};
 use crate::reply::Reply;
 use crate::request::{CommandName, Request};
 
@@ -50,8 +50,9 @@ impl Router {
         self.routes.get(command)
     }
 
-    /// Runs `request` in its plugin and turns the outcome into a reply.
-    pub async fn dispatch(&self, request: Request) -> Reply {
+    /// Runs `request` in its plugin (in `session`'s instance when it has
+    /// one of that plugin) and turns the outcome into a reply.
+    pub async fn dispatch(&self, request: Request, session: &mut Session) -> Reply {
         let Some(plugin) = self.route(&request.command) else {
             return Reply::error(format_args!("unknown command '{}'", request.command));
         };
@@ -60,7 +61,7 @@ impl Router {
             return native_baseline::answer(&request);
         }
         let command = request.command.clone();
-        match plugin.call(request).await {
+        match plugin.call(request, session).await {
             Ok(Ok(text)) if Reply::is_frameable(&text) => Reply::ok(text),
             Ok(Err(message)) if Reply::is_frameable(&message) => Reply::error(message),
             Ok(_) => {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::{Config, StateStore};
-use crate::plugin::{Plugin, Runtime};
+use crate::plugin::{Plugin, Runtime, Session};
 use crate::plugin_dir::plugin_name;
 use crate::request::Request;
 use crate::router::Router;
@@ -64,7 +64,9 @@ pub async fn check(file: &Path, config: &Config) -> anyhow::Result<ExitCode> {
 pub async fn call(file: &Path, words: &[String], config: &Config) -> anyhow::Result<ExitCode> {
     let plugin = load(file, config).await?;
     let request = Request::parse(words.join(" ").as_bytes())?;
-    let reply = Router::new([Arc::new(plugin)]).dispatch(request).await;
+    let reply = Router::new([Arc::new(plugin)])
+        .dispatch(request, &mut Session::default())
+        .await;
     writeln!(std::io::stdout().lock(), "{}", reply.as_str())?;
     Ok(if reply.is_error() {
         ExitCode::FAILURE

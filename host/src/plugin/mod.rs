@@ -1,12 +1,13 @@
 //! The plugin runtime: loading a component from disk, asking it for its
-//! commands, and running one request in a fresh, sandboxed instance under
-//! its limits.
+//! commands, and running one request in a sandboxed instance under its
+//! limits.
 //!
-//! Every call gets a fresh instance (`InstancePre` and the pooling allocator
-//! make that cheap: imports are resolved once, at load, and instance slots are
-//! reused). A fresh instance per call means nothing one client's command
-//! leaves in a plugin's memory is seen by another, and a trap cannot leave a
-//! broken instance behind for the next command.
+//! Each connection has its own instance, kept warm between its commands
+//! ([`Session`]): nothing one client's command leaves in a plugin's memory is
+//! seen by another client, and a failed call's instance is discarded, so a
+//! trap cannot leave a broken instance behind. New instances are cheap too
+//! (`InstancePre` resolves imports once, at load; the pooling allocator
+//! reuses instance slots), but not free: see `session.rs`.
 //!
 //! A plugin that fails `quarantine_after` calls in a row is disabled until it
 //! is loaded again: a crash loop costs one error reply, not an instance and a
@@ -15,10 +16,11 @@
 mod limits;
 mod runtime;
 mod sandbox;
+mod session;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::Component;
@@ -33,6 +35,7 @@ pub struct Setup {
     pub config: Arc<std::collections::BTreeMap<String, String>>,
 }
 pub use runtime::{Runtime, RuntimeOptions};
+pub use session::{MAX_CALLS_PER_INSTANCE, Session};
 
 use crate::request::{CommandName, Request};
 use crate::store::Namespace;
@@ -58,6 +61,9 @@ pub struct CommandSpec {
 
 /// A compiled, linked plugin, ready to run requests.
 pub struct Plugin {
+    /// Unique per loaded version and setup: a warm instance is reused only
+    /// by the version (and limits) it was made for.
+    id: u64,
     name: Arc<str>,
     pre: bindings::PluginPre<sandbox::Sandbox>,
     commands: Vec<CommandSpec>,
@@ -128,6 +134,11 @@ impl CallError {
             Self::Trapped(_) | Self::TimedOut(_) | Self::OutOfMemory { .. }
         )
     }
+}
+
+fn next_plugin_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Catches the two most common wrong files with a message that says what to
@@ -206,6 +217,7 @@ impl Plugin {
             .collect::<Result<_, _>>()?;
 
         Ok(Self {
+            id: next_plugin_id(),
             name,
             pre,
             commands,
@@ -237,6 +249,7 @@ impl Plugin {
     /// reload is a fresh start, as a new file is).
     pub fn with_setup(&self, setup: Setup) -> Self {
         Self {
+            id: next_plugin_id(),
             name: self.name.clone(),
             pre: self.pre.clone(),
             commands: self.commands.clone(),
@@ -248,14 +261,19 @@ impl Plugin {
         }
     }
 
-    /// Runs `request` in a fresh instance under the plugin's limits.
+    /// Runs `request` under the plugin's limits, in `session`'s warm
+    /// instance if it has one of this plugin, else in a fresh one.
     /// `Ok(Err(message))` is the plugin refusing the request; `Err` is the
     /// plugin failing (or disabled for failing too often).
-    pub async fn call(&self, request: Request) -> Result<Result<String, String>, CallError> {
+    pub async fn call(
+        &self,
+        request: Request,
+        session: &mut Session,
+    ) -> Result<Result<String, String>, CallError> {
         if self.health.disabled.load(Ordering::Relaxed) {
             return Err(CallError::Disabled(self.setup.limits.quarantine_after));
         }
-        let outcome = self.call_sandboxed(request).await;
+        let outcome = self.call_sandboxed(request, session).await;
         match &outcome {
             Ok(_) => self.health.consecutive_failures.store(0, Ordering::Relaxed),
             Err(err) if err.is_plugin_failure() => self.record_failure(),
@@ -264,23 +282,35 @@ impl Plugin {
         outcome
     }
 
-    async fn call_sandboxed(&self, request: Request) -> Result<Result<String, String>, CallError> {
+    /// The instance is kept in `session` only after a call that returned:
+    /// one that trapped, timed out or broke a limit may have left it broken.
+    async fn call_sandboxed(
+        &self,
+        request: Request,
+        session: &mut Session,
+    ) -> Result<Result<String, String>, CallError> {
         let wit_request = bindings::plugboard::plugin::types::Request {
             command: request.command.into_string(),
             args: request.args,
             raw_args: request.raw_args,
         };
-        let mut store = self
-            .runtime
-            .new_store(self.name.clone(), &self.setup, self.kv.clone());
+        let (mut store, warm_instance, calls) = match session.take_for(self.id) {
+            Some(warm) => (warm.store, Some(warm.instance), warm.calls),
+            None => (self.new_store(), None, 0),
+        };
+        self.runtime.arm_deadline(&mut store);
         let call = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            instance.call_handle(&mut store, &wit_request).await
+            let instance = match warm_instance {
+                Some(instance) => instance,
+                None => self.pre.instantiate_async(&mut store).await?,
+            };
+            let reply = instance.call_handle(&mut store, &wit_request).await?;
+            Ok::<_, wasmtime::Error>((instance, reply))
         };
         // The call yields at every epoch tick, so the deadline also interrupts
         // wasm that never returns; dropping the call drops its instance.
         let result = tokio::time::timeout(self.setup.limits.call_timeout, call).await;
-        let reply = match result {
+        let (instance, reply) = match result {
             Err(_elapsed) => return Err(CallError::TimedOut(self.setup.limits.call_timeout)),
             Ok(Err(err)) if err.is::<wasmtime::PoolConcurrencyLimitError>() => {
                 return Err(CallError::Busy);
@@ -291,7 +321,7 @@ impl Plugin {
                 });
             }
             Ok(Err(err)) => return Err(CallError::Trapped(err.into())),
-            Ok(Ok(reply)) => reply,
+            Ok(Ok(returned)) => returned,
         };
         let len = match &reply {
             Ok(text) | Err(text) => text.len(),
@@ -302,7 +332,18 @@ impl Plugin {
                 limit: self.setup.limits.max_reply_bytes,
             });
         }
+        session.keep(session::Warm {
+            plugin_id: self.id,
+            store,
+            instance,
+            calls: calls + 1,
+        });
         Ok(reply)
+    }
+
+    fn new_store(&self) -> wasmtime::Store<sandbox::Sandbox> {
+        self.runtime
+            .new_store(self.name.clone(), &self.setup, self.kv.clone())
     }
 
     fn record_failure(&self) {

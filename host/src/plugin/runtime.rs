@@ -138,8 +138,8 @@ impl Runtime {
         let sandbox = Sandbox::new(plugin, setup, kv, ticking);
         let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limiter);
+        self.arm_deadline(&mut store);
         if self.ticker.is_some() {
-            store.set_epoch_deadline(1);
             // Yield through tokio's `yield_now`, not a plain self-wake: tokio
             // defers such a task until the worker has polled the I/O driver,
             // so other connections' sockets are served between slices. With a
@@ -153,6 +153,14 @@ impl Runtime {
             });
         }
         store
+    }
+
+    /// Sets `store` to yield at the next epoch tick: due before every call,
+    /// as the deadline counts from the epoch when it is set.
+    pub fn arm_deadline(&self, store: &mut Store<Sandbox>) {
+        if self.ticker.is_some() {
+            store.set_epoch_deadline(1);
+        }
     }
 }
 

@@ -1,0 +1,61 @@
+//! A connection's plugin instance, kept warm between its commands.
+//!
+//! Instantiating a component costs tens of microseconds (a fresh store, WASI
+//! context, memory image); calling into a live one, well under one. So each
+//! connection keeps the instance its last command ran in and reuses it for
+//! the next command to the same plugin version. Isolation between clients
+//! is unchanged: an instance belongs to one connection and is never shared.
+//! What a plugin keeps in memory is seen only by later commands of the same
+//! client, and never after a failure: an instance whose call trapped, timed
+//! out or hit a limit is discarded. Instances are also recycled after
+//! [`MAX_CALLS_PER_INSTANCE`] calls, so a plugin that leaks a little per call
+//! never grows into its memory limit, and released when the connection idles
+//! (see `connection.rs`), so idle clients hold no memory.
+
+use wasmtime::Store;
+
+use super::bindings;
+use super::sandbox::Sandbox;
+
+/// Calls after which an instance is replaced by a fresh one: instantiation
+/// is amortised over this many calls (about 3 ns each for a Rust plugin).
+pub const MAX_CALLS_PER_INSTANCE: u32 = 10_000;
+
+/// One connection's warm instance, if it has one.
+#[derive(Default)]
+pub struct Session {
+    warm: Option<Warm>,
+}
+
+/// A live instance and its store, of the plugin version `plugin_id`.
+pub(super) struct Warm {
+    pub plugin_id: u64,
+    pub store: Store<Sandbox>,
+    pub instance: bindings::Plugin,
+    pub calls: u32,
+}
+
+impl Session {
+    /// Whether the session holds an instance (and so memory) to release.
+    pub fn is_warm(&self) -> bool {
+        self.warm.is_some()
+    }
+
+    /// Drops the instance: its memory slot goes back to the pool.
+    pub fn release(&mut self) {
+        self.warm = None;
+    }
+
+    /// The warm instance if it belongs to `plugin_id` and has calls left;
+    /// any other instance is dropped, so a connection holds at most one.
+    pub(super) fn take_for(&mut self, plugin_id: u64) -> Option<Warm> {
+        self.warm
+            .take()
+            .filter(|warm| warm.plugin_id == plugin_id && warm.calls < MAX_CALLS_PER_INSTANCE)
+    }
+
+    /// Keeps `warm` for the next command after a call that succeeded.
+    pub(super) fn keep(&mut self, warm: Warm) {
+        self.warm = Some(warm);
+    }
+}
