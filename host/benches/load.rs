@@ -383,8 +383,9 @@ fn resident_memory(window: Duration) {
             stream
         })
         .collect();
-    // Past the idle time after which a connection releases its instance.
-    std::thread::sleep(Duration::from_secs(2));
+    // Past the idle time after which connections release their instance
+    // and buffers, and the allocator's delay before returning memory.
+    std::thread::sleep(plugboard::connection::IDLE_RELEASE * 3);
     println!(
         "resident memory, {IDLE_CONNECTIONS} idle connections:     {:>6.1} MiB",
         server.resident_mib()

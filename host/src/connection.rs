@@ -8,8 +8,9 @@
 //! once.
 //!
 //! The connection owns its plugin instance ([`Session`]): reused from one
-//! command to the next, released after [`IDLE_RELEASE`] without a command,
-//! so that thousands of idle clients hold no plugin memory.
+//! command to the next. After [`IDLE_RELEASE`] without a command, the
+//! instance and the (empty) read and write buffers are released, so that
+//! thousands of idle clients hold little memory.
 //!
 //! Bad input is answered, never fatal to the server: an unparsable message
 //! gets an error reply and the connection goes on; a stream that cannot be
@@ -114,13 +115,33 @@ impl Connection {
             return Some(Err(err));
         }
         loop {
-            // Created each time but only armed (polled) while an instance is held.
+            // Created each time but only armed (polled) while memory is held.
             let idle = tokio::time::sleep(IDLE_RELEASE);
             tokio::select! {
                 frame = self.framed.next() => return frame,
                 () = self.shutdown.cancelled() => return None,
-                () = idle, if self.session.is_warm() => self.session.release(),
+                () = idle, if self.holds_idle_memory() => self.release_idle_memory(),
             }
+        }
+    }
+
+    fn holds_idle_memory(&self) -> bool {
+        self.session.is_warm()
+            || self.framed.read_buffer().capacity() > 0
+            || self.framed.write_buffer().capacity() > 0
+    }
+
+    /// Drops the plugin instance and the buffers, unless they hold data (a
+    /// partial frame). tokio-util gives every connection 8 KiB for each
+    /// buffer, which made them most of an idle connection's memory; a buffer
+    /// released here grows again from nothing when the client next writes.
+    fn release_idle_memory(&mut self) {
+        self.session.release();
+        if self.framed.read_buffer().is_empty() {
+            *self.framed.read_buffer_mut() = bytes::BytesMut::new();
+        }
+        if self.framed.write_buffer().is_empty() {
+            *self.framed.write_buffer_mut() = bytes::BytesMut::new();
         }
     }
 
@@ -129,7 +150,8 @@ impl Connection {
         self.framed.send(reply.into()).await?;
         let mut stream = self.framed.into_inner();
         stream.shutdown().await?;
-        let mut discard = [0u8; 8192];
+        // On the heap: an array here would be part of every connection's future.
+        let mut discard = vec![0u8; 8192];
         let mut drained = 0;
         let drain = async {
             while drained < LINGER_BYTES {

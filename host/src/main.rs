@@ -11,6 +11,12 @@ use plugboard::server::ServeOptions;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: with glibc's, memory freed by
+/// closed connections and dropped plugin instances stayed resident as heap
+/// fragments (10 000 idle clients: 168 MiB).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A TCP command server whose every command is a sandboxed WebAssembly plugin.
 #[derive(Parser)]
 #[command(version, about)]

@@ -299,14 +299,16 @@ impl Plugin {
             None => (self.new_store(), None, 0),
         };
         self.runtime.arm_deadline(&mut store);
-        let call = async {
+        // Boxed: wasmtime's call futures are kilobytes, and unboxed they would
+        // be part of every connection task, busy or idle.
+        let call = Box::pin(async {
             let instance = match warm_instance {
                 Some(instance) => instance,
                 None => self.pre.instantiate_async(&mut store).await?,
             };
             let reply = instance.call_handle(&mut store, &wit_request).await?;
             Ok::<_, wasmtime::Error>((instance, reply))
-        };
+        });
         // The call yields at every epoch tick, so the deadline also interrupts
         // wasm that never returns; dropping the call drops its instance.
         let result = tokio::time::timeout(self.setup.limits.call_timeout, call).await;
