@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
 use crate::harness::{Client, Server, Setup};
 
@@ -233,13 +234,63 @@ fn sockets_are_out_of_reach() {
 }
 
 #[test]
-fn nothing_one_command_leaves_in_memory_is_seen_by_the_next() {
+fn one_clients_instance_is_never_seen_by_another() {
     let server = hostile().start();
     let mut alice = server.connect();
     let mut bob = server.connect();
     assert_eq!(alice.request("remember alice's secret"), "remembered");
-    assert_eq!(bob.request("recall"), "");
-    assert_eq!(alice.request("recall"), "");
+    assert_eq!(bob.request("recall"), "", "bob has an instance of his own");
+    assert_eq!(bob.request("remember bob's"), "remembered");
+    // A connection keeps its instance between its own commands.
+    assert_eq!(alice.request("recall"), "alice's secret");
+    assert_eq!(bob.request("recall"), "bob's");
+}
+
+#[test]
+fn a_failed_call_discards_the_instance() {
+    let server = hostile().config("quarantine_after = 0").start();
+    let mut client = server.connect();
+    assert_eq!(client.request("remember before"), "remembered");
+    assert_eq!(client.request("recurse"), "error: plugin 'hostile' failed");
+    assert_eq!(
+        client.request("recall"),
+        "",
+        "a fresh instance after the trap"
+    );
+}
+
+#[test]
+fn an_idle_connection_gets_a_fresh_instance() {
+    let server = hostile().start();
+    let mut client = server.connect();
+    assert_eq!(client.request("remember before"), "remembered");
+    // Time is the behaviour under test: there is no event to wait for.
+    std::thread::sleep(plugboard::connection::IDLE_RELEASE + Duration::from_millis(500));
+    assert_eq!(client.request("recall"), "");
+}
+
+#[test]
+fn instances_are_recycled_after_their_call_budget() {
+    let budget = plugboard::plugin::MAX_CALLS_PER_INSTANCE as usize;
+    let server = hostile().start();
+    let mut client = server.connect();
+    // One `remember` and recalls up to the budget, then one more: pipelined,
+    // so that the connection never idles in between.
+    let mut batch = b"remember kept<EOF>".to_vec();
+    for _ in 0..budget {
+        batch.extend_from_slice(b"recall<EOF>");
+    }
+    client.send(&batch);
+    assert_eq!(client.reply().unwrap(), "remembered");
+    for call in 2..=budget {
+        assert_eq!(client.reply().unwrap(), "kept", "call {call}");
+    }
+    assert_eq!(
+        client.reply().unwrap(),
+        "",
+        "call {} is in a fresh instance",
+        budget + 1
+    );
 }
 
 #[test]
