@@ -57,8 +57,20 @@ pub struct Config {
     pub max_value_bytes: u32,
     /// Keys one plugin may hold.
     pub max_keys_per_plugin: u32,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`); none by default.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `text` (for people) or `json` (one object per line, for log shippers).
+    pub log_format: LogFormat,
     /// Per-plugin settings, keyed by plugin name (the file stem).
     pub plugins: BTreeMap<String, PluginSettings>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -110,6 +122,8 @@ impl Default for Config {
             max_key_bytes: 256,
             max_value_bytes: 64 * 1024,
             max_keys_per_plugin: 10_000,
+            metrics_listen: None,
+            log_format: LogFormat::Text,
             plugins: BTreeMap::new(),
         }
     }
@@ -230,6 +244,8 @@ impl Config {
                 "max_keys_per_plugin",
                 self.max_keys_per_plugin != new.max_keys_per_plugin,
             ),
+            ("metrics_listen", self.metrics_listen != new.metrics_listen),
+            ("log_format", self.log_format != new.log_format),
         ];
         keys.into_iter()
             .filter(|(_, changed)| *changed)

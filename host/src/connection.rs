@@ -97,7 +97,10 @@ impl Connection {
                     let routes = self.routes.load_full();
                     routes.dispatch(request, &mut self.session).await
                 }
-                Err(err) => Reply::error(err),
+                Err(err) => {
+                    crate::metrics::unrouted(crate::metrics::Outcome::Invalid);
+                    Reply::error(err)
+                }
             };
             self.framed.feed(reply.into()).await?;
         }

@@ -6,12 +6,14 @@
 //! ([`request`]) -> route ([`router`]) -> plugin ([`plugin`]) -> [`reply`].
 //! [`config`] is the server's settings, [`plugin_dir`] the directory of plugin
 //! files, [`reload`] hot reload, [`client`] the `plugboard send` client, and
-//! [`standalone`] `plugboard check` and `call`, [`scaffold`] `plugboard new`.
+//! [`standalone`] `plugboard check` and `call`, [`scaffold`] `plugboard new`,
+//! [`metrics`] what operators scrape.
 
 pub mod client;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod metrics;
 pub mod plugin;
 pub mod plugin_dir;
 pub mod reload;

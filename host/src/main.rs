@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use plugboard::config::Config;
+use plugboard::config::{Config, LogFormat};
 use plugboard::server::ServeOptions;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -92,8 +92,11 @@ enum Command {
 /// to ...: Connection refused`), never as a backtrace: this is a CLI, and the
 /// reader is its user.
 fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    // `serve` logs as its config says, once it has read it.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_logging(LogFormat::Text);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => return fail(err.into()),
@@ -119,6 +122,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 plugboard::router::native_baseline::enable();
             }
             let (config, config_path) = load_config(config)?;
+            init_logging(config.log_format);
+            if config_path.is_none() {
+                tracing::info!("no {DEFAULT_CONFIG} here: using built-in defaults");
+            }
             let shutdown = shutdown_signal()?;
             let options = ServeOptions {
                 config,
@@ -162,10 +169,7 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<(Config, Option<PathBuf>
     });
     match path {
         Some(path) => Ok((Config::load(&path)?, Some(path))),
-        None => {
-            tracing::info!("no {DEFAULT_CONFIG} here: using built-in defaults");
-            Ok((Config::defaults()?, None))
-        }
+        None => Ok((Config::defaults()?, None)),
     }
 }
 
@@ -196,11 +200,15 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
 }
 
 /// Logs go to stderr (stdout is for `send`'s replies), filtered by RUST_LOG.
-fn init_logging() {
+/// JSON logs are one object per line, with the current span's fields (the
+/// connection's peer, the command's plugin and name) in each event.
+fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_span_list(false).init(),
+    }
 }

@@ -141,6 +141,7 @@ impl PluginDir {
             Ok(bytes) => bytes,
             Err(err) => {
                 tracing::error!(file = %path.display(), "cannot read plugin file: {err}");
+                crate::metrics::reload(false);
                 return;
             }
         };
@@ -163,6 +164,7 @@ impl PluginDir {
                 let commands: Vec<&str> =
                     plugin.commands().iter().map(|c| c.name.as_str()).collect();
                 tracing::info!(plugin = plugin.name(), commands = ?commands, "loaded plugin");
+                crate::metrics::reload(true);
                 changes.loaded.push(name);
                 Some(Arc::new(plugin))
             }
@@ -172,6 +174,7 @@ impl PluginDir {
                     None => "not serving it",
                 };
                 tracing::error!(file = %path.display(), "rejected plugin file: {err}; {fallback}");
+                crate::metrics::reload(false);
                 previous
             }
         };

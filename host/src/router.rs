@@ -8,7 +8,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
+use tracing::Instrument;
+
+use crate::metrics::{self, CommandMetrics, Outcome};
 use crate::plugin::{CallError, Plugin, Session};
 use crate::reply::Reply;
 use crate::request::{CommandName, Request};
@@ -17,7 +21,13 @@ use crate::request::{CommandName, Request};
 pub type Routes = arc_swap::ArcSwap<Router>;
 
 pub struct Router {
-    routes: HashMap<CommandName, Arc<Plugin>>,
+    routes: HashMap<CommandName, Route>,
+}
+
+/// Who serves a command, and its counters.
+struct Route {
+    plugin: Arc<Plugin>,
+    metrics: CommandMetrics,
 }
 
 impl Router {
@@ -25,19 +35,21 @@ impl Router {
     /// plugins claim a command, the first keeps it: deterministic across
     /// restarts, and logged as an error naming both so the operator can fix it.
     pub fn new(plugins: impl IntoIterator<Item = Arc<Plugin>>) -> Self {
-        let mut routes: HashMap<CommandName, Arc<Plugin>> = HashMap::new();
+        let mut routes: HashMap<CommandName, Route> = HashMap::new();
         for plugin in plugins {
             for command in plugin.commands() {
                 match routes.get(&command.name) {
-                    Some(owner) if !Arc::ptr_eq(owner, &plugin) => tracing::error!(
+                    Some(owner) if !Arc::ptr_eq(&owner.plugin, &plugin) => tracing::error!(
                         command = %command.name,
-                        kept = owner.name(),
+                        kept = owner.plugin.name(),
                         ignored = plugin.name(),
                         "two plugins claim one command; keeping the first in file-name order"
                     ),
                     Some(_) => {}
                     None => {
-                        routes.insert(command.name.clone(), plugin.clone());
+                        let metrics = CommandMetrics::new(plugin.name(), command.name.as_str());
+                        let plugin = plugin.clone();
+                        routes.insert(command.name.clone(), Route { plugin, metrics });
                     }
                 }
             }
@@ -47,35 +59,71 @@ impl Router {
 
     /// The plugin serving `command`, if any.
     pub fn route(&self, command: &CommandName) -> Option<&Arc<Plugin>> {
-        self.routes.get(command)
+        self.routes.get(command).map(|route| &route.plugin)
     }
 
     /// Runs `request` in its plugin (in `session`'s instance when it has
-    /// one of that plugin) and turns the outcome into a reply.
+    /// one of that plugin) and turns the outcome into a reply. Counted in the
+    /// metrics, and logged at debug level with its outcome and duration.
     pub async fn dispatch(&self, request: Request, session: &mut Session) -> Reply {
-        let Some(plugin) = self.route(&request.command) else {
+        let Some((command, route)) = self.routes.get_key_value(&request.command) else {
+            metrics::unrouted(Outcome::Unknown);
+            tracing::debug!(command = %request.command, outcome = "unknown", "command");
             return Reply::error(format_args!("unknown command '{}'", request.command));
         };
         #[cfg(feature = "native-baseline")]
         if native_baseline::is_on() {
             return native_baseline::answer(&request);
         }
-        let command = request.command.clone();
-        match plugin.call(request, session).await {
-            Ok(Ok(text)) if Reply::is_frameable(&text) => Reply::ok(text),
-            Ok(Err(message)) if Reply::is_frameable(&message) => Reply::error(message),
-            Ok(_) => {
-                tracing::warn!(plugin = plugin.name(), %command, "reply contains the <EOF> delimiter");
-                Reply::error(format_args!(
-                    "plugin '{}' returned a reply containing the delimiter",
-                    plugin.name()
-                ))
-            }
-            Err(err) => {
-                tracing::warn!(plugin = plugin.name(), %command, "plugin call failed: {err}");
-                failure_reply(plugin.name(), &err)
-            }
+        let plugin = &route.plugin;
+        let span = tracing::debug_span!("command", plugin = plugin.name(), %command);
+        // Timed only when someone looks: metrics served, or the span logged.
+        let started = match span.is_disabled() {
+            true => metrics::start_timer(),
+            false => Some(Instant::now()),
+        };
+        let result = plugin.call(request, session).instrument(span.clone()).await;
+        let (reply, outcome) = reply_for(plugin.name(), command, result);
+        let elapsed = started.map(|started| started.elapsed());
+        route.metrics.record(outcome, elapsed);
+        span.in_scope(|| tracing::debug!(outcome = outcome.as_str(), ?elapsed, "command"));
+        reply
+    }
+}
+
+/// The reply to a call's result, and how the call ended.
+fn reply_for(
+    plugin: &str,
+    command: &CommandName,
+    result: Result<Result<String, String>, CallError>,
+) -> (Reply, Outcome) {
+    match result {
+        Ok(Ok(text)) if Reply::is_frameable(&text) => (Reply::ok(text), Outcome::Ok),
+        Ok(Err(message)) if Reply::is_frameable(&message) => {
+            (Reply::error(message), Outcome::Error)
         }
+        Ok(_) => {
+            tracing::warn!(plugin, %command, "reply contains the <EOF> delimiter");
+            let reply = Reply::error(format_args!(
+                "plugin '{plugin}' returned a reply containing the delimiter"
+            ));
+            (reply, Outcome::Error)
+        }
+        Err(err) => {
+            tracing::warn!(plugin, %command, "plugin call failed: {err}");
+            (failure_reply(plugin, &err), failure_outcome(&err))
+        }
+    }
+}
+
+fn failure_outcome(err: &CallError) -> Outcome {
+    match err {
+        CallError::Trapped(_) => Outcome::Trap,
+        CallError::TimedOut(_) => Outcome::Timeout,
+        CallError::OutOfMemory { .. } => Outcome::MemoryLimit,
+        CallError::ReplyTooLarge { .. } => Outcome::ReplyTooLarge,
+        CallError::Disabled(_) => Outcome::Disabled,
+        CallError::Busy => Outcome::Busy,
     }
 }
 

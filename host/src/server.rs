@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::codec::DELIMITER;
 use crate::config::Config;
 use crate::connection::Connection;
+use crate::metrics::ConnectionMetrics;
 use crate::plugin::Runtime;
 use crate::plugin_dir::PluginDir;
 use crate::reload::Reloader;
@@ -49,6 +50,9 @@ pub async fn run(
         config_path,
         watch,
     } = options;
+    if let Some(listen) = config.metrics_listen {
+        crate::metrics::install(listen)?;
+    }
     let store = config.open_store()?;
     let runtime = Runtime::new(config.runtime_options(), store)
         .context("cannot start the WebAssembly runtime")?;
@@ -69,6 +73,7 @@ pub async fn run(
         routes,
         connections: Arc::new(Semaphore::new(config.max_connections)),
         max_frame_bytes: config.max_frame_bytes,
+        metrics: Arc::new(ConnectionMetrics::register()),
         tracker: TaskTracker::new(),
         shutdown,
     };
@@ -102,6 +107,7 @@ struct Listener {
     routes: Arc<Routes>,
     connections: Arc<Semaphore>,
     max_frame_bytes: usize,
+    metrics: Arc<ConnectionMetrics>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -112,9 +118,12 @@ impl Listener {
         loop {
             let (stream, peer) = self.accept().await;
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                self.metrics.rejected.increment(1);
                 reject_over_limit(&stream);
                 continue;
             };
+            self.metrics.accepted.increment(1);
+            self.metrics.open.increment(1.0);
             if let Err(err) = stream.set_nodelay(true) {
                 tracing::debug!(%peer, "cannot set TCP_NODELAY: {err}");
             }
@@ -125,9 +134,11 @@ impl Listener {
                 self.shutdown.clone(),
             );
             let span = tracing::debug_span!("connection", %peer);
+            let metrics = self.metrics.clone();
             self.tracker.spawn(
                 async move {
                     connection.run().await;
+                    metrics.open.decrement(1.0);
                     drop(permit);
                 }
                 .instrument(span),

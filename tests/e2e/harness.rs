@@ -64,6 +64,8 @@ pub struct Setup {
     /// `[plugins.<name>]` tables, by plugin name.
     plugin_tables: std::collections::BTreeMap<String, Vec<String>>,
     args: Vec<String>,
+    /// The server's RUST_LOG.
+    log_filter: &'static str,
 }
 
 impl Setup {
@@ -81,6 +83,7 @@ impl Setup {
             ],
             plugin_tables: Default::default(),
             args: Vec::new(),
+            log_filter: "info",
         }
     }
 
@@ -119,6 +122,12 @@ impl Setup {
         self
     }
 
+    /// The server's log filter (RUST_LOG); `info` by default.
+    pub fn log_filter(mut self, filter: &'static str) -> Self {
+        self.log_filter = filter;
+        self
+    }
+
     /// Adds a `key = value` line to the `[plugins.<plugin>]` table.
     pub fn plugin_config(mut self, plugin: &str, line: &str) -> Self {
         self.plugin_tables
@@ -144,19 +153,24 @@ impl Setup {
 
     pub fn start(self) -> Server {
         let config_path = self.config_path();
-        spawn_server(config_path, self.args, self.dir)
+        spawn_server(config_path, self.args, self.log_filter, self.dir)
     }
 }
 
 /// Starts `plugboard serve` on `config_path` and waits until it listens.
 /// The server owns `dir` (its config, plugins and state) until dropped.
-fn spawn_server(config_path: PathBuf, args: Vec<String>, dir: TempDir) -> Server {
+fn spawn_server(
+    config_path: PathBuf,
+    args: Vec<String>,
+    log_filter: &'static str,
+    dir: TempDir,
+) -> Server {
     let mut child = plugboard()
         .arg("serve")
         .arg("--config")
         .arg(&config_path)
         .args(&args)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", log_filter)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -167,10 +181,12 @@ fn spawn_server(config_path: PathBuf, args: Vec<String>, dir: TempDir) -> Server
         let _ = child.kill();
         panic!("server did not start:\n{}", log.text());
     };
+    // The address ends the line in text logs, a JSON string in JSON ones.
     let addr = line
         .split("listening on ")
         .nth(1)
-        .and_then(|rest| rest.trim().parse().ok())
+        .and_then(|rest| rest.split(['"', ' ']).next())
+        .and_then(|addr| addr.trim().parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"));
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let (exited, exit) = std::sync::mpsc::channel();
@@ -186,6 +202,7 @@ fn spawn_server(config_path: PathBuf, args: Vec<String>, dir: TempDir) -> Server
         plugin_dir: dir.path().join("plugins"),
         config_path,
         args,
+        log_filter,
         _dir: Some(dir),
     }
 }
@@ -283,6 +300,7 @@ pub struct Server {
     pub plugin_dir: PathBuf,
     pub config_path: PathBuf,
     args: Vec<String>,
+    log_filter: &'static str,
     /// `None` only while being handed to a restarted server.
     _dir: Option<TempDir>,
 }
@@ -311,6 +329,7 @@ impl Server {
         spawn_server(
             self.config_path.clone(),
             std::mem::take(&mut self.args),
+            self.log_filter,
             dir,
         )
     }

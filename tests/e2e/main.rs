@@ -4,6 +4,7 @@ mod cli;
 mod harness;
 mod languages;
 mod lifecycle;
+mod observability;
 mod plugins;
 mod protocol;
 mod reload;

@@ -46,31 +46,49 @@ const MAX_INSTANCES: usize = 1000;
 const MAX_TABLES: usize = 1000;
 const MAX_MEMORIES: usize = 100;
 
-/// The `ResourceLimiter` of one store.
+/// The `ResourceLimiter` of one store. It also accounts the store's linear
+/// memory in the plugin's memory gauge, since it sees every growth.
 pub struct MemoryLimiter {
     max_memory_bytes: usize,
     /// Set when a grow past the limit was denied during this call.
     pub exceeded: bool,
+    /// Bytes of linear memory this store holds, counted in `gauge`.
+    held: usize,
+    gauge: metrics::Gauge,
 }
 
 impl MemoryLimiter {
-    pub fn new(max_memory_bytes: usize) -> Self {
+    pub fn new(max_memory_bytes: usize, gauge: metrics::Gauge) -> Self {
         Self {
             max_memory_bytes,
             exceeded: false,
+            held: 0,
+            gauge,
         }
+    }
+}
+
+impl Drop for MemoryLimiter {
+    /// The store and its memories are going away.
+    fn drop(&mut self) {
+        self.gauge.decrement(self.held as f64);
     }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = desired <= self.max_memory_bytes;
         self.exceeded |= !allowed;
+        if allowed {
+            let grown = desired.saturating_sub(current);
+            self.held += grown;
+            self.gauge.increment(grown as f64);
+        }
         Ok(allowed)
     }
 

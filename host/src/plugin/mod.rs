@@ -359,6 +359,7 @@ impl Plugin {
             && failures >= threshold
             && !self.health.disabled.swap(true, Ordering::Relaxed)
         {
+            crate::metrics::quarantined(&self.name);
             tracing::error!(
                 plugin = &*self.name,
                 failures,

@@ -44,6 +44,7 @@ impl Sandbox {
         kv: Arc<Namespace>,
         ticking: Option<TickingGuard>,
     ) -> Self {
+        let memory_gauge = crate::metrics::plugin_memory(&plugin);
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
@@ -55,7 +56,7 @@ impl Sandbox {
             plugin,
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter::new(setup.limits.max_memory_bytes),
+            limiter: MemoryLimiter::new(setup.limits.max_memory_bytes, memory_gauge),
             config: setup.config.clone(),
             kv,
             _ticking: ticking,

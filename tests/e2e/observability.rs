@@ -1,0 +1,241 @@
+//! What operators see: Prometheus metrics scraped over real HTTP, JSON logs,
+//! and per-command debug spans.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Server, Setup, TIMEOUT};
+
+/// A loopback port free right now. The exporter binds the configured address
+/// itself, so the test picks one rather than reading it back from the server.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn with_metrics() -> (Setup, u16) {
+    let port = free_port();
+    let setup = Setup::new()
+        .plugin("onoff", "onoff")
+        .plugin("testing_echo", "echo")
+        .config("quarantine_after = 0")
+        .config(&format!("metrics_listen = \"127.0.0.1:{port}\""));
+    (setup, port)
+}
+
+/// The scraped exposition text.
+struct Scrape(String);
+
+impl Scrape {
+    /// `GET /metrics` over a real HTTP/1.1 connection.
+    fn from(port: u16) -> Self {
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect metrics");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read response");
+        let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        Self(body.to_owned())
+    }
+
+    /// The value of the series `name` whose labels include every one of `labels`.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.0.lines().find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels),
+                None => (series, ""),
+            };
+            let matches = series_name == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\"")));
+            matches.then(|| value.parse().expect("a number"))
+        })
+    }
+
+    fn count(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.value(name, labels)
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{}", self.0))
+    }
+
+    fn commands(&self, plugin: &str, command: &str, outcome: &str) -> f64 {
+        let labels = [
+            ("plugin", plugin),
+            ("command", command),
+            ("outcome", outcome),
+        ];
+        self.count("plugboard_commands_total", &labels)
+    }
+}
+
+#[test]
+fn metrics_count_commands_by_plugin_command_and_outcome() {
+    let (setup, port) = with_metrics();
+    let server = setup.start();
+    let before = Scrape::from(port);
+    assert_eq!(before.commands("onoff", "on", "ok"), 0.0);
+
+    let mut client = server.connect();
+    for _ in 0..3 {
+        assert_eq!(client.request("on"), "success");
+    }
+    assert_eq!(client.request("fail no"), "error: no");
+    assert_eq!(client.request("panic"), "error: plugin 'echo' failed");
+    assert_eq!(client.request("nope"), "error: unknown command 'nope'");
+
+    let after = Scrape::from(port);
+    assert_eq!(after.commands("onoff", "on", "ok"), 3.0);
+    assert_eq!(after.commands("echo", "fail", "error"), 1.0);
+    assert_eq!(after.commands("echo", "panic", "trap"), 1.0);
+    assert_eq!(after.commands("", "", "unknown"), 1.0);
+    let latency = [("plugin", "onoff")];
+    assert_eq!(
+        after.count("plugboard_command_duration_seconds_count", &latency),
+        3.0
+    );
+    assert!(after.count("plugboard_command_duration_seconds_sum", &latency) > 0.0);
+}
+
+#[test]
+fn metrics_follow_connections_memory_and_timeouts() {
+    let (setup, port) = with_metrics();
+    let server = setup.config("call_timeout_ms = 200").start();
+    let mut client = server.connect();
+    assert_eq!(client.request("on"), "success");
+
+    let scrape = Scrape::from(port);
+    assert_eq!(scrape.count("plugboard_connections_open", &[]), 1.0);
+    assert_eq!(
+        scrape.count("plugboard_connections_accepted_total", &[]),
+        1.0
+    );
+    // The connection keeps its onoff instance, and so its memory.
+    let memory = [("plugin", "onoff")];
+    assert!(scrape.count("plugboard_plugin_memory_bytes", &memory) > 0.0);
+
+    assert_eq!(
+        client.request("sleep 5000"),
+        "error: plugin 'echo' timed out"
+    );
+    drop(client);
+    let mut second = server.connect();
+    assert_eq!(second.request("echo hi"), "hi");
+    let scrape = Scrape::from(port);
+    assert_eq!(scrape.commands("echo", "sleep", "timeout"), 1.0);
+    assert_eq!(
+        scrape.count("plugboard_connections_accepted_total", &[]),
+        2.0
+    );
+    // The server sees the first client's close on its own time: poll for it.
+    let deadline = Instant::now() + TIMEOUT;
+    while Scrape::from(port).count("plugboard_connections_open", &[]) != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "a closed connection still counts as open"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn metrics_count_reloads_and_quarantines() {
+    let (setup, port) = with_metrics();
+    let server = setup.config("quarantine_after = 2").start();
+    let loaded = [("outcome", "ok")];
+    assert_eq!(
+        Scrape::from(port).count("plugboard_reloads_total", &loaded),
+        2.0
+    );
+
+    std::fs::write(server.plugin_dir.join("broken.wasm"), b"not wasm").unwrap();
+    assert!(server.log.wait_for("rejected plugin file").is_some());
+    let failed = [("outcome", "failed")];
+    assert_eq!(
+        Scrape::from(port).count("plugboard_reloads_total", &failed),
+        1.0
+    );
+
+    let mut client = server.connect();
+    for _ in 0..2 {
+        assert_eq!(client.request("panic"), "error: plugin 'echo' failed");
+    }
+    assert_eq!(client.request("echo x"), "error: plugin 'echo' disabled");
+    let scrape = Scrape::from(port);
+    assert_eq!(
+        scrape.count("plugboard_quarantines_total", &[("plugin", "echo")]),
+        1.0
+    );
+    assert_eq!(scrape.commands("echo", "echo", "disabled"), 1.0);
+}
+
+#[test]
+fn an_unusable_metrics_address_stops_startup_with_a_clear_error() {
+    let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let output = crate::harness::plugboard()
+        .args(["serve", "--config"])
+        .arg(
+            Setup::new()
+                .config(&format!("metrics_listen = \"127.0.0.1:{port}\""))
+                .config_path(),
+        )
+        .output()
+        .expect("run plugboard");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot serve metrics"), "{stderr}");
+}
+
+fn json_lines(server: &Server) -> Vec<serde_json::Value> {
+    server
+        .log
+        .text()
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
+        })
+        .collect()
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let server = Setup::new()
+        .plugin("onoff", "onoff")
+        .config("log_format = \"json\"")
+        .start();
+    assert_eq!(server.connect().request("on"), "success");
+    let lines = json_lines(&server);
+    let listening = lines
+        .iter()
+        .find(|line| {
+            line["fields"]["message"]
+                .as_str()
+                .is_some_and(|message| message.starts_with("listening on "))
+        })
+        .expect("a listening event");
+    assert_eq!(listening["level"], "INFO");
+}
+
+#[test]
+fn debug_logs_trace_each_command_with_plugin_outcome_and_duration() {
+    let server = Setup::new()
+        .plugin("onoff", "onoff")
+        .config("log_format = \"json\"")
+        .log_filter("plugboard=debug")
+        .start();
+    assert_eq!(server.connect().request("on"), "success");
+    assert!(server.log.wait_for("\"outcome\":\"ok\"").is_some());
+    let command = json_lines(&server)
+        .into_iter()
+        .find(|line| line["fields"]["outcome"] == "ok")
+        .expect("a command event");
+    assert_eq!(command["span"]["name"], "command");
+    assert_eq!(command["span"]["plugin"], "onoff");
+    assert_eq!(command["span"]["command"], "on");
+    assert!(command["fields"]["elapsed"].is_string(), "{command}");
+}
