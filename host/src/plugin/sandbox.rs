@@ -94,16 +94,15 @@ impl config::Host for Sandbox {
     }
 }
 
-/// Runs a store operation and converts its error for the guest. Writes to a
-/// backend whose writes block (a disk sync) go to the blocking pool; reads and
-/// in-memory writes take about a microsecond and run inline, where a thread
-/// hop would cost far more than the operation.
-async fn on_store<T: Send + 'static>(
+/// Runs a write and converts its error for the guest. Writes to a backend
+/// whose writes block (a disk sync) go to the blocking pool; in-memory writes
+/// take about a microsecond and run inline, where a thread hop would cost far
+/// more than the operation.
+async fn write<T: Send + 'static>(
     kv: &Arc<Namespace>,
-    access: Access,
     operation: impl FnOnce(&Namespace) -> Result<T, KvError> + Send + 'static,
 ) -> Result<T, kv::Error> {
-    let result = if access == Access::Write && kv.writes_block() {
+    let result = if kv.writes_block() {
         let kv = kv.clone();
         tokio::task::spawn_blocking(move || operation(&kv))
             .await
@@ -111,40 +110,39 @@ async fn on_store<T: Send + 'static>(
     } else {
         operation(kv)
     };
-    result.map_err(|err| match err {
+    result.map_err(guest_error)
+}
+
+fn guest_error(err: KvError) -> kv::Error {
+    match err {
         KvError::KeyTooLarge(max) => kv::Error::KeyTooLarge(max),
         KvError::ValueTooLarge(max) => kv::Error::ValueTooLarge(max),
         KvError::TooManyKeys(max) => kv::Error::TooManyKeys(max),
         KvError::NotANumber => kv::Error::NotANumber,
         KvError::Storage(message) => kv::Error::Storage(message),
-    })
+    }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
-    Read,
-    Write,
-}
-
+/// Reads never wait on a sync, so they run inline (and are sync imports).
 impl kv::Host for Sandbox {
-    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::Error> {
-        on_store(&self.kv, Access::Read, move |kv| kv.get(&key)).await
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::Error> {
+        self.kv.get(&key).map_err(guest_error)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::Error> {
-        on_store(&self.kv, Access::Write, move |kv| kv.set(&key, &value)).await
+        write(&self.kv, move |kv| kv.set(&key, &value)).await
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, kv::Error> {
-        on_store(&self.kv, Access::Write, move |kv| kv.delete(&key)).await
+        write(&self.kv, move |kv| kv.delete(&key)).await
     }
 
-    async fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, kv::Error> {
-        on_store(&self.kv, Access::Read, move |kv| kv.list_keys(&prefix)).await
+    fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, kv::Error> {
+        self.kv.list_keys(&prefix).map_err(guest_error)
     }
 
     async fn increment(&mut self, key: String, delta: i64) -> Result<i64, kv::Error> {
-        on_store(&self.kv, Access::Write, move |kv| kv.increment(&key, delta)).await
+        write(&self.kv, move |kv| kv.increment(&key, delta)).await
     }
 
     async fn compare_and_swap(
@@ -153,7 +151,7 @@ impl kv::Host for Sandbox {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> Result<bool, kv::Error> {
-        on_store(&self.kv, Access::Write, move |kv| {
+        write(&self.kv, move |kv| {
             kv.compare_and_swap(&key, expected.as_deref(), &new)
         })
         .await
