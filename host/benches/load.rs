@@ -9,7 +9,8 @@
 //! connections.
 //!
 //! Prints figures; asserts nothing about time. `make bench` runs it (with the
-//! other benchmarks); `PLUGBOARD_BENCH_SECS` sets each run's length (default 3).
+//! other benchmarks); `PLUGBOARD_BENCH_SECS` sets each run's length (default
+//! 3), `PLUGBOARD_BENCH_ONLY` one section (`native`, `languages`, `memory`).
 
 mod common;
 
@@ -426,7 +427,15 @@ fn main() {
         window.as_secs_f64(),
         WARMUP.as_millis()
     );
-    compare_with_native(window);
-    other_languages(window);
-    resident_memory(window);
+    let only = std::env::var("PLUGBOARD_BENCH_ONLY").ok();
+    let run = |section: &str| only.as_deref().is_none_or(|only| only == section);
+    if run("native") {
+        compare_with_native(window);
+    }
+    if run("languages") {
+        other_languages(window);
+    }
+    if run("memory") {
+        resident_memory(window);
+    }
 }

@@ -43,6 +43,9 @@ pub struct Runtime {
 /// loaded (their `commands()` call) and headroom.
 const SPARE_INSTANCES: u32 = 16;
 
+/// Freed instance slots returned to the kernel in one batch.
+const DECOMMIT_BATCH: usize = 32;
+
 /// Stack left to host functions (WASI, our imports) on a call's fiber, above
 /// what wasm may use.
 const HOST_STACK_BYTES: usize = 1536 << 10;
@@ -193,7 +196,14 @@ fn pool(max_concurrent_calls: usize) -> PoolingAllocationConfig {
         // Slots hold the largest memory wasm32 can address; each plugin's own,
         // smaller limit is enforced per store by its `MemoryLimiter`, so limits
         // can differ per plugin and change without a new pool.
-        .max_memory_size(4 << 30);
+        .max_memory_size(4 << 30)
+        // A freed instance's memory goes back to the kernel (`madvise`),
+        // and each such call interrupts every core to flush its TLB: most of
+        // a fresh instance's 25 us. Batched, 32 slots share one flush: 20 us.
+        // Keeping memory resident instead (`linear_memory_keep_resident` with
+        // PAGEMAP_SCAN) measured 10 us, but every slot ever used then stays
+        // resident: 10 000 idle clients took 217 MiB instead of 138.
+        .decommit_batch_size(DECOMMIT_BATCH);
     pool
 }
 
