@@ -83,7 +83,9 @@ impl Command {
 }
 
 /// A plugboard plugin. The host routes each message whose first word is one
-/// of [`Plugin::COMMANDS`] to [`Plugin::handle`], in a fresh instance.
+/// of [`Plugin::COMMANDS`] to [`Plugin::handle`], in an instance of the
+/// plugin owned by the client's connection: memory may carry over between one
+/// client's commands, never between clients; durable state belongs in [`kv`].
 pub trait Plugin {
     /// The commands this plugin serves. Names are non-empty, without whitespace.
     const COMMANDS: &'static [Command];
