@@ -238,12 +238,19 @@ fn one_clients_instance_is_never_seen_by_another() {
     let server = hostile().start();
     let mut alice = server.connect();
     let mut bob = server.connect();
-    assert_eq!(alice.request("remember alice's secret"), "remembered");
-    assert_eq!(bob.request("recall"), "", "bob has an instance of his own");
-    assert_eq!(bob.request("remember bob's"), "remembered");
-    // A connection keeps its instance between its own commands.
-    assert_eq!(alice.request("recall"), "alice's secret");
-    assert_eq!(bob.request("recall"), "bob's");
+    // Each client's commands pipelined, so that the connection never idles
+    // between them (an idle connection releases its instance).
+    alice.send(b"remember alice's secret<EOF>recall<EOF>");
+    assert_eq!(alice.reply().unwrap(), "remembered");
+    assert_eq!(
+        alice.reply().unwrap(),
+        "alice's secret",
+        "kept between commands"
+    );
+    bob.send(b"recall<EOF>remember bob's<EOF>recall<EOF>");
+    assert_eq!(bob.reply().unwrap(), "", "bob has an instance of his own");
+    assert_eq!(bob.reply().unwrap(), "remembered");
+    assert_eq!(bob.reply().unwrap(), "bob's");
 }
 
 #[test]
