@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
 
-use crate::codec::{DELIMITER, EofCodec};
+use crate::codec::{EofCodec, find_delimiter};
 use crate::reply::ERROR_PREFIX;
 
 /// Replies can be far larger than requests; this only guards against a
@@ -121,7 +121,7 @@ fn reply_stream(
 
 /// A command containing the delimiter would be sent as two messages.
 fn check_command(command: &str) -> anyhow::Result<()> {
-    if memchr::memmem::find(command.as_bytes(), DELIMITER).is_some() {
+    if find_delimiter(command.as_bytes()).is_some() {
         bail!("a command cannot contain the delimiter <EOF>: {command:?}");
     }
     Ok(())

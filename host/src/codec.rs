@@ -20,6 +20,14 @@ use tokio_util::codec::{Decoder, Encoder};
 /// The 5 bytes that end every message and every reply.
 pub const DELIMITER: &[u8] = b"<EOF>";
 
+/// Finds [`DELIMITER`]. Built once: `memmem::find` would build a searcher
+/// for every frame and every reply.
+pub fn find_delimiter(haystack: &[u8]) -> Option<usize> {
+    static FINDER: std::sync::LazyLock<memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memmem::Finder::new(DELIMITER));
+    FINDER.find(haystack)
+}
+
 /// Why the byte stream could not be split into frames. Both cases end the
 /// connection: there is no way to find the start of the next frame.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +64,7 @@ impl Decoder for EofCodec {
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
         // A frame of at most `max_frame_bytes` has its delimiter inside this window.
         let window_end = buf.len().min(self.max_frame_bytes + DELIMITER.len());
-        if let Some(offset) = memmem::find(&buf[self.searched..window_end], DELIMITER) {
+        if let Some(offset) = find_delimiter(&buf[self.searched..window_end]) {
             let frame = buf.split_to(self.searched + offset);
             buf.advance(DELIMITER.len());
             self.searched = 0;
@@ -173,7 +181,7 @@ mod tests {
     #[test]
     fn error_messages_do_not_contain_the_delimiter() {
         for err in [FrameError::TooLarge, FrameError::Truncated] {
-            assert!(memmem::find(err.to_string().as_bytes(), DELIMITER).is_none());
+            assert!(find_delimiter(err.to_string().as_bytes()).is_none());
         }
     }
 

@@ -5,7 +5,7 @@
 //! delimiter, which the codec adds), so a plugin's text reaches the socket
 //! without another copy.
 
-use crate::codec::DELIMITER;
+use crate::codec::find_delimiter;
 
 /// Every failure reply starts with this; `plugboard send` keys its exit status on it.
 pub const ERROR_PREFIX: &str = "error: ";
@@ -35,7 +35,7 @@ impl Reply {
     /// the reply early and desynchronise the client's framing for every later
     /// reply on the connection, so plugin output is checked with this.
     pub fn is_frameable(text: &str) -> bool {
-        memchr::memmem::find(text.as_bytes(), DELIMITER).is_none()
+        find_delimiter(text.as_bytes()).is_none()
     }
 }
 

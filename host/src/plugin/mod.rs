@@ -282,7 +282,12 @@ impl Plugin {
         }
         let outcome = self.call_sandboxed(request, session).await;
         match &outcome {
-            Ok(_) => self.health.consecutive_failures.store(0, Ordering::Relaxed),
+            // Read first: a store on every success would bounce the cache line
+            // between the cores serving this plugin.
+            Ok(_) if self.health.consecutive_failures.load(Ordering::Relaxed) > 0 => {
+                self.health.consecutive_failures.store(0, Ordering::Relaxed);
+            }
+            Ok(_) => {}
             Err(err) if err.is_plugin_failure() => self.record_failure(),
             Err(_) => {}
         }
