@@ -140,8 +140,9 @@ impl PluginDir {
         let bytes = match tokio::fs::read(path).await {
             Ok(bytes) => bytes,
             Err(err) => {
-                tracing::error!(file = %path.display(), "cannot read plugin file: {err}");
+                // Counted before logged: whoever reads the log sees the count.
                 crate::metrics::reload(false);
+                tracing::error!(file = %path.display(), "cannot read plugin file: {err}");
                 return;
             }
         };
@@ -163,8 +164,8 @@ impl PluginDir {
             Ok(plugin) => {
                 let commands: Vec<&str> =
                     plugin.commands().iter().map(|c| c.name.as_str()).collect();
-                tracing::info!(plugin = plugin.name(), commands = ?commands, "loaded plugin");
                 crate::metrics::reload(true);
+                tracing::info!(plugin = plugin.name(), commands = ?commands, "loaded plugin");
                 changes.loaded.push(name);
                 Some(Arc::new(plugin))
             }
@@ -173,8 +174,8 @@ impl PluginDir {
                     Some(_) => "the previous version keeps serving",
                     None => "not serving it",
                 };
-                tracing::error!(file = %path.display(), "rejected plugin file: {err}; {fallback}");
                 crate::metrics::reload(false);
+                tracing::error!(file = %path.display(), "rejected plugin file: {err}; {fallback}");
                 previous
             }
         };

@@ -86,7 +86,10 @@ impl Router {
         let (reply, outcome) = reply_for(plugin.name(), command, result);
         let elapsed = started.map(|started| started.elapsed());
         route.metrics.record(outcome, elapsed);
-        span.in_scope(|| tracing::debug!(outcome = outcome.as_str(), ?elapsed, "command"));
+        if let Some(elapsed) = elapsed {
+            let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            span.in_scope(|| tracing::debug!(outcome = outcome.as_str(), elapsed_us, "command"));
+        }
         reply
     }
 }
