@@ -76,7 +76,13 @@ impl Router {
             return native_baseline::answer(&request);
         }
         let plugin = &route.plugin;
-        let span = tracing::debug_span!("command", plugin = plugin.name(), %command);
+        let span = tracing::debug_span!(
+            "command",
+            plugin = plugin.name(),
+            %command,
+            outcome = tracing::field::Empty,
+            elapsed_us = tracing::field::Empty,
+        );
         // Timed only when someone looks: metrics served, or the span logged.
         let started = match span.is_disabled() {
             true => metrics::start_timer(),
@@ -87,7 +93,11 @@ impl Router {
         let elapsed = started.map(|started| started.elapsed());
         route.metrics.record(outcome, elapsed);
         if let Some(elapsed) = elapsed {
+            // On the span (for subscribers that record spans) and on an event
+            // closing it (for plain logs).
             let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            span.record("outcome", outcome.as_str());
+            span.record("elapsed_us", elapsed_us);
             span.in_scope(|| tracing::debug!(outcome = outcome.as_str(), elapsed_us, "command"));
         }
         reply

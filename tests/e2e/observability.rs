@@ -259,4 +259,5 @@ fn debug_logs_trace_each_command_with_plugin_outcome_and_duration() {
     assert_eq!(command["span"]["plugin"], "onoff");
     assert_eq!(command["span"]["command"], "on");
     assert!(command["fields"]["elapsed_us"].is_u64(), "{command}");
+    assert_eq!(command["span"]["outcome"], "ok", "recorded on the span too");
 }
