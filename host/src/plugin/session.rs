@@ -1,7 +1,8 @@
 //! A connection's plugin instance, kept warm between its commands.
 //!
-//! Instantiating a component costs tens of microseconds (a fresh store, WASI
-//! context, memory image); calling into a live one, well under one. So each
+//! A fresh instance costs about 10 microseconds for a small Rust plugin (a
+//! store, a WASI context, the memory image), milliseconds for a Python one;
+//! a call into a live one, about one microsecond. So each
 //! connection keeps the instance its last command ran in and reuses it for
 //! the next command to the same plugin version. Isolation between clients
 //! is unchanged: an instance belongs to one connection and is never shared.
@@ -18,7 +19,7 @@ use super::bindings;
 use super::sandbox::Sandbox;
 
 /// Calls after which an instance is replaced by a fresh one: instantiation
-/// is amortised over this many calls (about 3 ns each for a Rust plugin).
+/// is amortised over this many calls (about 1 ns each for a Rust plugin).
 pub const MAX_CALLS_PER_INSTANCE: u32 = 10_000;
 
 /// One connection's warm instance, if it has one.
