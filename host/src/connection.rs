@@ -130,10 +130,14 @@ impl Connection {
         }
     }
 
+    /// Whether [`Self::release_idle_memory`] would free anything. A buffer
+    /// holding a partial frame does not count: it cannot be released, and
+    /// counting it would wake a slow client's connection every interval.
     fn holds_idle_memory(&self) -> bool {
+        let releasable = |buffer: &bytes::BytesMut| buffer.is_empty() && buffer.capacity() > 0;
         self.session.is_warm()
-            || self.framed.read_buffer().capacity() > 0
-            || self.framed.write_buffer().capacity() > 0
+            || releasable(self.framed.read_buffer())
+            || releasable(self.framed.write_buffer())
     }
 
     /// Drops the plugin instance and the buffers, unless they hold data (a
