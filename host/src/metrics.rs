@@ -205,3 +205,16 @@ pub fn plugin_memory(plugin: &str) -> Gauge {
 pub fn quarantined(plugin: &str) {
     metrics::counter!(QUARANTINES, "plugin" => plugin.to_owned()).increment(1);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    /// `CommandMetrics::record` indexes its counters by discriminant.
+    #[test]
+    fn outcomes_are_listed_in_declaration_order() {
+        for (index, outcome) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, index, "{outcome:?}");
+        }
+    }
+}
