@@ -180,7 +180,7 @@ fn compile_cache(dir: &std::path::PathBuf) -> anyhow::Result<Cache> {
 /// The pooling allocator keeps instance slots (memories, tables, stacks) mapped
 /// and reuses them, which makes a fresh instance cheap: no mmap or
 /// page-table work on the hot path. Slots are virtual address space, reserved
-/// up front and only backed by memory while in use.
+/// up front and backed by memory while in use (and a little after: below).
 fn pool(max_concurrent_calls: usize) -> PoolingAllocationConfig {
     let instances = u32::try_from(max_concurrent_calls)
         .unwrap_or(u32::MAX / 8)
