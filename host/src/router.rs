@@ -57,11 +57,6 @@ impl Router {
         Self { routes }
     }
 
-    /// The plugin serving `command`, if any.
-    pub fn route(&self, command: &CommandName) -> Option<&Arc<Plugin>> {
-        self.routes.get(command).map(|route| &route.plugin)
-    }
-
     /// Runs `request` in its plugin (in `session`'s instance when it has
     /// one of that plugin) and turns the outcome into a reply. Counted in the
     /// metrics, and logged at debug level with its outcome and duration.

@@ -79,6 +79,8 @@ pub struct Plugin {
     setup: Setup,
     /// This plugin's key-value namespace.
     kv: Arc<Namespace>,
+    /// The gauge of its instances' memory: looked up once, not per instance.
+    memory: metrics::Gauge,
     runtime: Arc<Runtime>,
     health: Health,
 }
@@ -203,7 +205,8 @@ impl Plugin {
         let pre =
             bindings::PluginPre::new(instance_pre).map_err(|err| LoadError::Link(err.into()))?;
 
-        let mut store = runtime.new_store(name.clone(), &setup, kv.clone());
+        let memory = crate::metrics::plugin_memory(&name);
+        let mut store = runtime.new_store(name.clone(), &setup, kv.clone(), memory.clone());
         let call = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance.call_commands(&mut store).await
@@ -231,6 +234,7 @@ impl Plugin {
             imports,
             setup,
             kv,
+            memory,
             runtime: runtime.clone(),
             health: Health::default(),
         })
@@ -263,6 +267,7 @@ impl Plugin {
             imports: self.imports.clone(),
             setup,
             kv: self.kv.clone(),
+            memory: self.memory.clone(),
             runtime: self.runtime.clone(),
             health: Health::default(),
         }
@@ -356,8 +361,12 @@ impl Plugin {
     }
 
     fn new_store(&self) -> wasmtime::Store<sandbox::Sandbox> {
-        self.runtime
-            .new_store(self.name.clone(), &self.setup, self.kv.clone())
+        self.runtime.new_store(
+            self.name.clone(),
+            &self.setup,
+            self.kv.clone(),
+            self.memory.clone(),
+        )
     }
 
     fn record_failure(&self) {

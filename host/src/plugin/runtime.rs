@@ -134,11 +134,17 @@ impl Runtime {
         &self.linker
     }
 
-    /// A store for one instance of `plugin` as `setup` says, set to yield at
-    /// every epoch tick.
-    pub fn new_store(&self, plugin: Arc<str>, setup: &Setup, kv: Arc<Namespace>) -> Store<Sandbox> {
+    /// A store for one instance of `plugin` as `setup` says, its linear
+    /// memory counted in `memory`, set to yield at every epoch tick.
+    pub fn new_store(
+        &self,
+        plugin: Arc<str>,
+        setup: &Setup,
+        kv: Arc<Namespace>,
+        memory: metrics::Gauge,
+    ) -> Store<Sandbox> {
         let ticking = self.ticker.as_ref().map(EpochTicker::keep_ticking);
-        let sandbox = Sandbox::new(plugin, setup, kv, ticking);
+        let sandbox = Sandbox::new(plugin, setup, kv, memory, ticking);
         let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limiter);
         self.arm_deadline(&mut store);

@@ -42,9 +42,9 @@ impl Sandbox {
         plugin: Arc<str>,
         setup: &Setup,
         kv: Arc<Namespace>,
+        memory_gauge: metrics::Gauge,
         ticking: Option<TickingGuard>,
     ) -> Self {
-        let memory_gauge = crate::metrics::plugin_memory(&plugin);
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
