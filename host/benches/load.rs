@@ -12,19 +12,18 @@
 //! other benchmarks); `PLUGBOARD_BENCH_SECS` sets each run's length (default
 //! 3), `PLUGBOARD_BENCH_ONLY` one section (`native`, `languages`, `memory`).
 
-mod common;
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
-use std::net::TcpStream as StdTcpStream;
-use std::path::Path;
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, built_plugin, guest_plugin};
 use hdrhistogram::Histogram;
+use support::{Client, DELIMITER, Server, Setup};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const DELIMITER: &[u8] = b"<EOF>";
 const WARMUP: Duration = Duration::from_millis(500);
 const SERVER_CORE: usize = 0;
 const CLIENT_CORE: usize = 1;
@@ -101,7 +100,7 @@ fn cores() -> usize {
 /// The server binary behind `taskset` when there is a core to spare for the
 /// load generator, with one Tokio worker either way.
 fn server_command() -> Command {
-    let binary = env!("CARGO_BIN_EXE_plugboard");
+    let binary = support::plugboard_path();
     let mut command = if cores() > 1 {
         let mut taskset = Command::new("taskset");
         taskset.args(["-c", &SERVER_CORE.to_string(), binary]);
@@ -113,17 +112,19 @@ fn server_command() -> Command {
     command
 }
 
-fn start(dir: &Path, native: bool) -> Server {
-    let mut extra = vec!["--no-watch"];
+/// Starts `setup` pinned as [`server_command`] says, with plugin state in
+/// memory (the benchmark measures the host and the plugin call, not the
+/// disk); `native` answers routed commands with the native baseline.
+fn start(setup: Setup, native: bool) -> Server {
+    let mut setup = setup.config("state_store = \"memory\"").arg("--no-watch");
     if native {
-        extra.push("--native-baseline");
+        setup = setup.arg("--native-baseline");
     }
-    Server::start_with(server_command(), dir, &extra)
+    setup.start_with(server_command)
 }
 
 /// Runs `load` against `addr` from a thread pinned to the client core.
-fn run(addr: &str, load: Load, window: Duration) -> Figures {
-    let addr = addr.to_owned();
+fn run(addr: SocketAddr, load: Load, window: Duration) -> Figures {
     std::thread::spawn(move || {
         if cores() > 1 {
             pin_to(CLIENT_CORE);
@@ -144,7 +145,7 @@ fn pin_to(core: usize) {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
 }
 
-async fn generate(addr: String, load: Load, window: Duration) -> Figures {
+async fn generate(addr: SocketAddr, load: Load, window: Duration) -> Figures {
     let start = Instant::now();
     let clock = Clock {
         measure_from: start + WARMUP,
@@ -152,12 +153,11 @@ async fn generate(addr: String, load: Load, window: Duration) -> Figures {
     };
     let clients: Vec<_> = (0..load.connections)
         .map(|_| {
-            let addr = addr.clone();
             tokio::spawn(async move {
                 if load.reconnect {
-                    reconnecting_client(&addr, load.command, clock).await
+                    reconnecting_client(addr, load.command, clock).await
                 } else {
-                    pipelining_client(&addr, load, clock).await
+                    pipelining_client(addr, load, clock).await
                 }
             })
         })
@@ -218,7 +218,7 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 /// Keeps `load.depth` commands in flight: writes a batch, reads its replies.
-async fn pipelining_client(addr: &str, load: Load, clock: Clock) -> Tally {
+async fn pipelining_client(addr: SocketAddr, load: Load, clock: Clock) -> Tally {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.set_nodelay(true).unwrap();
     let batch = format!("{}<EOF>", load.command).repeat(load.depth);
@@ -244,7 +244,7 @@ async fn pipelining_client(addr: &str, load: Load, clock: Clock) -> Tally {
 
 /// One connection per command, closed by the client with a reset (linger 0)
 /// so that tens of thousands of them do not exhaust ports in TIME_WAIT.
-async fn reconnecting_client(addr: &str, command: &str, clock: Clock) -> Tally {
+async fn reconnecting_client(addr: SocketAddr, command: &str, clock: Clock) -> Tally {
     let message = format!("{command}<EOF>");
     let mut tally = Tally::new();
     let mut received = Vec::with_capacity(256);
@@ -285,7 +285,6 @@ fn take_replies(received: &mut Vec<u8>, mut each: impl FnMut(&[u8])) -> usize {
 
 /// Plugboard against the native baseline for `on`, at each load shape.
 fn compare_with_native(window: Duration) {
-    let dir = common::setup(&[("onoff", built_plugin("onoff"))], BENCH_CONFIG);
     let loads = [
         Load {
             connections: 1,
@@ -313,17 +312,17 @@ fn compare_with_native(window: Duration) {
         },
     ];
     let plugboard: Vec<Figures> = {
-        let server = start(dir.path(), false);
+        let server = start(Setup::new().plugin("onoff", "onoff"), false);
         loads
             .iter()
-            .map(|load| run(&server.addr, *load, window))
+            .map(|load| run(server.addr, *load, window))
             .collect()
     };
     let native: Vec<Figures> = {
-        let server = start(dir.path(), true);
+        let server = start(Setup::new().plugin("onoff", "onoff"), true);
         loads
             .iter()
-            .map(|load| run(&server.addr, *load, window))
+            .map(|load| run(server.addr, *load, window))
             .collect()
     };
     for ((load, wasm), native) in loads.iter().zip(&plugboard).zip(&native) {
@@ -340,14 +339,8 @@ fn compare_with_native(window: Duration) {
 
 /// The Python and JavaScript example plugins at 64x16.
 fn other_languages(window: Duration) {
-    let dir = common::setup(
-        &[
-            ("stats", guest_plugin("stats")),
-            ("text", guest_plugin("text")),
-        ],
-        BENCH_CONFIG,
-    );
-    let server = start(dir.path(), false);
+    let setup = Setup::new().guest("stats", "stats").guest("text", "text");
+    let server = start(setup, false);
     for command in ["stats 1 2 3", "upper hello"] {
         let load = Load {
             connections: 64,
@@ -358,7 +351,7 @@ fn other_languages(window: Duration) {
         println!(
             "{} plugboard {}",
             load.label(),
-            run(&server.addr, load, window).summary()
+            run(server.addr, load, window).summary()
         );
     }
 }
@@ -366,41 +359,40 @@ fn other_languages(window: Duration) {
 /// Resident memory of the server with many idle connections (each served
 /// one command first) and with many active ones.
 fn resident_memory(window: Duration) {
-    let config = format!(
-        "{BENCH_CONFIG}\nmax_connections = {}",
-        IDLE_CONNECTIONS + 64
-    );
-    let dir = common::setup(&[("onoff", built_plugin("onoff"))], &config);
-    let server = start(dir.path(), false);
+    let max_connections = format!("max_connections = {}", IDLE_CONNECTIONS + 64);
+    let setup = Setup::new()
+        .plugin("onoff", "onoff")
+        .config(&max_connections);
+    let server = start(setup, false);
     println!(
         "resident memory, started:                  {:>6.1} MiB",
         server.resident_mib()
     );
 
-    let idle: Vec<StdTcpStream> = (0..IDLE_CONNECTIONS)
+    let idle: Vec<Client> = (0..IDLE_CONNECTIONS)
         .map(|_| {
-            let mut stream = StdTcpStream::connect(&server.addr).expect("connect");
-            assert_eq!(common::request(&mut stream, "on"), "success");
-            stream
+            let mut client = server.connect();
+            assert_eq!(client.request("on"), "success");
+            client
         })
         .collect();
     // Past the idle time after which connections release their instance
     // and buffers, and the allocator's delay before returning memory.
-    std::thread::sleep(plugboard::connection::IDLE_RELEASE * 3);
+    std::thread::sleep(plugboard::net::connection::IDLE_RELEASE * 3);
     println!(
         "resident memory, {IDLE_CONNECTIONS} idle connections:     {:>6.1} MiB",
         server.resident_mib()
     );
     drop(idle);
 
-    let addr = server.addr.clone();
+    let addr = server.addr;
     let load = Load {
         connections: ACTIVE_CONNECTIONS,
         depth: 1,
         reconnect: false,
         command: "on",
     };
-    let active = std::thread::spawn(move || run(&addr, load, window));
+    let active = std::thread::spawn(move || run(addr, load, window));
     std::thread::sleep(WARMUP + window / 2);
     let resident = server.resident_mib();
     let figures = active.join().expect("load");
@@ -409,15 +401,6 @@ fn resident_memory(window: Duration) {
         figures.per_sec()
     );
 }
-
-/// Plugin state in memory: the benchmark measures the host and the plugin
-/// call, not the disk. The compile cache is kept between runs.
-const BENCH_CONFIG: &str = concat!(
-    "state_store = \"memory\"\n",
-    "cache_dir = \"",
-    env!("CARGO_MANIFEST_DIR"),
-    "/../target/bench-compile-cache\"\n",
-);
 
 fn main() {
     let window = measure_secs();

@@ -6,30 +6,21 @@
 //! Prints figures; asserts nothing about time. Run with `make bench-call`
 //! (needs the plugins built: `make plugins`).
 
-use std::path::PathBuf;
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plugboard::plugin::{Plugin, Runtime, RuntimeOptions, Session, Setup};
-use plugboard::reply::Reply;
-use plugboard::request::Request;
+use plugboard::plugin::{Answer, Plugin, Runtime, RuntimeOptions, Session, Setup};
+use plugboard::protocol::reply::Reply;
+use plugboard::protocol::request::Request;
 use plugboard::store::{KvLimits, Store};
 
 const WARMUP_CALLS: usize = 2_000;
 const SEQUENTIAL_CALLS: usize = 50_000;
 const CONCURRENT_TASKS: usize = 64;
 const CALLS_PER_TASK: usize = 1_000;
-
-fn onoff_wasm() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/release/onoff.wasm");
-    assert!(
-        path.exists(),
-        "{} is missing: run `make plugins` first",
-        path.display()
-    );
-    path
-}
 
 /// Something that answers `on` the way a plugin would.
 /// `session` is the caller's, one per task as one per connection.
@@ -52,9 +43,9 @@ impl Handler for Wasm {
             session
         };
         match self.plugin.call(request, session).await {
-            Ok(Ok(text)) => Reply::ok(text),
-            Ok(Err(message)) => Reply::error(message),
-            Err(err) => panic!("benchmark call failed: {err}"),
+            Answer::Reply(text) => Reply::ok(text),
+            Answer::Refusal(message) => Reply::error(message),
+            Answer::Failure(err) => panic!("benchmark call failed: {err}"),
         }
     }
 }
@@ -117,9 +108,14 @@ async fn wasm(options: RuntimeOptions, fresh: bool) -> Figures {
         max_keys: 10_000,
     });
     let runtime = Runtime::new(options, store).expect("runtime");
-    let plugin = Plugin::load(&runtime, &onoff_wasm(), Setup::default())
-        .await
-        .expect("load onoff");
+    let plugin = Plugin::load(
+        &runtime,
+        "onoff",
+        &support::built_plugin("onoff"),
+        Setup::default(),
+    )
+    .await
+    .expect("load onoff");
     measure(Arc::new(Wasm { plugin, fresh })).await
 }
 

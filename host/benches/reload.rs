@@ -8,41 +8,51 @@
 //!
 //! Prints figures; asserts nothing about time. Run with `make bench-reload`.
 
-mod common;
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Server, built_plugin, request, tagged};
+use support::{Server, Setup, built_plugin_bytes};
 
 const SWAPS: usize = 20;
 const RESTARTS: usize = 5;
 
-fn setup(cache: &Path) -> tempfile::TempDir {
-    common::setup(
-        &[("onoff", built_plugin("onoff"))],
-        &format!("cache_dir = {cache:?}\nhot_reload = true"),
-    )
+/// A server of onoff with its own compile cache, `cache`.
+fn start(cache: &Path) -> Server {
+    Setup::new()
+        .plugin("onoff", "onoff")
+        .config(&format!("cache_dir = {cache:?}"))
+        .start()
+}
+
+/// Ends `component` with a custom section naming `tag`: the same plugin,
+/// different bytes (as a rebuild makes).
+fn tagged(component: &[u8], tag: usize) -> Vec<u8> {
+    let name = format!("swap-{tag}");
+    let mut bytes = component.to_vec();
+    bytes.extend_from_slice(&[0, name.len() as u8 + 1, name.len() as u8]);
+    bytes.extend_from_slice(name.as_bytes());
+    bytes
 }
 
 fn reload_latency() -> Vec<Duration> {
     let cache = tempfile::tempdir().unwrap();
-    let dir = setup(cache.path());
-    let server = Server::start(dir.path());
-    let mut client = TcpStream::connect(&server.addr).unwrap();
+    let server = start(cache.path());
+    let mut client = server.connect();
     let versions = [
-        (built_plugin("testing_rival"), "rival on"),
-        (built_plugin("onoff"), "success"),
+        (built_plugin_bytes("testing_rival"), "rival on"),
+        (built_plugin_bytes("onoff"), "success"),
     ];
-    let target: PathBuf = dir.path().join("plugins/onoff.wasm");
+    let target = server.plugin_dir.join("onoff.wasm");
     (0..SWAPS)
         .map(|swap| {
             let (bytes, reply) = &versions[swap % 2];
             // Unique bytes per swap, as a rebuild produces: every reload compiles.
             std::fs::write(&target, tagged(bytes, swap)).unwrap();
             let complete = Instant::now();
-            while request(&mut client, "on") != *reply {
+            while client.request("on") != *reply {
                 assert!(complete.elapsed() < Duration::from_secs(30), "no reload");
             }
             complete.elapsed()
@@ -54,11 +64,10 @@ fn restart_time(cache: &Path, cold: bool) -> Duration {
     if cold {
         let _ = std::fs::remove_dir_all(cache);
     }
-    let dir = setup(cache);
     let started = Instant::now();
-    let server = Server::start(dir.path());
-    let mut client = TcpStream::connect(&server.addr).unwrap();
-    assert_eq!(request(&mut client, "on"), "success");
+    let server = start(cache);
+    let mut client = server.connect();
+    assert_eq!(client.request("on"), "success");
     started.elapsed()
 }
 

@@ -37,14 +37,9 @@ pub struct Config {
     pub compile_cache: bool,
     /// Where the compile cache lives. Relative to the config file.
     pub cache_dir: PathBuf,
-    /// Wall-clock limit of one plugin call, in milliseconds.
-    pub call_timeout_ms: u64,
-    /// Linear memory of one plugin instance, in MiB.
-    pub max_memory_mib: u64,
-    /// Longest reply a plugin may send, in bytes.
-    pub max_reply_bytes: usize,
-    /// Consecutive failed calls before a plugin is disabled (0: never).
-    pub quarantine_after: u32,
+    /// The limits of every plugin call; a `[plugins.<name>]` table overrides them.
+    #[serde(flatten)]
+    pub limits: LimitSettings,
     /// Stack one plugin call may use, in KiB. Engine-wide: no per-plugin override.
     pub max_stack_kib: usize,
     /// Where plugins' key-value state is kept on disk. Relative to the config file.
@@ -84,14 +79,28 @@ pub enum StateStore {
 /// "as at the top level") and its `config` table, which it reads with the WIT
 /// `config.get`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct PluginSettings {
-    pub call_timeout_ms: Option<u64>,
-    pub max_memory_mib: Option<u64>,
-    pub max_reply_bytes: Option<usize>,
-    pub quarantine_after: Option<u32>,
-    #[serde(default)]
+    #[serde(flatten)]
+    pub limits: LimitSettings,
     pub config: BTreeMap<String, String>,
+}
+
+/// The limits of plugin calls, in the config's units. Declared once for both
+/// places they can be set: at the top level, for every plugin, and in a
+/// plugin's own table, key by key over the top level. An unset key falls back
+/// to the built-in default ([`Limits::default`]).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct LimitSettings {
+    /// Wall-clock limit of one plugin call, in milliseconds.
+    pub call_timeout_ms: Option<u64>,
+    /// Linear memory of one plugin instance, in MiB.
+    pub max_memory_mib: Option<u64>,
+    /// Longest reply a plugin may send, in bytes.
+    pub max_reply_bytes: Option<usize>,
+    /// Consecutive failed calls before a plugin is disabled (0: never).
+    pub quarantine_after: Option<u32>,
 }
 
 /// wasm32's linear memory cannot exceed 4 GiB.
@@ -102,7 +111,6 @@ const STACK_KIB_RANGE: std::ops::RangeInclusive<usize> = 64..=65536;
 
 impl Default for Config {
     fn default() -> Self {
-        let limits = Limits::default();
         Self {
             listen: "127.0.0.1:1100".into(),
             plugin_dir: "plugins".into(),
@@ -112,10 +120,7 @@ impl Default for Config {
             hot_reload: true,
             compile_cache: true,
             cache_dir: "plugboard-cache".into(),
-            call_timeout_ms: limits.call_timeout.as_millis() as u64,
-            max_memory_mib: (limits.max_memory_bytes >> 20) as u64,
-            max_reply_bytes: limits.max_reply_bytes,
-            quarantine_after: limits.quarantine_after,
+            limits: LimitSettings::default(),
             max_stack_kib: RuntimeOptions::default().max_wasm_stack_bytes >> 10,
             state_dir: "plugboard-state".into(),
             state_store: StateStore::Disk,
@@ -183,9 +188,9 @@ impl Config {
             STACK_KIB_RANGE.start(),
             STACK_KIB_RANGE.end()
         );
-        self.top_level_limits().validate("")?;
+        self.limits.validate("")?;
         for (name, plugin) in &self.plugins {
-            plugin.validate(&format!("plugins.{name}."))?;
+            plugin.limits.validate(&format!("plugins.{name}."))?;
         }
         match std::fs::metadata(&self.plugin_dir) {
             Ok(meta) if meta.is_dir() => Ok(()),
@@ -211,56 +216,61 @@ impl Config {
         }
     }
 
-    /// Keys that differ in `new` but are only read at startup (the listener,
-    /// the engine, the watcher): a config reload cannot apply them.
-    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
-        let keys = [
-            ("listen", self.listen != new.listen),
-            ("plugin_dir", self.plugin_dir != new.plugin_dir),
-            (
-                "max_frame_bytes",
-                self.max_frame_bytes != new.max_frame_bytes,
-            ),
-            (
-                "max_connections",
-                self.max_connections != new.max_connections,
-            ),
-            (
-                "shutdown_timeout_ms",
-                self.shutdown_timeout_ms != new.shutdown_timeout_ms,
-            ),
-            ("hot_reload", self.hot_reload != new.hot_reload),
-            ("compile_cache", self.compile_cache != new.compile_cache),
-            ("cache_dir", self.cache_dir != new.cache_dir),
-            ("max_stack_kib", self.max_stack_kib != new.max_stack_kib),
-            ("state_dir", self.state_dir != new.state_dir),
-            ("state_store", self.state_store != new.state_store),
-            ("max_key_bytes", self.max_key_bytes != new.max_key_bytes),
-            (
-                "max_value_bytes",
-                self.max_value_bytes != new.max_value_bytes,
-            ),
-            (
-                "max_keys_per_plugin",
-                self.max_keys_per_plugin != new.max_keys_per_plugin,
-            ),
-            ("metrics_listen", self.metrics_listen != new.metrics_listen),
-            ("log_format", self.log_format != new.log_format),
-        ];
+    /// Takes from `new` what a running server can change (plugin limits and
+    /// per-plugin settings) and returns the keys that differ but are read
+    /// only at startup (the listener, the engine, the watcher, the store):
+    /// those wait for a restart. `new` is taken apart field by field, with no
+    /// `..`, so that the compiler makes every new key choose a side.
+    pub fn apply_reload(&mut self, new: Config) -> Vec<&'static str> {
+        let Config {
+            listen,
+            plugin_dir,
+            max_frame_bytes,
+            max_connections,
+            shutdown_timeout_ms,
+            hot_reload,
+            compile_cache,
+            cache_dir,
+            limits,
+            max_stack_kib,
+            state_dir,
+            state_store,
+            max_key_bytes,
+            max_value_bytes,
+            max_keys_per_plugin,
+            metrics_listen,
+            log_format,
+            plugins,
+        } = new;
+        self.limits = limits;
+        self.plugins = plugins;
+        macro_rules! restart_only {
+            ($($key:ident),* $(,)?) => {
+                [$((stringify!($key), self.$key != $key)),*]
+            };
+        }
+        let keys = restart_only!(
+            listen,
+            plugin_dir,
+            max_frame_bytes,
+            max_connections,
+            shutdown_timeout_ms,
+            hot_reload,
+            compile_cache,
+            cache_dir,
+            max_stack_kib,
+            state_dir,
+            state_store,
+            max_key_bytes,
+            max_value_bytes,
+            max_keys_per_plugin,
+            metrics_listen,
+            log_format,
+        );
         keys.into_iter()
             .filter(|(_, changed)| *changed)
             .map(|(key, _)| key)
             .collect()
-    }
-
-    /// Takes from `new` what a running server can change: plugin limits and
-    /// per-plugin settings.
-    pub fn apply_reloadable(&mut self, new: &Config) {
-        self.call_timeout_ms = new.call_timeout_ms;
-        self.max_memory_mib = new.max_memory_mib;
-        self.max_reply_bytes = new.max_reply_bytes;
-        self.quarantine_after = new.quarantine_after;
-        self.plugins = new.plugins.clone();
     }
 
     /// Opens the key-value store this config names.
@@ -289,47 +299,72 @@ impl Config {
         }
     }
 
-    /// The limits of plugin `name`: its overrides, else the top-level values.
+    /// The limits of plugin `name`: its overrides, else the top-level values,
+    /// else the built-in defaults.
     pub fn limits_for(&self, name: &str) -> Limits {
-        let own = self.plugins.get(name).cloned().unwrap_or_default();
-        let memory_mib = own.max_memory_mib.unwrap_or(self.max_memory_mib);
-        Limits {
-            call_timeout: Duration::from_millis(
-                own.call_timeout_ms.unwrap_or(self.call_timeout_ms),
-            ),
-            max_memory_bytes: (memory_mib as usize) << 20,
-            max_reply_bytes: own.max_reply_bytes.unwrap_or(self.max_reply_bytes),
-            quarantine_after: own.quarantine_after.unwrap_or(self.quarantine_after),
-        }
-    }
-
-    /// The top-level limits in the shape of a plugin table, every key set.
-    fn top_level_limits(&self) -> PluginSettings {
-        PluginSettings {
-            call_timeout_ms: Some(self.call_timeout_ms),
-            max_memory_mib: Some(self.max_memory_mib),
-            max_reply_bytes: Some(self.max_reply_bytes),
-            quarantine_after: Some(self.quarantine_after),
-            config: BTreeMap::new(),
+        match self.plugins.get(name) {
+            Some(own) => own.limits.over(&self.limits).resolve(),
+            None => self.limits.resolve(),
         }
     }
 }
 
-impl PluginSettings {
+impl LimitSettings {
+    /// These settings where set, `fallback`'s elsewhere. Every field is
+    /// named (no `..`): a new limit cannot be forgotten here.
+    fn over(&self, fallback: &Self) -> Self {
+        let Self {
+            call_timeout_ms,
+            max_memory_mib,
+            max_reply_bytes,
+            quarantine_after,
+        } = self;
+        Self {
+            call_timeout_ms: call_timeout_ms.or(fallback.call_timeout_ms),
+            max_memory_mib: max_memory_mib.or(fallback.max_memory_mib),
+            max_reply_bytes: max_reply_bytes.or(fallback.max_reply_bytes),
+            quarantine_after: quarantine_after.or(fallback.quarantine_after),
+        }
+    }
+
+    /// The limits in the runtime's units, built-in defaults for unset keys.
+    fn resolve(&self) -> Limits {
+        let Self {
+            call_timeout_ms,
+            max_memory_mib,
+            max_reply_bytes,
+            quarantine_after,
+        } = self;
+        let default = Limits::default();
+        Limits {
+            call_timeout: call_timeout_ms.map_or(default.call_timeout, Duration::from_millis),
+            max_memory_bytes: max_memory_mib
+                .map_or(default.max_memory_bytes, |mib| (mib as usize) << 20),
+            max_reply_bytes: max_reply_bytes.unwrap_or(default.max_reply_bytes),
+            quarantine_after: quarantine_after.unwrap_or(default.quarantine_after),
+        }
+    }
+
     /// `prefix` is the key path of the table these came from, for messages.
     fn validate(&self, prefix: &str) -> anyhow::Result<()> {
+        let Self {
+            call_timeout_ms,
+            max_memory_mib,
+            max_reply_bytes,
+            quarantine_after: _, // any value is valid; 0 means never
+        } = self;
         ensure!(
-            self.call_timeout_ms != Some(0),
+            *call_timeout_ms != Some(0),
             "`{prefix}call_timeout_ms` must be at least 1"
         );
-        if let Some(mib) = self.max_memory_mib {
+        if let Some(mib) = max_memory_mib {
             ensure!(
-                (1..=MAX_MEMORY_MIB).contains(&mib),
+                (1..=MAX_MEMORY_MIB).contains(mib),
                 "`{prefix}max_memory_mib` must be between 1 and {MAX_MEMORY_MIB}"
             );
         }
         ensure!(
-            self.max_reply_bytes != Some(0),
+            *max_reply_bytes != Some(0),
             "`{prefix}max_reply_bytes` must be at least 1"
         );
         Ok(())
@@ -424,11 +459,10 @@ mod tests {
     fn reload_applies_limits_and_reports_restart_only_keys() {
         let mut running = load("").unwrap();
         let mut new = running.clone();
-        new.call_timeout_ms = 5;
+        new.limits.call_timeout_ms = Some(5);
         new.listen = "127.0.0.1:0".into();
-        assert_eq!(running.restart_only_changes(&new), ["listen"]);
-        running.apply_reloadable(&new);
-        assert_eq!(running.call_timeout_ms, 5);
+        assert_eq!(running.apply_reload(new), ["listen"]);
+        assert_eq!(running.limits.call_timeout_ms, Some(5));
         assert_eq!(running.listen, "127.0.0.1:1100");
     }
 

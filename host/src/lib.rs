@@ -1,26 +1,27 @@
 //! plugboard: a TCP command server whose every command is handled by a
 //! sandboxed WebAssembly component.
 //!
-//! Data flows one way, one module per step:
-//! socket ([`server`], [`connection`]) -> frame ([`codec`]) -> request
-//! ([`request`]) -> route ([`router`]) -> plugin ([`plugin`]) -> [`reply`].
-//! [`config`] is the server's settings, [`plugin_dir`] the directory of plugin
-//! files, [`reload`] hot reload, [`client`] the `plugboard send` client, and
-//! [`standalone`] `plugboard check` and `call`, [`scaffold`] `plugboard new`,
-//! [`metrics`] what operators scrape.
+//! The modules are the layers, and imports flow one way, from the top of
+//! this list to the bottom:
+//! - [`cli`]: what the `plugboard` commands do beside serving (the `send`
+//!   client, `new`, `check` and `call`);
+//! - [`net`]: the listener and one task per connection;
+//! - [`reload`]: the plugin directory and hot reload, which keep the routing
+//!   table current;
+//! - [`router`]: which plugin serves a command, and the reply to its answer;
+//! - [`plugin`]: the WebAssembly runtime, sandbox and limits;
+//! - [`store`]: plugins' key-value state.
+//!
+//! Beside them, used from any layer: [`protocol`] (the wire format: frames,
+//! requests, replies; no I/O), [`config`] (the server's settings) and
+//! [`telemetry`] (metrics).
 
-pub mod client;
-pub mod codec;
+pub mod cli;
 pub mod config;
-pub mod connection;
-pub mod metrics;
+pub mod net;
 pub mod plugin;
-pub mod plugin_dir;
+pub mod protocol;
 pub mod reload;
-pub mod reply;
-pub mod request;
 pub mod router;
-pub mod scaffold;
-pub mod server;
-pub mod standalone;
 pub mod store;
+pub mod telemetry;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use plugboard::config::{Config, LogFormat};
-use plugboard::server::ServeOptions;
+use plugboard::net::server::ServeOptions;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
@@ -60,7 +60,7 @@ enum Command {
         name: String,
         /// Language of the plugin.
         #[arg(long, value_enum, default_value = "rust")]
-        lang: plugboard::scaffold::Lang,
+        lang: plugboard::cli::scaffold::Lang,
         /// Directory to create it in.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -132,12 +132,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config_path,
                 watch: !no_watch,
             };
-            plugboard::server::run(options, shutdown).await?;
+            plugboard::net::server::run(options, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Send { addr, commands } => plugboard::client::send(&addr, commands).await,
+        Command::Send { addr, commands } => plugboard::cli::client::send(&addr, commands).await,
         Command::New { name, lang, dir } => {
-            let root = plugboard::scaffold::new_plugin(&name, &dir, lang)?;
+            let root = plugboard::cli::scaffold::new_plugin(&name, &dir, lang)?;
             // `make check` runs `plugboard`, which need not be on PATH.
             let me = std::env::current_exe().context("cannot locate this binary")?;
             println!("created {}", root.display());
@@ -149,13 +149,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { file, config } => {
-            plugboard::standalone::check(&file, &tool_config(config)?).await
+            plugboard::cli::standalone::check(&file, &tool_config(config)?).await
         }
         Command::Call {
             file,
             words,
             config,
-        } => plugboard::standalone::call(&file, &words, &tool_config(config)?).await,
+        } => plugboard::cli::standalone::call(&file, &words, &tool_config(config)?).await,
     }
 }
 

@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-use crate::metrics::{self, CommandMetrics, Outcome};
-use crate::plugin::{CallError, Plugin, Session};
-use crate::reply::Reply;
-use crate::request::{CommandName, Request};
+use crate::plugin::{Answer, CallError, Plugin, Session};
+use crate::protocol::reply::Reply;
+use crate::protocol::request::{CommandName, Request};
+use crate::telemetry::{self, CommandMetrics, Outcome};
 
 /// The current routing table, swapped atomically on reload.
 pub type Routes = arc_swap::ArcSwap<Router>;
@@ -62,7 +62,7 @@ impl Router {
     /// metrics, and logged at debug level with its outcome and duration.
     pub async fn dispatch(&self, request: Request, session: &mut Session) -> Reply {
         let Some((command, route)) = self.routes.get_key_value(&request.command) else {
-            metrics::unrouted(Outcome::Unknown);
+            telemetry::unrouted(Outcome::Unknown);
             tracing::debug!(command = %request.command, outcome = "unknown", "command");
             return Reply::error(format_args!("unknown command '{}'", request.command));
         };
@@ -80,11 +80,11 @@ impl Router {
         );
         // Timed only when someone looks: metrics served, or the span logged.
         let started = match span.is_disabled() {
-            true => metrics::start_timer(),
+            true => telemetry::start_timer(),
             false => Some(Instant::now()),
         };
-        let result = plugin.call(request, session).instrument(span.clone()).await;
-        let (reply, outcome) = reply_for(plugin.name(), command, result);
+        let answer = plugin.call(request, session).instrument(span.clone()).await;
+        let (reply, outcome) = reply_for(plugin.name(), command, answer);
         let elapsed = started.map(|started| started.elapsed());
         route.metrics.record(outcome, elapsed);
         if let Some(elapsed) = elapsed {
@@ -99,25 +99,19 @@ impl Router {
     }
 }
 
-/// The reply to a call's result, and how the call ended.
-fn reply_for(
-    plugin: &str,
-    command: &CommandName,
-    result: Result<Result<String, String>, CallError>,
-) -> (Reply, Outcome) {
-    match result {
-        Ok(Ok(text)) if Reply::is_frameable(&text) => (Reply::ok(text), Outcome::Ok),
-        Ok(Err(message)) if Reply::is_frameable(&message) => {
-            (Reply::error(message), Outcome::Error)
-        }
-        Ok(_) => {
+/// The reply to a plugin's answer, and how the call ended.
+fn reply_for(plugin: &str, command: &CommandName, answer: Answer) -> (Reply, Outcome) {
+    match answer {
+        Answer::Reply(text) if Reply::is_frameable(&text) => (Reply::ok(text), Outcome::Ok),
+        Answer::Refusal(text) if Reply::is_frameable(&text) => (Reply::error(text), Outcome::Error),
+        Answer::Reply(_) | Answer::Refusal(_) => {
             tracing::warn!(plugin, %command, "reply contains the <EOF> delimiter");
             let reply = Reply::error(format_args!(
                 "plugin '{plugin}' returned a reply containing the delimiter"
             ));
             (reply, Outcome::Error)
         }
-        Err(err) => {
+        Answer::Failure(err) => {
             tracing::warn!(plugin, %command, "plugin call failed: {err}");
             (failure_reply(plugin, &err), failure_outcome(&err))
         }
@@ -159,8 +153,8 @@ fn failure_reply(plugin: &str, err: &CallError) -> Reply {
 pub mod native_baseline {
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use crate::reply::Reply;
-    use crate::request::Request;
+    use crate::protocol::reply::Reply;
+    use crate::protocol::request::Request;
 
     static ON: AtomicBool = AtomicBool::new(false);
 

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Output, Stdio};
 
-use crate::harness::{Server, Setup, plugboard};
+use crate::support::{Server, Setup, plugboard};
 
 fn onoff() -> Server {
     Setup::new().plugin("onoff", "onoff").start()
@@ -175,7 +175,7 @@ fn plugin_tool(args: &[&str]) -> Output {
 
 #[test]
 fn check_lists_commands_and_imports_of_a_valid_plugin() {
-    let onoff = crate::harness::built_plugin("onoff");
+    let onoff = crate::support::built_plugin("onoff");
     let output = plugin_tool(&["check", onoff.to_str().unwrap()]);
     assert!(output.status.success(), "{}", stderr(&output));
     let report = stdout(&output);
@@ -218,7 +218,7 @@ fn check_and_call_reject_invalid_files_with_the_reason() {
 
 #[test]
 fn call_runs_one_command_as_the_server_would() {
-    let echo = crate::harness::built_plugin("testing_echo");
+    let echo = crate::support::built_plugin("testing_echo");
     let output = plugin_tool(&["call", echo.to_str().unwrap(), "echo", "hello", "there"]);
     assert_eq!(stdout(&output), "hello there\n");
     assert!(output.status.success());
@@ -235,7 +235,7 @@ fn call_runs_one_command_as_the_server_would() {
 #[test]
 fn call_applies_the_config_limits() {
     let setup = Setup::new().config("call_timeout_ms = 100");
-    let hostile = crate::harness::built_plugin("testing_hostile");
+    let hostile = crate::support::built_plugin("testing_hostile");
     let config = setup.config_path();
     let output = plugin_tool(&[
         "call",
@@ -274,7 +274,7 @@ fn assert_checks_and_serves(wasm: &std::path::Path) {
     std::fs::copy(wasm, server.plugin_dir.join("greeter.wasm")).unwrap();
     let updated = server
         .log
-        .wait_for_within("plugin set updated", crate::harness::COMPILE_TIMEOUT);
+        .wait_for_within("plugin set updated", crate::support::COMPILE_TIMEOUT);
     assert!(updated.is_some(), "not loaded:\n{}", server.log.text());
     assert_eq!(
         server.connect().request("hello plugboard"),

@@ -1,7 +1,7 @@
 //! Plugins written in other languages, built by `make plugins` from
 //! `plugins/<language>/`, served through the real protocol.
 
-use crate::harness::Setup;
+use crate::support::Setup;
 
 #[test]
 fn python_stats_plugin_is_served() {

@@ -1,6 +1,6 @@
 //! Serving under load, connection limits and graceful shutdown.
 
-use crate::harness::{Client, Setup};
+use crate::support::{Client, Setup};
 
 #[test]
 fn sigterm_lets_in_flight_commands_finish_then_exits_cleanly() {

@@ -1,7 +1,6 @@
 //! End-to-end tests: the real binary, real plugins, real TCP on 127.0.0.1.
 
 mod cli;
-mod harness;
 mod languages;
 mod lifecycle;
 mod observability;
@@ -10,3 +9,5 @@ mod protocol;
 mod reload;
 mod sandbox;
 mod state;
+#[path = "../support/mod.rs"]
+mod support;

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Server, Setup, TIMEOUT};
+use crate::support::{Server, Setup, TIMEOUT};
 
 /// A loopback port free right now. The exporter binds the configured address
 /// itself, so the test picks one rather than reading it back from the server.
@@ -169,7 +169,7 @@ fn metrics_count_reloads_and_quarantines() {
 fn an_unusable_metrics_address_stops_startup_with_a_clear_error() {
     let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = taken.local_addr().unwrap().port();
-    let output = crate::harness::plugboard()
+    let output = crate::support::plugboard()
         .args(["serve", "--config"])
         .arg(
             Setup::new()

@@ -1,6 +1,6 @@
 //! Loading and calling plugins: failures stay with the plugin or the file.
 
-use crate::harness::Setup;
+use crate::support::Setup;
 
 #[test]
 fn plugin_error_is_an_error_reply() {

@@ -2,7 +2,7 @@
 
 use std::thread;
 
-use crate::harness::{Client, Server, Setup};
+use crate::support::{Client, Server, Setup};
 
 fn onoff_and_echo() -> Server {
     Setup::new()

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use crate::harness::{Client, Server, Setup, built_plugin};
+use crate::support::{Client, Server, Setup, built_plugin};
 
 const UPDATED: &str = "plugin set updated";
 

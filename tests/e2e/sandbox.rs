@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use crate::harness::{Client, Server, Setup};
+use crate::support::{Client, Server, Setup};
 
 /// The hostile plugin beside onoff, whose `on` stands for "everyone else".
 fn hostile() -> Setup {
@@ -80,16 +80,6 @@ fn sleeping_past_the_deadline_times_out() {
 }
 
 /// Resident memory of the server process, from /proc.
-fn resident_mib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc status");
-    kib / 1024
-}
-
 #[test]
 fn allocation_bomb_hits_the_memory_limit_and_host_memory_stays_bounded() {
     let server = hostile()
@@ -104,9 +94,9 @@ fn allocation_bomb_hits_the_memory_limit_and_host_memory_stays_bounded() {
         );
     }
     // Ten bombs of 32 MiB each: memory is returned after every call.
-    let resident = resident_mib(&server);
+    let resident = server.resident_mib();
     assert!(
-        resident < 160,
+        resident < 160.0,
         "server resident memory is {resident} MiB after 10 bombs"
     );
     assert_eq!(client.request("recall"), "", "the next call works");
@@ -177,7 +167,7 @@ fn every_attack_leaves_other_clients_served_and_the_server_healthy() {
     }
     // After the attacks the bystander is still being served.
     let after_attacks = served.load(Ordering::Relaxed);
-    let deadline = std::time::Instant::now() + crate::harness::TIMEOUT;
+    let deadline = std::time::Instant::now() + crate::support::TIMEOUT;
     while served.load(Ordering::Relaxed) < after_attacks + 10 {
         assert!(
             std::time::Instant::now() < deadline,
@@ -272,7 +262,7 @@ fn an_idle_connection_gets_a_fresh_instance() {
     let mut client = server.connect();
     assert_eq!(client.request("remember before"), "remembered");
     // Time is the behaviour under test: there is no event to wait for.
-    std::thread::sleep(plugboard::connection::IDLE_RELEASE + Duration::from_millis(500));
+    std::thread::sleep(plugboard::net::connection::IDLE_RELEASE + Duration::from_millis(500));
     assert_eq!(client.request("recall"), "");
 }
 

@@ -3,7 +3,7 @@
 
 use std::thread;
 
-use crate::harness::{Client, Setup, built_plugin};
+use crate::support::{Client, Setup, built_plugin};
 
 fn onoff() -> Setup {
     Setup::new().plugin("onoff", "onoff")
@@ -137,7 +137,7 @@ fn a_damaged_store_file_is_a_clear_startup_error() {
     let state_dir = setup.plugin_dir().parent().unwrap().join("plugboard-state");
     std::fs::create_dir(&state_dir).unwrap();
     std::fs::write(state_dir.join("state.redb"), b"not a database at all").unwrap();
-    let output = crate::harness::plugboard()
+    let output = crate::support::plugboard()
         .args(["serve", "--config"])
         .arg(setup.config_path())
         .output()

@@ -13,6 +13,8 @@
 //! is loaded again: a crash loop costs one error reply, not an instance and a
 //! trap per command.
 
+mod epoch;
+mod health;
 mod limits;
 mod runtime;
 mod sandbox;
@@ -20,24 +22,17 @@ mod session;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::Component;
 
+use health::Health;
 pub use limits::Limits;
-
-/// How one plugin is set up from the config: its limits and its own
-/// `[plugins.<name>.config]` table (what `config.get` reads).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Setup {
-    pub limits: Limits,
-    pub config: Arc<std::collections::BTreeMap<String, String>>,
-}
 pub use runtime::{Runtime, RuntimeOptions};
 pub use session::{MAX_CALLS_PER_INSTANCE, Session};
 
-use crate::request::{CommandName, Request};
+use crate::protocol::request::{CommandName, Request};
 use crate::store::Namespace;
 
 /// Host bindings generated from `wit/`: never hand-write lifting and lowering.
@@ -59,6 +54,14 @@ mod bindings {
     });
 }
 
+/// How one plugin is set up from the config: its limits and its own
+/// `[plugins.<name>.config]` table (what `config.get` reads).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Setup {
+    pub limits: Limits,
+    pub config: Arc<std::collections::BTreeMap<String, String>>,
+}
+
 /// A command a plugin serves, as it declared it.
 #[derive(Debug, Clone)]
 pub struct CommandSpec {
@@ -66,30 +69,43 @@ pub struct CommandSpec {
     pub summary: String,
 }
 
-/// A compiled, linked plugin, ready to run requests.
+/// A loaded plugin, ready to run requests: the compiled artifact, how this
+/// server sets it up, and how its calls have been going. A config reload
+/// makes a new `Plugin` from the same compiled part, with a clean record.
 pub struct Plugin {
     /// Unique per loaded version and setup: a warm instance is reused only
     /// by the version (and limits) it was made for.
     id: u64,
+    compiled: Arc<Compiled>,
+    setup: Setup,
+    health: Health,
+}
+
+/// What compiling and linking one version of a file produced, and the host
+/// handles its instances use: shared by every setup of that version.
+struct Compiled {
     name: Arc<str>,
     pre: bindings::PluginPre<sandbox::Sandbox>,
     commands: Vec<CommandSpec>,
     /// What the component imports (WIT interfaces), for `plugboard check`.
     imports: Vec<String>,
-    setup: Setup,
     /// This plugin's key-value namespace.
     kv: Arc<Namespace>,
     /// The gauge of its instances' memory: looked up once, not per instance.
     memory: metrics::Gauge,
     runtime: Arc<Runtime>,
-    health: Health,
 }
 
-/// Consecutive failures, and whether they reached the quarantine threshold.
-#[derive(Default)]
-struct Health {
-    consecutive_failures: AtomicU32,
-    disabled: AtomicBool,
+/// How a call ended, as the router tells it apart: one match turns it into
+/// a reply.
+#[derive(Debug)]
+pub enum Answer {
+    /// The plugin's reply, sent as `text<EOF>`.
+    Reply(String),
+    /// The plugin refused the request (its `err`), sent as `error: text<EOF>`.
+    Refusal(String),
+    /// The call failed, or was not made; details go to the log.
+    Failure(CallError),
 }
 
 /// Why a file could not become a plugin. The server logs it and starts without it.
@@ -166,26 +182,28 @@ fn check_component_header(bytes: &[u8]) -> Result<(), LoadError> {
 }
 
 impl Plugin {
-    /// Compiles the component at `path` and asks it for its commands.
+    /// Compiles the component at `path` as plugin `name` and asks it for
+    /// its commands.
     pub async fn load(
         runtime: &Arc<Runtime>,
+        name: &str,
         path: &Path,
         setup: Setup,
     ) -> Result<Self, LoadError> {
         let bytes = tokio::fs::read(path).await?;
-        Self::from_bytes(runtime, path, bytes, setup).await
+        Self::from_bytes(runtime, name, bytes, setup).await
     }
 
     /// Like [`Plugin::load`] with the file already read: the plugin directory
     /// reads each version of a file once, to hash it and to compile it.
     pub async fn from_bytes(
         runtime: &Arc<Runtime>,
-        path: &Path,
+        name: &str,
         bytes: Vec<u8>,
         setup: Setup,
     ) -> Result<Self, LoadError> {
-        let name: Arc<str> = crate::plugin_dir::plugin_name(path).into();
-        let kv = Arc::new(runtime.store().namespace(&name));
+        let name: Arc<str> = name.into();
+        let kv = Arc::new(runtime.kv().namespace(&name));
         check_component_header(&bytes)?;
         // Compiling is CPU-bound and can take seconds: keep it off the async workers.
         let engine = runtime.engine().clone();
@@ -205,7 +223,7 @@ impl Plugin {
         let pre =
             bindings::PluginPre::new(instance_pre).map_err(|err| LoadError::Link(err.into()))?;
 
-        let memory = crate::metrics::plugin_memory(&name);
+        let memory = crate::telemetry::plugin_memory(&name);
         let mut store = runtime.new_store(name.clone(), &setup, kv.clone(), memory.clone());
         let call = async {
             let instance = pre.instantiate_async(&mut store).await?;
@@ -226,30 +244,33 @@ impl Plugin {
             })
             .collect::<Result<_, _>>()?;
 
-        Ok(Self {
-            id: next_plugin_id(),
+        let compiled = Compiled {
             name,
             pre,
             commands,
             imports,
-            setup,
             kv,
             memory,
             runtime: runtime.clone(),
+        };
+        Ok(Self {
+            id: next_plugin_id(),
+            compiled: Arc::new(compiled),
+            setup,
             health: Health::default(),
         })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.compiled.name
     }
 
     pub fn commands(&self) -> &[CommandSpec] {
-        &self.commands
+        &self.compiled.commands
     }
 
     pub fn imports(&self) -> &[String] {
-        &self.imports
+        &self.compiled.imports
     }
 
     pub fn setup(&self) -> &Setup {
@@ -261,42 +282,35 @@ impl Plugin {
     pub fn with_setup(&self, setup: Setup) -> Self {
         Self {
             id: next_plugin_id(),
-            name: self.name.clone(),
-            pre: self.pre.clone(),
-            commands: self.commands.clone(),
-            imports: self.imports.clone(),
+            compiled: self.compiled.clone(),
             setup,
-            kv: self.kv.clone(),
-            memory: self.memory.clone(),
-            runtime: self.runtime.clone(),
             health: Health::default(),
         }
     }
 
     /// Runs `request` under the plugin's limits, in `session`'s warm
     /// instance if it has one of this plugin, else in a fresh one.
-    /// `Ok(Err(message))` is the plugin refusing the request; `Err` is the
-    /// plugin failing (or disabled for failing too often).
-    pub async fn call(
-        &self,
-        request: Request,
-        session: &mut Session,
-    ) -> Result<Result<String, String>, CallError> {
-        if self.health.disabled.load(Ordering::Relaxed) {
-            return Err(CallError::Disabled(self.setup.limits.quarantine_after));
+    pub async fn call(&self, request: Request, session: &mut Session) -> Answer {
+        if self.health.is_disabled() {
+            return Answer::Failure(CallError::Disabled(self.setup.limits.quarantine_after));
         }
-        let outcome = self.call_sandboxed(request, session).await;
-        match &outcome {
-            // Read first: a store on every success would bounce the cache line
-            // between the cores serving this plugin.
-            Ok(_) if self.health.consecutive_failures.load(Ordering::Relaxed) > 0 => {
-                self.health.consecutive_failures.store(0, Ordering::Relaxed);
+        match self.call_sandboxed(request, session).await {
+            Ok(Ok(text)) => {
+                self.health.record_success();
+                Answer::Reply(text)
             }
-            Ok(_) => {}
-            Err(err) if err.is_plugin_failure() => self.record_failure(),
-            Err(_) => {}
+            Ok(Err(text)) => {
+                self.health.record_success();
+                Answer::Refusal(text)
+            }
+            Err(err) => {
+                if err.is_plugin_failure() {
+                    self.health
+                        .record_failure(self.name(), self.setup.limits.quarantine_after);
+                }
+                Answer::Failure(err)
+            }
         }
-        outcome
     }
 
     /// The instance is kept in `session` only after a call that returned:
@@ -315,13 +329,13 @@ impl Plugin {
             Some(warm) => (warm.store, Some(warm.instance), warm.calls),
             None => (self.new_store(), None, 0),
         };
-        self.runtime.arm_deadline(&mut store);
+        self.compiled.runtime.arm_deadline(&mut store);
         // Boxed: wasmtime's call futures are kilobytes, and unboxed they would
         // be part of every connection task, busy or idle.
         let call = Box::pin(async {
             let instance = match warm_instance {
                 Some(instance) => instance,
-                None => self.pre.instantiate_async(&mut store).await?,
+                None => self.compiled.pre.instantiate_async(&mut store).await?,
             };
             let reply = instance.call_handle(&mut store, &wit_request).await?;
             Ok::<_, wasmtime::Error>((instance, reply))
@@ -361,32 +375,12 @@ impl Plugin {
     }
 
     fn new_store(&self) -> wasmtime::Store<sandbox::Sandbox> {
-        self.runtime.new_store(
-            self.name.clone(),
+        let compiled = &*self.compiled;
+        compiled.runtime.new_store(
+            compiled.name.clone(),
             &self.setup,
-            self.kv.clone(),
-            self.memory.clone(),
+            compiled.kv.clone(),
+            compiled.memory.clone(),
         )
-    }
-
-    fn record_failure(&self) {
-        let failures = self
-            .health
-            .consecutive_failures
-            .fetch_add(1, Ordering::Relaxed)
-            + 1;
-        let threshold = self.setup.limits.quarantine_after;
-        if threshold > 0
-            && failures >= threshold
-            && !self.health.disabled.swap(true, Ordering::Relaxed)
-        {
-            crate::metrics::quarantined(&self.name);
-            tracing::error!(
-                plugin = &*self.name,
-                failures,
-                "plugin disabled: {failures} consecutive calls failed; \
-                 it stays disabled until its file changes or the server restarts"
-            );
-        }
     }
 }

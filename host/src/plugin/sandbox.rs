@@ -19,8 +19,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Setup;
 use super::bindings::plugboard::plugin::{config, host, kv, types};
+use super::epoch::TickingGuard;
 use super::limits::MemoryLimiter;
-use super::runtime::TickingGuard;
 use crate::store::{KvError, Namespace};
 
 /// The data of one plugin instance's `Store`.

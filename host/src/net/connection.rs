@@ -26,10 +26,10 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{EofCodec, FrameError};
 use crate::plugin::Session;
-use crate::reply::Reply;
-use crate::request::Request;
+use crate::protocol::codec::{EofCodec, FrameError};
+use crate::protocol::reply::Reply;
+use crate::protocol::request::Request;
 use crate::router::Routes;
 
 /// After a framing error, how long and how much of the client's remaining
@@ -100,7 +100,7 @@ impl Connection {
                     routes.dispatch(request, &mut self.session).await
                 }
                 Err(err) => {
-                    crate::metrics::unrouted(crate::metrics::Outcome::Invalid);
+                    crate::telemetry::unrouted(crate::telemetry::Outcome::Invalid);
                     Reply::error(err)
                 }
             };
@@ -155,22 +155,42 @@ impl Connection {
     }
 
     /// Sends a last reply after a framing error, then closes without resetting.
-    async fn reply_and_close(mut self, reply: Reply) -> Result<(), FrameError> {
-        self.framed.send(reply.into()).await?;
-        let mut stream = self.framed.into_inner();
-        stream.shutdown().await?;
-        // On the heap: an array here would be part of every connection's future.
-        let mut discard = vec![0u8; 8192];
-        let mut drained = 0;
-        let drain = async {
-            while drained < LINGER_BYTES {
-                match stream.read(&mut discard).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => drained += n,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
-        Ok(())
+    async fn reply_and_close(self, reply: Reply) -> Result<(), FrameError> {
+        send_last_reply(self.framed, reply).await
     }
+}
+
+/// Tells a client that is not served why (`error: too many connections`),
+/// then closes without resetting. Nothing it sent is read as a command.
+pub async fn refuse(stream: TcpStream, reply: Reply) {
+    let framed = Framed::new(stream, EofCodec::new(0));
+    if let Err(err) = send_last_reply(framed, reply).await {
+        tracing::debug!("cannot tell a refused client why: {err}");
+    }
+}
+
+/// Sends `reply`, ends our side, and reads (and discards) what the client
+/// still sends for up to [`LINGER_TIME`]: closing a socket with unread input
+/// makes the kernel send a reset, which can destroy the reply before the
+/// client reads it.
+async fn send_last_reply(
+    mut framed: Framed<TcpStream, EofCodec>,
+    reply: Reply,
+) -> Result<(), FrameError> {
+    framed.send(reply.into()).await?;
+    let mut stream = framed.into_inner();
+    stream.shutdown().await?;
+    // On the heap: an array here would be part of every connection's future.
+    let mut discard = vec![0u8; 8192];
+    let mut drained = 0;
+    let drain = async {
+        while drained < LINGER_BYTES {
+            match stream.read(&mut discard).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    Ok(())
 }

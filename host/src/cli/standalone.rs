@@ -15,8 +15,8 @@ use anyhow::Context;
 
 use crate::config::{Config, StateStore};
 use crate::plugin::{Plugin, Runtime, Session};
-use crate::plugin_dir::plugin_name;
-use crate::request::Request;
+use crate::protocol::request::Request;
+use crate::reload::plugin_dir::plugin_name;
 use crate::router::Router;
 
 /// Loads `file` as the server would; the error says why it would be rejected.
@@ -25,8 +25,8 @@ async fn load(file: &Path, config: &Config) -> anyhow::Result<Plugin> {
     config.state_store = StateStore::Memory;
     let runtime = Runtime::new(config.runtime_options(), config.open_store()?)
         .context("cannot start the WebAssembly runtime")?;
-    let setup = config.setup_for(&plugin_name(file));
-    Plugin::load(&runtime, file, setup)
+    let name = plugin_name(file);
+    Plugin::load(&runtime, &name, file, config.setup_for(&name))
         .await
         .with_context(|| format!("{} would be rejected", file.display()))
 }

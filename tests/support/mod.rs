@@ -1,9 +1,15 @@
-//! Runs the real `plugboard` binary on 127.0.0.1:0 with real plugins built
-//! from `plugins/` (by `make plugins`), and talks to it over real TCP.
+//! What the end-to-end tests and the benchmarks share: the real `plugboard`
+//! binary run on 127.0.0.1:0 with real plugins built from `plugins/` (by
+//! `make plugins`), its log, and a client over real TCP.
 //!
 //! Readiness is the server's own "listening on ADDR" log line, not a sleep.
 //! Every blocking read has a timeout so that a broken server fails a test
 //! instead of hanging it.
+//!
+//! Included by `tests/e2e/main.rs` and each benchmark with `#[path]`; each
+//! uses its own part of it.
+
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -52,8 +58,17 @@ pub fn shared_cache_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache")
 }
 
+/// The bytes of a plugin built by `make plugins` (see [`built_plugin`]).
+pub fn built_plugin_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(built_plugin(name)).expect("read built plugin")
+}
+
 pub fn plugboard() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_plugboard"))
+    Command::new(plugboard_path())
+}
+
+pub fn plugboard_path() -> &'static str {
+    env!("CARGO_BIN_EXE_plugboard")
 }
 
 /// A server's plugin directory and config, before it starts.
@@ -67,6 +82,10 @@ pub struct Setup {
     /// The server's RUST_LOG.
     log_filter: &'static str,
 }
+
+/// What runs `plugboard serve`: the binary itself, or a launcher that runs
+/// it (the benchmarks pin it to a core with `taskset`).
+pub type Launcher = fn() -> Command;
 
 impl Setup {
     pub fn new() -> Self {
@@ -152,20 +171,26 @@ impl Setup {
     }
 
     pub fn start(self) -> Server {
+        self.start_with(plugboard)
+    }
+
+    /// Starts the server through `launcher` (see [`Launcher`]).
+    pub fn start_with(self, launcher: Launcher) -> Server {
         let config_path = self.config_path();
-        spawn_server(config_path, self.args, self.log_filter, self.dir)
+        spawn_server(launcher, config_path, self.args, self.log_filter, self.dir)
     }
 }
 
 /// Starts `plugboard serve` on `config_path` and waits until it listens.
 /// The server owns `dir` (its config, plugins and state) until dropped.
 fn spawn_server(
+    launcher: Launcher,
     config_path: PathBuf,
     args: Vec<String>,
     log_filter: &'static str,
     dir: TempDir,
 ) -> Server {
-    let mut child = plugboard()
+    let mut child = launcher()
         .arg("serve")
         .arg("--config")
         .arg(&config_path)
@@ -201,6 +226,7 @@ fn spawn_server(
         log,
         plugin_dir: dir.path().join("plugins"),
         config_path,
+        launcher,
         args,
         log_filter,
         _dir: Some(dir),
@@ -299,6 +325,7 @@ pub struct Server {
     pub log: Log,
     pub plugin_dir: PathBuf,
     pub config_path: PathBuf,
+    launcher: Launcher,
     args: Vec<String>,
     log_filter: &'static str,
     /// `None` only while being handed to a restarted server.
@@ -314,6 +341,18 @@ impl Server {
         self.pid.as_raw()
     }
 
+    /// Resident memory of the server process, in MiB, from /proc.
+    pub fn resident_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib / 1024.0
+    }
+
     /// Kills the server with SIGKILL (no chance to flush or close anything)
     /// and starts a new one on the same config, plugins and state.
     pub fn kill_and_restart(mut self) -> Server {
@@ -327,6 +366,7 @@ impl Server {
         self.wait_exit();
         let dir = self._dir.take().expect("server directory");
         spawn_server(
+            self.launcher,
             self.config_path.clone(),
             std::mem::take(&mut self.args),
             self.log_filter,

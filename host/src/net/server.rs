@@ -13,23 +13,26 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::codec::DELIMITER;
 use crate::config::Config;
-use crate::connection::Connection;
-use crate::metrics::ConnectionMetrics;
+use crate::net::connection::{self, Connection};
 use crate::plugin::Runtime;
-use crate::plugin_dir::PluginDir;
+use crate::protocol::codec::DELIMITER;
+use crate::protocol::reply::Reply;
+use crate::reload::PluginDir;
 use crate::reload::Reloader;
-use crate::reply::Reply;
 use crate::router::Routes;
+use crate::telemetry::ConnectionMetrics;
 
 /// Longest pause between retries when `accept` keeps failing (e.g. out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Refused clients that may be lingering at once (see [`Listener::refuse`]).
+const MAX_LINGERING_REFUSALS: usize = 64;
 
 /// How to serve: the config, where it came from (what SIGHUP re-reads), and
 /// whether to watch the plugin directory.
@@ -39,9 +42,27 @@ pub struct ServeOptions {
     pub watch: bool,
 }
 
-/// Runs the server until `shutdown_signal` completes, then stops accepting,
-/// lets in-flight commands finish (up to `shutdown_timeout_ms`) and returns.
+/// Binds `listen` and serves there until `shutdown_signal` completes (see
+/// [`serve`]). Binding comes first, so a taken address is reported at once,
+/// not after every plugin has compiled; clients that connect meanwhile wait
+/// in the accept queue.
 pub async fn run(
+    options: ServeOptions,
+    shutdown_signal: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listen = &options.config.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on `listen` = {listen:?}"))?;
+    serve(listener, options, shutdown_signal).await
+}
+
+/// Loads the plugins and serves clients of `listener` until
+/// `shutdown_signal` completes, then stops accepting, lets in-flight commands
+/// finish (up to `shutdown_timeout_ms`) and returns. Tests call this with a
+/// listener of their own.
+pub async fn serve(
+    listener: TcpListener,
     options: ServeOptions,
     shutdown_signal: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -51,7 +72,7 @@ pub async fn run(
         watch,
     } = options;
     if let Some(listen) = config.metrics_listen {
-        crate::metrics::install(listen)?;
+        crate::telemetry::install(listen)?;
     }
     let store = config.open_store()?;
     let runtime = Runtime::new(config.runtime_options(), store)
@@ -62,16 +83,14 @@ pub async fn run(
     let shutdown = CancellationToken::new();
     let reloading = tokio::spawn(reloader.run(shutdown.clone()));
 
-    let listener = TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("cannot listen on `listen` = {:?}", config.listen))?;
-    // Tests and scripts using port 0 read the real address from this line.
+    // Tests and scripts using port 0 read the real address from this line,
+    // which also says that the plugins are loaded.
     tracing::info!("listening on {}", listener.local_addr()?);
-
     let server = Listener {
         listener,
         routes,
         connections: Arc::new(Semaphore::new(config.max_connections)),
+        refusals: Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS)),
         max_frame_bytes: config.max_frame_bytes,
         metrics: Arc::new(ConnectionMetrics::register()),
         tracker: TaskTracker::new(),
@@ -106,10 +125,36 @@ struct Listener {
     listener: TcpListener,
     routes: Arc<Routes>,
     connections: Arc<Semaphore>,
+    /// Refused clients being told why (see [`Listener::refuse`]).
+    refusals: Arc<Semaphore>,
     max_frame_bytes: usize,
     metrics: Arc<ConnectionMetrics>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// A connection's place under `max_connections`, counted in the
+/// open-connections gauge. Both are given back when it is dropped, however
+/// the connection's task ends.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: metrics::Gauge,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, open: &metrics::Gauge) -> Self {
+        open.increment(1.0);
+        Self {
+            _permit: permit,
+            open: open.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
 }
 
 impl Listener {
@@ -119,11 +164,12 @@ impl Listener {
             let (stream, peer) = self.accept().await;
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 self.metrics.rejected.increment(1);
-                reject_over_limit(&stream);
+                tracing::warn!(%peer, "connection refused: max_connections reached");
+                self.refuse(stream, Reply::error("too many connections"));
                 continue;
             };
             self.metrics.accepted.increment(1);
-            self.metrics.open.increment(1.0);
+            let slot = Slot::new(permit, &self.metrics.open);
             if let Err(err) = stream.set_nodelay(true) {
                 tracing::debug!(%peer, "cannot set TCP_NODELAY: {err}");
             }
@@ -134,15 +180,35 @@ impl Listener {
                 self.shutdown.clone(),
             );
             let span = tracing::debug_span!("connection", %peer);
-            let metrics = self.metrics.clone();
             self.tracker.spawn(
                 async move {
                     connection.run().await;
-                    metrics.open.decrement(1.0);
-                    drop(permit);
+                    drop(slot);
                 }
                 .instrument(span),
             );
+        }
+    }
+
+    /// Tells a client it is not served, and why, then closes: in a task of
+    /// its own, as the reply is followed by a linger (see `connection.rs`).
+    /// At most [`MAX_LINGERING_REFUSALS`] linger at once, so that a flood of
+    /// refused clients cannot hold many sockets; beyond that the reply is one
+    /// non-blocking write into the fresh socket's empty buffer, then close.
+    fn refuse(&self, stream: TcpStream, reply: Reply) {
+        match self.refusals.clone().try_acquire_owned() {
+            Ok(permit) => {
+                self.tracker.spawn(async move {
+                    connection::refuse(stream, reply).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                let wire = [reply.as_str().as_bytes(), DELIMITER].concat();
+                if let Err(err) = stream.try_write(&wire) {
+                    tracing::debug!("cannot tell a refused client why: {err}");
+                }
+            }
         }
     }
 
@@ -179,19 +245,4 @@ impl Listener {
             );
         }
     }
-}
-
-/// Tells a client over `max_connections` why it is being closed. A single
-/// non-blocking write into a fresh socket's empty send buffer: it cannot stall
-/// the accept loop.
-fn reject_over_limit(stream: &TcpStream) {
-    let mut wire = Reply::error("too many connections")
-        .as_str()
-        .as_bytes()
-        .to_vec();
-    wire.extend_from_slice(DELIMITER);
-    if let Err(err) = stream.try_write(&wire) {
-        tracing::debug!("cannot tell an over-limit client why it is closed: {err}");
-    }
-    tracing::warn!("connection refused: max_connections reached");
 }

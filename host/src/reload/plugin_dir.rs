@@ -18,8 +18,7 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 
-use crate::config::Config;
-use crate::plugin::{Plugin, Runtime};
+use crate::plugin::{Plugin, Runtime, Setup};
 use crate::router::Router;
 
 /// The `*.wasm` files directly in `dir`, sorted by file name.
@@ -45,6 +44,10 @@ pub fn plugin_name(path: &Path) -> String {
         .map(|stem| stem.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
+
+/// How a plugin of a given name is set up (its limits and config table):
+/// the config's `setup_for`, passed in so that this module needs no config.
+pub type SetupFor<'a> = &'a (dyn Fn(&str) -> Setup + Sync);
 
 /// What a rescan changed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -90,7 +93,7 @@ impl PluginDir {
     pub async fn rescan(
         &mut self,
         runtime: &Arc<Runtime>,
-        config: &Config,
+        setup_for: SetupFor<'_>,
     ) -> anyhow::Result<Changes> {
         let paths = plugin_files(&self.dir)
             .with_context(|| format!("cannot list plugin_dir {}", self.dir.display()))?;
@@ -111,7 +114,7 @@ impl PluginDir {
             keep
         });
         for path in paths {
-            self.refresh(&path, runtime, config, &mut changes).await;
+            self.refresh(&path, runtime, setup_for, &mut changes).await;
         }
         Ok(changes)
     }
@@ -120,7 +123,7 @@ impl PluginDir {
         &mut self,
         path: &Path,
         runtime: &Arc<Runtime>,
-        config: &Config,
+        setup_for: SetupFor<'_>,
         changes: &mut Changes,
     ) {
         let Some(file) = path.file_name().map(OsString::from) else {
@@ -141,7 +144,7 @@ impl PluginDir {
             Ok(bytes) => bytes,
             Err(err) => {
                 // Counted before logged: whoever reads the log sees the count.
-                crate::metrics::reload(false);
+                crate::telemetry::reload(false);
                 tracing::error!(file = %path.display(), "cannot read plugin file: {err}");
                 return;
             }
@@ -160,11 +163,11 @@ impl PluginDir {
             return;
         }
         let name = plugin_name(path);
-        let plugin = match Plugin::from_bytes(runtime, path, bytes, config.setup_for(&name)).await {
+        let plugin = match Plugin::from_bytes(runtime, &name, bytes, setup_for(&name)).await {
             Ok(plugin) => {
                 let commands: Vec<&str> =
                     plugin.commands().iter().map(|c| c.name.as_str()).collect();
-                crate::metrics::reload(true);
+                crate::telemetry::reload(true);
                 tracing::info!(plugin = plugin.name(), commands = ?commands, "loaded plugin");
                 changes.loaded.push(name);
                 Some(Arc::new(plugin))
@@ -174,7 +177,7 @@ impl PluginDir {
                     Some(_) => "the previous version keeps serving",
                     None => "not serving it",
                 };
-                crate::metrics::reload(false);
+                crate::telemetry::reload(false);
                 tracing::error!(file = %path.display(), "rejected plugin file: {err}; {fallback}");
                 previous
             }
@@ -192,13 +195,13 @@ impl PluginDir {
     /// Applies changed limits and plugin config to loaded plugins (without
     /// recompiling them).
     /// Returns whether any plugin changed.
-    pub fn apply_limits(&mut self, config: &Config) -> bool {
+    pub fn apply_limits(&mut self, setup_for: SetupFor<'_>) -> bool {
         let mut changed = false;
         for loaded in self.files.values_mut() {
             let Some(plugin) = &loaded.plugin else {
                 continue;
             };
-            let setup = config.setup_for(plugin.name());
+            let setup = setup_for(plugin.name());
             if *plugin.setup() != setup {
                 tracing::info!(plugin = plugin.name(), limits = ?setup.limits, "plugin settings changed");
                 loaded.plugin = Some(Arc::new(plugin.with_setup(setup)));

@@ -15,8 +15,8 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
 
-use crate::codec::{EofCodec, find_delimiter};
-use crate::reply::ERROR_PREFIX;
+use crate::protocol::codec::{EofCodec, find_delimiter};
+use crate::protocol::reply::ERROR_PREFIX;
 
 /// Replies can be far larger than requests; this only guards against a
 /// misbehaving peer that never sends a delimiter.

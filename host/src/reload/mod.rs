@@ -30,8 +30,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::plugin::Runtime;
-use crate::plugin_dir::{PluginDir, is_plugin_file};
 use crate::router::Routes;
+use plugin_dir::is_plugin_file;
+
+pub mod plugin_dir;
+
+pub use plugin_dir::PluginDir;
 
 /// After a "file complete" event, how long to wait for more events (a build
 /// writing several plugins, a rename following a close) before rescanning.
@@ -80,7 +84,9 @@ impl Reloader {
             .then(|| watch_dir(&config.plugin_dir, events))
             .flatten();
         let mut plugins = PluginDir::new(config.plugin_dir.clone());
-        plugins.rescan(&runtime, &config).await?;
+        plugins
+            .rescan(&runtime, &|name| config.setup_for(name))
+            .await?;
         let routes = Arc::new(Routes::from_pointee(plugins.router()));
         Ok(Self {
             runtime,
@@ -119,7 +125,12 @@ impl Reloader {
 
     /// Brings the plugin set up to date and, if it changed, swaps the table.
     async fn rescan(&mut self) {
-        match self.plugins.rescan(&self.runtime, &self.config).await {
+        let config = &self.config;
+        match self
+            .plugins
+            .rescan(&self.runtime, &|name| config.setup_for(name))
+            .await
+        {
             Ok(changes) if changes.alter_routes() => self.publish(),
             Ok(_) => {}
             Err(err) => tracing::error!("plugin rescan failed: {err:#}"),
@@ -147,11 +158,11 @@ impl Reloader {
             },
             None => self.config.clone(),
         };
-        for key in self.config.restart_only_changes(&new) {
+        for key in self.config.apply_reload(new) {
             tracing::warn!("`{key}` changed: it takes effect at the next restart");
         }
-        self.config.apply_reloadable(&new);
-        let limits_changed = self.plugins.apply_limits(&self.config);
+        let config = &self.config;
+        let limits_changed = self.plugins.apply_limits(&|name| config.setup_for(name));
         tracing::info!("config reloaded");
         self.rescan().await;
         if limits_changed {

@@ -5,7 +5,7 @@
 //! delimiter, which the codec adds), so a plugin's text reaches the socket
 //! without another copy.
 
-use crate::codec::find_delimiter;
+use crate::protocol::codec::find_delimiter;
 
 /// Every failure reply starts with this; `plugboard send` keys its exit status on it.
 pub const ERROR_PREFIX: &str = "error: ";
