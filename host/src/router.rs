@@ -176,3 +176,95 @@ pub mod native_baseline {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::test_components::{Handle, component, runtime};
+    use crate::plugin::{Limits, Setup};
+
+    async fn plugin(name: &str, commands: &[&str], handle: Handle) -> Arc<Plugin> {
+        plugin_with(name, commands, handle, Limits::default()).await
+    }
+
+    async fn plugin_with(
+        name: &str,
+        commands: &[&str],
+        handle: Handle,
+        limits: Limits,
+    ) -> Arc<Plugin> {
+        let setup = Setup {
+            limits,
+            ..Setup::default()
+        };
+        let bytes = component(commands, handle);
+        let plugin = Plugin::from_bytes(&runtime(), name, bytes, setup).await;
+        Arc::new(plugin.expect("the test component loads"))
+    }
+
+    async fn send(router: &Router, message: &str) -> String {
+        let request = Request::parse(message.as_bytes()).expect("a request");
+        let reply = router.dispatch(request, &mut Session::default()).await;
+        reply.as_str().to_owned()
+    }
+
+    #[tokio::test]
+    async fn each_command_goes_to_the_plugin_that_declared_it() {
+        let router = Router::new([
+            plugin("a", &["one"], Handle::Reply("from a")).await,
+            plugin("b", &["two", "three"], Handle::EchoCommand).await,
+        ]);
+        assert_eq!(send(&router, "one").await, "from a");
+        assert_eq!(send(&router, "three x y").await, "three");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_command_is_named_in_the_error() {
+        let router = Router::new([plugin("a", &["one"], Handle::Reply("x")).await]);
+        assert_eq!(
+            send(&router, "nope 1").await,
+            "error: unknown command 'nope'"
+        );
+    }
+
+    #[tokio::test]
+    async fn of_two_claims_the_first_plugin_keeps_the_command() {
+        let router = Router::new([
+            plugin("first", &["on"], Handle::Reply("first")).await,
+            plugin("second", &["on", "only"], Handle::Reply("second")).await,
+        ]);
+        assert_eq!(send(&router, "on").await, "first");
+        assert_eq!(send(&router, "only").await, "second");
+    }
+
+    #[tokio::test]
+    async fn refusals_and_failures_become_error_replies_naming_the_plugin() {
+        let limits = Limits {
+            max_reply_bytes: 10,
+            ..Limits::default()
+        };
+        let router = Router::new([
+            plugin("picky", &["ask"], Handle::Refuse("not today")).await,
+            plugin("crashy", &["crash"], Handle::Trap).await,
+            plugin_with("chatty", &["talk"], Handle::ReplyOfLen(11), limits).await,
+        ]);
+        assert_eq!(send(&router, "ask").await, "error: not today");
+        assert_eq!(
+            send(&router, "crash").await,
+            "error: plugin 'crashy' failed"
+        );
+        assert_eq!(
+            send(&router, "talk").await,
+            "error: plugin 'chatty' reply too large (11 bytes, limit 10)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reply_holding_the_delimiter_is_not_framed() {
+        let router = Router::new([plugin("sly", &["sly"], Handle::Reply("a<EOF>b")).await]);
+        assert_eq!(
+            send(&router, "sly").await,
+            "error: plugin 'sly' returned a reply containing the delimiter"
+        );
+    }
+}

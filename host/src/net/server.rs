@@ -246,3 +246,123 @@ impl Listener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::config::StateStore;
+    use crate::plugin::test_components::{Handle, component};
+
+    /// A server in this process, on 127.0.0.1:0.
+    struct TestServer {
+        addr: std::net::SocketAddr,
+        /// Stops the server when dropped.
+        _stop: oneshot::Sender<()>,
+        _plugins: tempfile::TempDir,
+    }
+
+    /// Serves a plugin that answers `go` with `gone`.
+    async fn start(max_connections: usize) -> TestServer {
+        let plugins = tempfile::tempdir().unwrap();
+        let bytes = component(&["go"], Handle::Reply("gone"));
+        std::fs::write(plugins.path().join("go.wasm"), bytes).unwrap();
+        let config = Config {
+            plugin_dir: plugins.path().to_owned(),
+            state_store: StateStore::Memory,
+            compile_cache: false,
+            hot_reload: false,
+            max_connections,
+            ..Config::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let options = ServeOptions {
+            config,
+            config_path: None,
+            watch: false,
+        };
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            serve(listener, options, stopped).await.expect("serve");
+        });
+        TestServer {
+            addr,
+            _stop: stop,
+            _plugins: plugins,
+        }
+    }
+
+    /// Sends `go` on a new connection and returns everything it got back.
+    async fn go_once(addr: std::net::SocketAddr) -> String {
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"go<EOF>").await.unwrap();
+        client.shutdown().await.unwrap();
+        read_all(&mut client).await
+    }
+
+    /// Reads until the peer closes; what it sent.
+    async fn read_all(stream: &mut TcpStream) -> String {
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).await.unwrap();
+        String::from_utf8(received).unwrap()
+    }
+
+    #[tokio::test]
+    async fn serves_commands_on_the_given_listener() {
+        let server = start(4).await;
+        let mut client = TcpStream::connect(server.addr).await.unwrap();
+        client.write_all(b"go<EOF>nope<EOF>").await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(
+            read_all(&mut client).await,
+            "gone<EOF>error: unknown command 'nope'<EOF>"
+        );
+    }
+
+    /// The refused client had already sent more than the server reads: the
+    /// reply must still reach it, not be lost to a reset.
+    #[tokio::test]
+    async fn a_client_over_the_limit_is_told_why_even_after_sending() {
+        let server = start(1).await;
+        let mut served = TcpStream::connect(server.addr).await.unwrap();
+        served.write_all(b"go<EOF>").await.unwrap();
+        let mut reply = [0u8; 9];
+        served.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"gone<EOF>");
+
+        let mut refused = TcpStream::connect(server.addr).await.unwrap();
+        refused.write_all(&b"go<EOF>".repeat(10_000)).await.unwrap();
+        refused.shutdown().await.unwrap();
+        assert_eq!(
+            read_all(&mut refused).await,
+            "error: too many connections<EOF>"
+        );
+    }
+
+    /// With one place, clients one after another are all served: each
+    /// gives its place back when it closes. The place is given back just
+    /// after the client sees the end of its stream, so a client may be
+    /// refused in between, and tries again; a place never given back would
+    /// refuse every try.
+    #[tokio::test]
+    async fn a_closed_connection_gives_its_place_back() {
+        let server = start(1).await;
+        for _ in 0..3 {
+            let mut tries = 0;
+            loop {
+                match go_once(server.addr).await.as_str() {
+                    "gone<EOF>" => break,
+                    "error: too many connections<EOF>" if tries < 100 => tries += 1,
+                    other => panic!("after {tries} tries: {other:?}"),
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}

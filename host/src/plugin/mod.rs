@@ -384,3 +384,8 @@ impl Plugin {
         )
     }
 }
+
+#[cfg(test)]
+pub(crate) mod test_components;
+#[cfg(test)]
+mod tests;

@@ -233,3 +233,120 @@ fn content_hash(bytes: &[u8]) -> u64 {
     bytes.hash(&mut hasher);
     hasher.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::plugin::Limits;
+    use crate::plugin::test_components::{Handle, component, runtime};
+
+    fn defaults(_: &str) -> Setup {
+        Setup::default()
+    }
+
+    fn write(dir: &Path, file: &str, bytes: &[u8]) {
+        std::fs::write(dir.join(file), bytes).unwrap();
+    }
+
+    fn serving(plugins: &PluginDir) -> Vec<&str> {
+        plugins.plugin_names().collect()
+    }
+
+    fn the_plugin(plugins: &PluginDir, file: &str) -> Arc<Plugin> {
+        let loaded = plugins
+            .files
+            .get(&OsString::from(file))
+            .expect("known file");
+        loaded.plugin.clone().expect("a serving version")
+    }
+
+    #[tokio::test]
+    async fn new_files_load_in_name_order_and_other_files_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "b.wasm", &component(&["b"], Handle::Reply("b")));
+        write(dir.path(), "a.wasm", &component(&["a"], Handle::Reply("a")));
+        write(dir.path(), "notes.txt", b"not a plugin");
+        let mut plugins = PluginDir::new(dir.path().to_owned());
+        let changes = plugins.rescan(&runtime(), &defaults).await.unwrap();
+        assert_eq!(changes.loaded, ["a", "b"]);
+        assert_eq!(serving(&plugins), ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn a_broken_version_leaves_the_previous_one_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = runtime();
+        write(dir.path(), "a.wasm", &component(&["a"], Handle::Reply("a")));
+        let mut plugins = PluginDir::new(dir.path().to_owned());
+        plugins.rescan(&runtime, &defaults).await.unwrap();
+        let before = the_plugin(&plugins, "a.wasm");
+        write(dir.path(), "a.wasm", b"\0asm broken");
+        let changes = plugins.rescan(&runtime, &defaults).await.unwrap();
+        assert!(!changes.alter_routes(), "{changes:?}");
+        assert!(Arc::ptr_eq(&before, &the_plugin(&plugins, "a.wasm")));
+    }
+
+    #[tokio::test]
+    async fn the_same_bytes_rewritten_are_not_loaded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = runtime();
+        let bytes = component(&["a"], Handle::Reply("a"));
+        write(dir.path(), "a.wasm", &bytes);
+        let mut plugins = PluginDir::new(dir.path().to_owned());
+        plugins.rescan(&runtime, &defaults).await.unwrap();
+        let before = the_plugin(&plugins, "a.wasm");
+        write(dir.path(), "a.wasm", &bytes);
+        // A new modification time, whatever the filesystem's resolution.
+        let file = std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("a.wasm"))
+            .unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(5))
+            .unwrap();
+        let changes = plugins.rescan(&runtime, &defaults).await.unwrap();
+        assert!(!changes.alter_routes(), "{changes:?}");
+        assert!(Arc::ptr_eq(&before, &the_plugin(&plugins, "a.wasm")));
+    }
+
+    #[tokio::test]
+    async fn a_changed_file_is_loaded_and_a_removed_one_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = runtime();
+        write(dir.path(), "a.wasm", &component(&["a"], Handle::Reply("1")));
+        write(dir.path(), "b.wasm", &component(&["b"], Handle::Reply("b")));
+        let mut plugins = PluginDir::new(dir.path().to_owned());
+        plugins.rescan(&runtime, &defaults).await.unwrap();
+        write(
+            dir.path(),
+            "a.wasm",
+            &component(&["a", "a2"], Handle::Reply("2")),
+        );
+        std::fs::remove_file(dir.path().join("b.wasm")).unwrap();
+        let changes = plugins.rescan(&runtime, &defaults).await.unwrap();
+        assert_eq!(changes.loaded, ["a"]);
+        assert_eq!(changes.removed, ["b"]);
+        assert_eq!(serving(&plugins), ["a"]);
+        assert_eq!(the_plugin(&plugins, "a.wasm").commands().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn new_limits_apply_without_recompiling_and_only_when_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.wasm", &component(&["a"], Handle::Reply("a")));
+        let mut plugins = PluginDir::new(dir.path().to_owned());
+        plugins.rescan(&runtime(), &defaults).await.unwrap();
+        assert!(!plugins.apply_limits(&defaults));
+        let strict = |_: &str| Setup {
+            limits: Limits {
+                max_reply_bytes: 1,
+                ..Limits::default()
+            },
+            ..Setup::default()
+        };
+        assert!(plugins.apply_limits(&strict));
+        let plugin = the_plugin(&plugins, "a.wasm");
+        assert_eq!(plugin.setup().limits.max_reply_bytes, 1);
+    }
+}

@@ -1,0 +1,159 @@
+//! The runtime's mapping of what a plugin does to an [`Answer`], in process,
+//! with tiny components made from WAT (see `test_components.rs`).
+
+use std::time::Duration;
+
+use super::test_components::{Handle, component, runtime};
+use super::*;
+
+fn setup(limits: Limits) -> Setup {
+    Setup {
+        limits,
+        ..Setup::default()
+    }
+}
+
+async fn load(handle: Handle, limits: Limits) -> Plugin {
+    Plugin::from_bytes(
+        &runtime(),
+        "test",
+        component(&["go"], handle),
+        setup(limits),
+    )
+    .await
+    .expect("the test component loads")
+}
+
+async fn answer(handle: Handle, limits: Limits) -> (Answer, Session) {
+    let plugin = load(handle, limits).await;
+    let mut session = Session::default();
+    let answer = plugin.call(go(), &mut session).await;
+    (answer, session)
+}
+
+fn go() -> Request {
+    crate::protocol::request::Request::parse(b"go now").expect("a request")
+}
+
+#[tokio::test]
+async fn load_reads_the_declared_commands() {
+    let plugin = Plugin::from_bytes(
+        &runtime(),
+        "two",
+        component(&["a", "b-c"], Handle::Reply("x")),
+        Setup::default(),
+    )
+    .await
+    .unwrap();
+    let names: Vec<&str> = plugin.commands().iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["a", "b-c"]);
+    assert_eq!(plugin.name(), "two");
+}
+
+#[tokio::test]
+async fn a_reply_and_a_refusal_keep_the_instance_warm() {
+    let (reply, session) = answer(Handle::Reply("done"), Limits::default()).await;
+    assert!(matches!(reply, Answer::Reply(text) if text == "done"));
+    assert!(session.is_warm());
+    let (refusal, session) = answer(Handle::Refuse("no way"), Limits::default()).await;
+    assert!(matches!(refusal, Answer::Refusal(text) if text == "no way"));
+    assert!(session.is_warm());
+}
+
+#[tokio::test]
+async fn the_request_reaches_the_plugin() {
+    let (reply, _) = answer(Handle::EchoCommand, Limits::default()).await;
+    assert!(matches!(reply, Answer::Reply(text) if text == "go"));
+}
+
+#[tokio::test]
+async fn a_trap_is_a_failure_and_discards_the_instance() {
+    let (failure, session) = answer(Handle::Trap, Limits::default()).await;
+    assert!(
+        matches!(failure, Answer::Failure(CallError::Trapped(_))),
+        "{failure:?}"
+    );
+    assert!(!session.is_warm());
+}
+
+#[tokio::test]
+async fn a_call_that_never_returns_times_out() {
+    let limits = Limits {
+        call_timeout: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let (failure, session) = answer(Handle::Spin, limits).await;
+    assert!(
+        matches!(failure, Answer::Failure(CallError::TimedOut(limit)) if limit == Duration::from_millis(50)),
+        "{failure:?}"
+    );
+    assert!(!session.is_warm());
+}
+
+#[tokio::test]
+async fn growing_past_the_memory_limit_is_out_of_memory() {
+    let limits = Limits {
+        max_memory_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let (failure, _) = answer(Handle::GrowMemory, limits).await;
+    assert!(
+        matches!(failure, Answer::Failure(CallError::OutOfMemory { limit_bytes }) if limit_bytes == 1 << 20),
+        "{failure:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reply_over_the_limit_is_refused_with_its_size() {
+    let limits = Limits {
+        max_reply_bytes: 100,
+        ..Limits::default()
+    };
+    let (failure, session) = answer(Handle::ReplyOfLen(101), limits).await;
+    assert!(
+        matches!(
+            failure,
+            Answer::Failure(CallError::ReplyTooLarge {
+                len: 101,
+                limit: 100
+            })
+        ),
+        "{failure:?}"
+    );
+    assert!(!session.is_warm());
+}
+
+#[tokio::test]
+async fn consecutive_failures_quarantine_and_a_new_setup_starts_clean() {
+    let limits = Limits {
+        quarantine_after: 2,
+        ..Limits::default()
+    };
+    let plugin = load(Handle::Trap, limits.clone()).await;
+    let mut session = Session::default();
+    for _ in 0..2 {
+        let failure = plugin.call(go(), &mut session).await;
+        assert!(matches!(failure, Answer::Failure(CallError::Trapped(_))));
+    }
+    let disabled = plugin.call(go(), &mut session).await;
+    assert!(
+        matches!(disabled, Answer::Failure(CallError::Disabled(2))),
+        "{disabled:?}"
+    );
+    let renewed = plugin.with_setup(setup(limits));
+    let failure = renewed.call(go(), &mut session).await;
+    assert!(matches!(failure, Answer::Failure(CallError::Trapped(_))));
+}
+
+#[tokio::test]
+async fn files_that_are_not_components_are_named_for_what_they_are() {
+    let runtime = runtime();
+    let not_wasm = Plugin::from_bytes(&runtime, "x", b"hello".to_vec(), Setup::default()).await;
+    assert!(matches!(not_wasm, Err(LoadError::NotWasm)));
+    let core = wat::parse_str("(module)").unwrap();
+    let core = Plugin::from_bytes(&runtime, "x", core, Setup::default()).await;
+    assert!(matches!(core, Err(LoadError::CoreModule)));
+    let spaced = component(&["two words"], Handle::Reply("x"));
+    let spaced = Plugin::from_bytes(&runtime, "x", spaced, Setup::default()).await;
+    assert!(matches!(spaced, Err(LoadError::InvalidCommandName(name)) if name == "two words"));
+}
