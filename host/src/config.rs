@@ -220,52 +220,35 @@ impl Config {
     /// per-plugin settings) and returns the keys that differ but are read
     /// only at startup (the listener, the engine, the watcher, the store):
     /// those wait for a restart. `new` is taken apart field by field, with no
-    /// `..`, so that the compiler makes every new key choose a side.
+    /// `..`: the compiler makes every new key choose a side.
     pub fn apply_reload(&mut self, new: Config) -> Vec<&'static str> {
-        let Config {
-            listen,
-            plugin_dir,
-            max_frame_bytes,
-            max_connections,
-            shutdown_timeout_ms,
-            hot_reload,
-            compile_cache,
-            cache_dir,
-            limits,
-            max_stack_kib,
-            state_dir,
-            state_store,
-            max_key_bytes,
-            max_value_bytes,
-            max_keys_per_plugin,
-            metrics_listen,
-            log_format,
-            plugins,
-        } = new;
-        self.limits = limits;
-        self.plugins = plugins;
-        macro_rules! restart_only {
-            ($($key:ident),* $(,)?) => {
-                [$((stringify!($key), self.$key != $key)),*]
-            };
+        macro_rules! classify {
+            (reloadable: [$($live:ident),*], restart_only: [$($fixed:ident),* $(,)?]) => {{
+                let Config { $($live,)* $($fixed,)* } = new;
+                $(self.$live = $live;)*
+                [$((stringify!($fixed), self.$fixed != $fixed)),*]
+            }};
         }
-        let keys = restart_only!(
-            listen,
-            plugin_dir,
-            max_frame_bytes,
-            max_connections,
-            shutdown_timeout_ms,
-            hot_reload,
-            compile_cache,
-            cache_dir,
-            max_stack_kib,
-            state_dir,
-            state_store,
-            max_key_bytes,
-            max_value_bytes,
-            max_keys_per_plugin,
-            metrics_listen,
-            log_format,
+        let keys = classify!(
+            reloadable: [limits, plugins],
+            restart_only: [
+                listen,
+                plugin_dir,
+                max_frame_bytes,
+                max_connections,
+                shutdown_timeout_ms,
+                hot_reload,
+                compile_cache,
+                cache_dir,
+                max_stack_kib,
+                state_dir,
+                state_store,
+                max_key_bytes,
+                max_value_bytes,
+                max_keys_per_plugin,
+                metrics_listen,
+                log_format,
+            ]
         );
         keys.into_iter()
             .filter(|(_, changed)| *changed)
