@@ -286,32 +286,17 @@ impl Config {
     /// else the built-in defaults.
     pub fn limits_for(&self, name: &str) -> Limits {
         match self.plugins.get(name) {
-            Some(own) => own.limits.over(&self.limits).resolve(),
-            None => self.limits.resolve(),
+            Some(own) => own.limits.resolve_over(&self.limits),
+            None => self.limits.resolve_over(&LimitSettings::default()),
         }
     }
 }
 
 impl LimitSettings {
-    /// These settings where set, `fallback`'s elsewhere. Every field is
-    /// named (no `..`): a new limit cannot be forgotten here.
-    fn over(&self, fallback: &Self) -> Self {
-        let Self {
-            call_timeout_ms,
-            max_memory_mib,
-            max_reply_bytes,
-            quarantine_after,
-        } = self;
-        Self {
-            call_timeout_ms: call_timeout_ms.or(fallback.call_timeout_ms),
-            max_memory_mib: max_memory_mib.or(fallback.max_memory_mib),
-            max_reply_bytes: max_reply_bytes.or(fallback.max_reply_bytes),
-            quarantine_after: quarantine_after.or(fallback.quarantine_after),
-        }
-    }
-
-    /// The limits in the runtime's units, built-in defaults for unset keys.
-    fn resolve(&self) -> Limits {
+    /// The limits in the runtime's units: these settings where set, else
+    /// `fallback`'s, else the built-in defaults. Every field is named (no
+    /// `..`): a new limit cannot be forgotten here.
+    fn resolve_over(&self, fallback: &Self) -> Limits {
         let Self {
             call_timeout_ms,
             max_memory_mib,
@@ -320,11 +305,18 @@ impl LimitSettings {
         } = self;
         let default = Limits::default();
         Limits {
-            call_timeout: call_timeout_ms.map_or(default.call_timeout, Duration::from_millis),
+            call_timeout: call_timeout_ms
+                .or(fallback.call_timeout_ms)
+                .map_or(default.call_timeout, Duration::from_millis),
             max_memory_bytes: max_memory_mib
+                .or(fallback.max_memory_mib)
                 .map_or(default.max_memory_bytes, |mib| (mib as usize) << 20),
-            max_reply_bytes: max_reply_bytes.unwrap_or(default.max_reply_bytes),
-            quarantine_after: quarantine_after.unwrap_or(default.quarantine_after),
+            max_reply_bytes: max_reply_bytes
+                .or(fallback.max_reply_bytes)
+                .unwrap_or(default.max_reply_bytes),
+            quarantine_after: quarantine_after
+                .or(fallback.quarantine_after)
+                .unwrap_or(default.quarantine_after),
         }
     }
 
