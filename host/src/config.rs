@@ -29,6 +29,15 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Connections served at once; further clients get an error reply and are closed.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; by default half of
+    /// `max_connections`, so that no one address can take every place.
+    pub max_connections_per_ip: Option<usize>,
+    /// A connection with no complete message for this long (from its last
+    /// one, or from connect) is closed, in milliseconds; 0: never.
+    pub idle_timeout_ms: u64,
+    /// A message must complete within this long of its first byte, in
+    /// milliseconds; 0: never.
+    pub frame_timeout_ms: u64,
     /// On SIGINT/SIGTERM, how long in-flight commands get to finish.
     pub shutdown_timeout_ms: u64,
     /// Watch `plugin_dir` and load added, changed and removed plugins live.
@@ -52,6 +61,10 @@ pub struct Config {
     pub max_value_bytes: u32,
     /// Keys one plugin may hold.
     pub max_keys_per_plugin: u32,
+    /// With no auth token configured, serve only loopback clients.
+    pub protected_mode: bool,
+    /// Tokens clients authenticate with, and what each may run.
+    pub auth: AuthSettings,
     /// Address of the Prometheus metrics endpoint (`GET /metrics`); none by default.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `text` (for people) or `json` (one object per line, for log shippers).
@@ -73,6 +86,57 @@ pub enum LogFormat {
 pub enum StateStore {
     Disk,
     Memory,
+}
+
+/// The `[auth]` table.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// `[[auth.tokens]]`: with any, every connection must authenticate first.
+    pub tokens: Vec<TokenSettings>,
+}
+
+/// One `[[auth.tokens]]` entry. The token itself is never in the config:
+/// only its SHA-256, so that a leaked config leaks no credential.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    /// Who holds it, for the log and metrics (never the token).
+    pub name: String,
+    /// The token's SHA-256, 64 lowercase hex digits (`plugboard token` makes both).
+    pub sha256: String,
+    /// The commands it may run; `"*"` is every command.
+    pub commands: Vec<String>,
+}
+
+impl AuthSettings {
+    fn validate(&self) -> anyhow::Result<()> {
+        let mut names = std::collections::BTreeSet::new();
+        for (index, token) in self.tokens.iter().enumerate() {
+            let at = format!("`auth.tokens[{index}]`");
+            ensure!(
+                !token.name.trim().is_empty(),
+                "{at}: `name` must not be empty"
+            );
+            ensure!(
+                names.insert(token.name.as_str()),
+                "{at}: the name {:?} is used twice",
+                token.name
+            );
+            let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+            ensure!(
+                token.sha256.len() == 64 && token.sha256.chars().all(hex),
+                "{at} ({:?}): `sha256` must be 64 lowercase hex digits (`plugboard token` prints one)",
+                token.name
+            );
+            ensure!(
+                !token.commands.is_empty(),
+                "{at} ({:?}): `commands` must list at least one command, or \"*\"",
+                token.name
+            );
+        }
+        Ok(())
+    }
 }
 
 /// One `[plugins.<name>]` table: the plugin's own limits (an absent key means
@@ -116,6 +180,9 @@ impl Default for Config {
             plugin_dir: "plugins".into(),
             max_frame_bytes: 64 * 1024,
             max_connections: 1024,
+            max_connections_per_ip: None,
+            idle_timeout_ms: 300_000,
+            frame_timeout_ms: 10_000,
             shutdown_timeout_ms: 10_000,
             hot_reload: true,
             compile_cache: true,
@@ -127,6 +194,8 @@ impl Default for Config {
             max_key_bytes: 256,
             max_value_bytes: 64 * 1024,
             max_keys_per_plugin: 10_000,
+            protected_mode: true,
+            auth: AuthSettings::default(),
             metrics_listen: None,
             log_format: LogFormat::Text,
             plugins: BTreeMap::new(),
@@ -183,12 +252,17 @@ impl Config {
             "`max_connections` must be at least 1"
         );
         ensure!(
+            self.max_connections_per_ip != Some(0),
+            "`max_connections_per_ip` must be at least 1"
+        );
+        ensure!(
             STACK_KIB_RANGE.contains(&self.max_stack_kib),
             "`max_stack_kib` must be between {} and {}",
             STACK_KIB_RANGE.start(),
             STACK_KIB_RANGE.end()
         );
         self.limits.validate("")?;
+        self.auth.validate()?;
         for (name, plugin) in &self.plugins {
             plugin.limits.validate(&format!("plugins.{name}."))?;
         }
@@ -204,6 +278,13 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// Connections one address may hold: as set, else half of
+    /// `max_connections` (at least 1).
+    pub fn max_connections_per_ip(&self) -> usize {
+        self.max_connections_per_ip
+            .unwrap_or((self.max_connections / 2).max(1))
     }
 
     /// The engine settings this config asks for.
@@ -236,6 +317,9 @@ impl Config {
                 plugin_dir,
                 max_frame_bytes,
                 max_connections,
+                max_connections_per_ip,
+                idle_timeout_ms,
+                frame_timeout_ms,
                 shutdown_timeout_ms,
                 hot_reload,
                 compile_cache,
@@ -246,6 +330,8 @@ impl Config {
                 max_key_bytes,
                 max_value_bytes,
                 max_keys_per_plugin,
+                protected_mode,
+                auth,
                 metrics_listen,
                 log_format,
             ]
@@ -439,6 +525,31 @@ mod tests {
         assert_eq!(running.apply_reload(new), ["listen"]);
         assert_eq!(running.limits.call_timeout_ms, Some(5));
         assert_eq!(running.listen, "127.0.0.1:1100");
+    }
+
+    #[test]
+    fn tokens_are_checked_and_name_their_entry() {
+        let hash = "a".repeat(64);
+        let token = |name: &str, sha256: &str, commands: &str| {
+            format!(
+                "[[auth.tokens]]\nname = {name:?}\nsha256 = {sha256:?}\ncommands = {commands}\n"
+            )
+        };
+        let ok = load(&token("panel", &hash, r#"["on"]"#)).unwrap();
+        assert_eq!(ok.auth.tokens[0].commands, ["on"]);
+        let upper = format!(
+            "{:#}",
+            load(&token("p", &"A".repeat(64), "[\"*\"]")).unwrap_err()
+        );
+        assert!(
+            upper.contains("auth.tokens[0]") && upper.contains("sha256"),
+            "{upper}"
+        );
+        let none = format!("{:#}", load(&token("p", &hash, "[]")).unwrap_err());
+        assert!(none.contains("commands"), "{none}");
+        let twice = token("p", &hash, "[\"*\"]").repeat(2);
+        let twice = format!("{:#}", load(&twice).unwrap_err());
+        assert!(twice.contains("used twice"), "{twice}");
     }
 
     #[test]

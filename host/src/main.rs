@@ -51,7 +51,21 @@ enum Command {
         /// Server address.
         #[arg(long, default_value = "127.0.0.1:1100")]
         addr: String,
+        /// Authenticate with this token first (`plugboard token` makes one).
+        #[arg(long, env = "PLUGBOARD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Commands to send, each one message (quote a command with arguments).
+        commands: Vec<String>,
+    },
+    /// Make a new random auth token; print it, then the config lines that
+    /// grant it (only its hash goes in the config).
+    Token {
+        /// Who will hold it: the name the server's log and metrics use.
+        #[arg(long, default_value = "client")]
+        name: String,
+        /// A command it may run; repeat, or separate with commas
+        /// [default: every command]
+        #[arg(long = "command", short = 'c', value_delimiter = ',')]
         commands: Vec<String>,
     },
     /// Create a plugin project that builds and loads as is, answering `hello`.
@@ -135,7 +149,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             plugboard::net::server::run(options, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Send { addr, commands } => plugboard::cli::client::send(&addr, commands).await,
+        Command::Send {
+            addr,
+            token,
+            commands,
+        } => {
+            let target = plugboard::cli::client::Target { addr, token };
+            plugboard::cli::client::send(&target, commands).await
+        }
+        Command::Token { name, commands } => {
+            print!("{}", plugboard::cli::token::new_entry(&name, &commands)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::New { name, lang, dir } => {
             let root = plugboard::cli::scaffold::new_plugin(&name, &dir, lang)?;
             // `make check` runs `plugboard`, which need not be on PATH.

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::plugin::{Answer, CallError, Plugin, Session};
 use crate::protocol::reply::Reply;
-use crate::protocol::request::{CommandName, Request};
+use crate::protocol::request::{CommandName, HELP, RESERVED, Request};
 use crate::telemetry::{self, CommandMetrics, Outcome};
 
 /// The current routing table, swapped atomically on reload.
@@ -38,6 +38,14 @@ impl Router {
         let mut routes: HashMap<CommandName, Route> = HashMap::new();
         for plugin in plugins {
             for command in plugin.commands() {
+                if RESERVED.contains(&command.name.as_str()) {
+                    tracing::error!(
+                        command = %command.name,
+                        plugin = plugin.name(),
+                        "the server answers this command itself; ignoring the plugin's claim"
+                    );
+                    continue;
+                }
                 match routes.get(&command.name) {
                     Some(owner) if !Arc::ptr_eq(&owner.plugin, &plugin) => tracing::error!(
                         command = %command.name,
@@ -60,7 +68,16 @@ impl Router {
     /// Runs `request` in its plugin (in `session`'s instance when it has
     /// one of that plugin) and turns the outcome into a reply. Counted in the
     /// metrics, and logged at debug level with its outcome and duration.
-    pub async fn dispatch(&self, request: Request, session: &mut Session) -> Reply {
+    /// `help` lists the commands `permits` lets this client run.
+    pub async fn dispatch(
+        &self,
+        request: Request,
+        session: &mut Session,
+        permits: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Reply {
+        if request.command.as_str() == HELP {
+            return self.help(permits);
+        }
         let Some((command, route)) = self.routes.get_key_value(&request.command) else {
             telemetry::unrouted(Outcome::Unknown);
             tracing::debug!(command = %request.command, outcome = "unknown", "command");
@@ -96,6 +113,29 @@ impl Router {
             span.in_scope(|| tracing::debug!(outcome = outcome.as_str(), elapsed_us, "command"));
         }
         reply
+    }
+}
+
+impl Router {
+    /// One line per command `permits` allows: `name (plugin): summary`,
+    /// sorted by name.
+    fn help(&self, permits: &(dyn Fn(&str) -> bool + Sync)) -> Reply {
+        let mut lines: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|(name, _)| permits(name.as_str()))
+            .map(|(name, route)| {
+                let summary = route
+                    .plugin
+                    .commands()
+                    .iter()
+                    .find(|spec| spec.name == *name)
+                    .map_or("", |spec| spec.summary.as_str());
+                format!("{name} ({}): {summary}", route.plugin.name())
+            })
+            .collect();
+        lines.sort();
+        Reply::ok(lines.join("\n"))
     }
 }
 
@@ -204,7 +244,9 @@ mod tests {
 
     async fn send(router: &Router, message: &str) -> String {
         let request = Request::parse(message.as_bytes()).expect("a request");
-        let reply = router.dispatch(request, &mut Session::default()).await;
+        let reply = router
+            .dispatch(request, &mut Session::default(), &|_| true)
+            .await;
         reply.as_str().to_owned()
     }
 
@@ -266,5 +308,21 @@ mod tests {
             send(&router, "sly").await,
             "error: plugin 'sly' returned a reply containing the delimiter"
         );
+    }
+
+    #[tokio::test]
+    async fn help_lists_what_the_client_may_run_and_cannot_be_claimed() {
+        let router = Router::new([
+            plugin("a", &["one", "help"], Handle::Reply("x")).await,
+            plugin("b", &["two", "auth"], Handle::Reply("y")).await,
+        ]);
+        assert_eq!(send(&router, "help").await, "one (a): \ntwo (b): ");
+        let request = Request::parse(b"help").unwrap();
+        let only_two = |command: &str| command == "two";
+        let reply = router
+            .dispatch(request, &mut Session::default(), &only_two)
+            .await;
+        assert_eq!(reply.as_str(), "two (b): ");
+        assert_eq!(send(&router, "auth").await, "error: unknown command 'auth'");
     }
 }

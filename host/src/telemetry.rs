@@ -18,6 +18,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 const CONNECTIONS_OPEN: &str = "plugboard_connections_open";
 const CONNECTIONS_ACCEPTED: &str = "plugboard_connections_accepted_total";
 const CONNECTIONS_REJECTED: &str = "plugboard_connections_rejected_total";
+const CONNECTIONS_CLOSED: &str = "plugboard_connections_closed_total";
+const AUTH_FAILURES: &str = "plugboard_auth_failures_total";
+const PERMISSION_DENIED: &str = "plugboard_permission_denied_total";
 const COMMANDS: &str = "plugboard_commands_total";
 const COMMAND_SECONDS: &str = "plugboard_command_duration_seconds";
 const RELOADS: &str = "plugboard_reloads_total";
@@ -53,7 +56,16 @@ fn describe() {
     describe_counter!(CONNECTIONS_ACCEPTED, "Client connections accepted");
     describe_counter!(
         CONNECTIONS_REJECTED,
-        "Client connections refused at max_connections"
+        "Client connections refused, by reason (protected_mode, max_connections, max_connections_per_ip)"
+    );
+    describe_counter!(AUTH_FAILURES, "Failed `auth` attempts (wrong token)");
+    describe_counter!(
+        PERMISSION_DENIED,
+        "Commands refused for the connection's token, by token name"
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Client connections closed by the server, by reason (idle_timeout, frame_timeout)"
     );
     describe_counter!(
         COMMANDS,
@@ -85,7 +97,6 @@ pub fn enabled() -> bool {
 pub struct ConnectionMetrics {
     pub open: Gauge,
     pub accepted: Counter,
-    pub rejected: Counter,
 }
 
 impl ConnectionMetrics {
@@ -94,9 +105,27 @@ impl ConnectionMetrics {
         Self {
             open: metrics::gauge!(CONNECTIONS_OPEN),
             accepted: metrics::counter!(CONNECTIONS_ACCEPTED),
-            rejected: metrics::counter!(CONNECTIONS_REJECTED),
         }
     }
+}
+
+/// Counts a connection refused at accept, by why (a fixed set of words).
+pub fn rejected(reason: &'static str) {
+    metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn auth_failed() {
+    metrics::counter!(AUTH_FAILURES).increment(1);
+}
+
+/// Counts a command refused for `token` (an operator-chosen name).
+pub fn permission_denied(token: &str) {
+    metrics::counter!(PERMISSION_DENIED, "token" => token.to_owned()).increment(1);
+}
+
+/// Counts a connection the server closed, by why (a fixed set of words).
+pub fn closed_by(reason: &'static str) {
+    metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
 }
 
 /// How a command ended, as counted and logged.

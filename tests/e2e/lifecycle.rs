@@ -59,6 +59,8 @@ fn clients_over_max_connections_are_told_and_closed() {
     let server = Setup::new()
         .plugin("onoff", "onoff")
         .config("max_connections = 2")
+        // One address may take every place: the global limit is the one reached.
+        .config("max_connections_per_ip = 2")
         .start();
     let mut first = server.connect();
     let mut second = server.connect();

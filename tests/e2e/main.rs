@@ -8,6 +8,7 @@ mod plugins;
 mod protocol;
 mod reload;
 mod sandbox;
+mod security;
 mod state;
 #[path = "../support/mod.rs"]
 mod support;

@@ -78,14 +78,17 @@ pub struct Setup {
     config: Vec<String>,
     /// `[plugins.<name>]` tables, by plugin name.
     plugin_tables: std::collections::BTreeMap<String, Vec<String>>,
+    /// Other tables, as written.
+    extra_tables: Vec<String>,
     args: Vec<String>,
     /// The server's RUST_LOG.
     log_filter: &'static str,
 }
 
 /// What runs `plugboard serve`: the binary itself, or a launcher that runs
-/// it (the benchmarks pin it to a core with `taskset`).
-pub type Launcher = fn() -> Command;
+/// it (the benchmarks pin it to a core with `taskset`; a test may run it in
+/// a network namespace of its own).
+pub type Launcher = Arc<dyn Fn() -> Command + Send + Sync>;
 
 impl Setup {
     pub fn new() -> Self {
@@ -101,6 +104,7 @@ impl Setup {
                 format!("cache_dir = {:?}", shared_cache_dir()),
             ],
             plugin_tables: Default::default(),
+            extra_tables: Vec::new(),
             args: Vec::new(),
             log_filter: "info",
         }
@@ -147,6 +151,12 @@ impl Setup {
         self
     }
 
+    /// Appends TOML after the top-level keys (tables such as `[[auth.tokens]]`).
+    pub fn tables(mut self, toml: &str) -> Self {
+        self.extra_tables.push(toml.into());
+        self
+    }
+
     /// Adds a `key = value` line to the `[plugins.<plugin>]` table.
     pub fn plugin_config(mut self, plugin: &str, line: &str) -> Self {
         self.plugin_tables
@@ -166,6 +176,9 @@ impl Setup {
         for (plugin, lines) in &self.plugin_tables {
             text.push_str(&format!("\n[plugins.{plugin}]\n{}", lines.join("\n")));
         }
+        for table in &self.extra_tables {
+            text.push_str(&format!("\n{table}\n"));
+        }
         std::fs::write(&path, text).expect("write config");
         path
     }
@@ -175,7 +188,8 @@ impl Setup {
     }
 
     /// Starts the server through `launcher` (see [`Launcher`]).
-    pub fn start_with(self, launcher: Launcher) -> Server {
+    pub fn start_with(self, launcher: impl Fn() -> Command + Send + Sync + 'static) -> Server {
+        let launcher: Launcher = Arc::new(launcher);
         let config_path = self.config_path();
         spawn_server(launcher, config_path, self.args, self.log_filter, self.dir)
     }
@@ -366,7 +380,7 @@ impl Server {
         self.wait_exit();
         let dir = self._dir.take().expect("server directory");
         spawn_server(
-            self.launcher,
+            self.launcher.clone(),
             self.config_path.clone(),
             std::mem::take(&mut self.args),
             self.log_filter,
@@ -407,7 +421,23 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Self::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Connects from `source`, a loopback address such as 127.0.0.2: a
+    /// second client address on one machine.
+    pub fn connect_from(source: &str, addr: SocketAddr) -> Self {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let source: SocketAddr = format!("{source}:0").parse().expect("source address");
+        socket
+            .bind(&source.into())
+            .expect("bind the source address");
+        socket.connect(&addr.into()).expect("connect");
+        Self::over(socket.into())
+    }
+
+    fn over(stream: TcpStream) -> Self {
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
         Self {

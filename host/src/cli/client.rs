@@ -9,12 +9,12 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use futures::{SinkExt, Stream, StreamExt, TryStreamExt};
-use tokio::io::AsyncWriteExt;
+use futures::{SinkExt, StreamExt, TryStreamExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
+use tokio_util::codec::{Framed, FramedRead, FramedWrite, LinesCodec};
 
+use crate::net::connection::Stream;
 use crate::protocol::codec::{EofCodec, find_delimiter};
 use crate::protocol::reply::ERROR_PREFIX;
 
@@ -22,12 +22,28 @@ use crate::protocol::reply::ERROR_PREFIX;
 /// misbehaving peer that never sends a delimiter.
 const MAX_REPLY_BYTES: usize = 64 << 20;
 
+/// Where `send` connects, and how it authenticates.
+pub struct Target {
+    pub addr: String,
+    /// Sent as `auth <token>` before any command.
+    pub token: Option<String>,
+}
+
 /// Sends `commands`, or the lines of stdin when there are none (one command per
 /// line from a pipe, an interactive prompt on a terminal).
-pub async fn send(addr: &str, commands: Vec<String>) -> anyhow::Result<ExitCode> {
+pub async fn send(target: &Target, commands: Vec<String>) -> anyhow::Result<ExitCode> {
+    let addr = &target.addr;
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
+    let stream = match &target.token {
+        Some(token) => authenticate(stream, token).await?,
+        None => stream,
+    };
+    send_over(stream, commands).await
+}
+
+async fn send_over<S: Stream>(stream: S, commands: Vec<String>) -> anyhow::Result<ExitCode> {
     if !commands.is_empty() {
         return pipeline(stream, futures::stream::iter(commands.into_iter().map(Ok))).await;
     }
@@ -39,11 +55,31 @@ pub async fn send(addr: &str, commands: Vec<String>) -> anyhow::Result<ExitCode>
     pipeline(stream, lines).await
 }
 
+/// Sends `auth <token>` and waits for its reply: the server runs nothing
+/// else first. The token is never printed.
+async fn authenticate<S: Stream>(stream: S, token: &str) -> anyhow::Result<S> {
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        bail!("a token is printable ASCII without whitespace");
+    }
+    let mut framed = Framed::new(stream, EofCodec::new(MAX_REPLY_BYTES));
+    framed.send(format!("auth {token}").into()).await?;
+    let reply = framed
+        .next()
+        .await
+        .context("the server closed the connection before answering `auth`")?
+        .context("reading the reply to `auth` failed")?;
+    let reply = String::from_utf8_lossy(&reply);
+    if let Some(why) = reply.strip_prefix(ERROR_PREFIX) {
+        bail!("authentication failed: {why}");
+    }
+    Ok(framed.into_inner())
+}
+
 async fn pipeline(
-    stream: TcpStream,
-    commands: impl Stream<Item = anyhow::Result<String>>,
+    stream: impl Stream,
+    commands: impl futures::Stream<Item = anyhow::Result<String>>,
 ) -> anyhow::Result<ExitCode> {
-    let (read, write) = stream.into_split();
+    let (read, write) = tokio::io::split(stream);
     let mut requests = FramedWrite::new(write, EofCodec::new(usize::MAX));
     let mut replies = reply_stream(read);
 
@@ -81,8 +117,8 @@ async fn pipeline(
     Ok(exit_code(failed))
 }
 
-async fn interactive(stream: TcpStream) -> anyhow::Result<ExitCode> {
-    let (read, write) = stream.into_split();
+async fn interactive(stream: impl Stream) -> anyhow::Result<ExitCode> {
+    let (read, write) = tokio::io::split(stream);
     let mut requests = FramedWrite::new(write, EofCodec::new(usize::MAX));
     let mut replies = reply_stream(read);
     let mut lines = FramedRead::new(tokio::io::stdin(), LinesCodec::new());
@@ -113,8 +149,8 @@ async fn interactive(stream: TcpStream) -> anyhow::Result<ExitCode> {
 }
 
 fn reply_stream(
-    read: OwnedReadHalf,
-) -> impl Stream<Item = anyhow::Result<bytes::BytesMut>> + Unpin {
+    read: impl AsyncRead + Unpin,
+) -> impl futures::Stream<Item = anyhow::Result<bytes::BytesMut>> + Unpin {
     FramedRead::new(read, EofCodec::new(MAX_REPLY_BYTES))
         .map_err(|err| anyhow::anyhow!("reading a reply failed: {err}"))
 }

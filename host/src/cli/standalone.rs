@@ -65,7 +65,7 @@ pub async fn call(file: &Path, words: &[String], config: &Config) -> anyhow::Res
     let plugin = load(file, config).await?;
     let request = Request::parse(words.join(" ").as_bytes())?;
     let reply = Router::new([Arc::new(plugin)])
-        .dispatch(request, &mut Session::default())
+        .dispatch(request, &mut Session::default(), &|_| true)
         .await;
     writeln!(std::io::stdout().lock(), "{}", reply.as_str())?;
     Ok(if reply.is_error() {

@@ -15,16 +15,21 @@
 //! Bad input is answered, never fatal to the server: an unparsable message
 //! gets an error reply and the connection goes on; a stream that cannot be
 //! framed any more (a frame over the size limit, a truncated last message)
-//! gets an error reply and then the connection is closed.
+//! gets an error reply and then the connection is closed. So does a client
+//! too slow or idle for its timeouts (see `timeouts.rs`).
+//!
+//! A connection is generic over its byte stream: plain TCP or TLS.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
+
+use super::auth::{Access, Auth, Gate};
+use super::timeouts::{Expired, Timeouts};
 
 use crate::plugin::Session;
 use crate::protocol::codec::{EofCodec, FrameError};
@@ -47,39 +52,93 @@ const LINGER_BYTES: usize = 1 << 20;
 /// once used keeps some memory resident (see `plugin/runtime.rs`).
 pub const IDLE_RELEASE: Duration = Duration::from_millis(100);
 
-pub struct Connection {
-    framed: Framed<TcpStream, EofCodec>,
+/// A byte stream a connection can serve: TCP, or TLS over it.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
+/// What every connection of a server is given.
+#[derive(Clone)]
+pub struct Settings {
+    pub max_frame_bytes: usize,
+    pub timeouts: Timeouts,
+    /// The tokens, when clients must authenticate.
+    pub auth: Option<Arc<Auth>>,
+}
+
+pub struct Connection<S> {
+    framed: Framed<S, EofCodec>,
     routes: Arc<Routes>,
     session: Session,
+    /// Who the client is and what it may run.
+    access: Access,
+    auth: Option<Arc<Auth>>,
+    /// The client's address: failed authentications slow down per address.
+    peer: std::net::IpAddr,
+    timeouts: Timeouts,
+    /// The last complete message's arrival, or the connect (see
+    /// [`Connection::next_frame`] for how it is kept cheaply).
+    last_complete: Instant,
     shutdown: CancellationToken,
 }
 
-impl Connection {
+/// Why a connection ends early, with a last reply saying so.
+#[derive(Debug, thiserror::Error)]
+enum Closing {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("no complete message for {0:?}, closing")]
+    Idle(Duration),
+    #[error("message not completed within {0:?}, closing")]
+    SlowMessage(Duration),
+    /// Refused by the auth gate (the text says why).
+    #[error("{0}")]
+    Denied(String),
+}
+
+impl From<Expired> for Closing {
+    fn from(expired: Expired) -> Self {
+        match expired {
+            Expired::Idle(limit) => Self::Idle(limit),
+            Expired::Frame(limit) => Self::SlowMessage(limit),
+        }
+    }
+}
+
+impl<S: Stream> Connection<S> {
     pub fn new(
-        stream: TcpStream,
+        stream: S,
+        peer: std::net::IpAddr,
         routes: Arc<Routes>,
-        max_frame_bytes: usize,
+        settings: &Settings,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            framed: Framed::new(stream, EofCodec::new(max_frame_bytes)),
+            framed: Framed::new(stream, EofCodec::new(settings.max_frame_bytes)),
             routes,
             session: Session::default(),
+            access: Access::new(settings.auth.as_ref()),
+            auth: settings.auth.clone(),
+            peer,
+            timeouts: settings.timeouts,
+            last_complete: Instant::now(),
             shutdown,
         }
     }
 
-    /// Serves the connection until the client closes it, a framing error ends
-    /// it, or the server shuts down.
+    /// Serves the connection until the client closes it, a framing error or
+    /// a timeout ends it, or the server shuts down.
     pub async fn run(mut self) {
         match self.serve().await {
             Ok(()) => {}
-            Err(FrameError::Io(err)) => {
+            Err(Closing::Frame(FrameError::Io(err))) => {
                 tracing::debug!("connection lost: {err}");
             }
-            Err(err) => {
-                if let Err(lost) = self.reply_and_close(Reply::error(&err)).await {
-                    tracing::debug!("connection lost while reporting {err:?}: {lost}");
+            Err(closing) => {
+                if let Closing::Idle(_) | Closing::SlowMessage(_) = closing {
+                    tracing::debug!("{closing}");
+                }
+                if let Err(lost) = self.reply_and_close(Reply::error(&closing)).await {
+                    tracing::debug!("connection lost while reporting {closing:?}: {lost}");
                 }
                 return;
             }
@@ -90,19 +149,31 @@ impl Connection {
         let _ = self.framed.get_mut().shutdown().await;
     }
 
-    async fn serve(&mut self) -> Result<(), FrameError> {
+    async fn serve(&mut self) -> Result<(), Closing> {
         while let Some(frame) = self.next_frame().await {
-            let reply = match Request::parse(&frame?) {
-                // The table current now: a reload during this command does
-                // not affect it, and the next command sees the new one.
+            let request = match Request::parse(&frame?) {
                 Ok(request) => {
-                    let routes = self.routes.load_full();
-                    routes.dispatch(request, &mut self.session).await
+                    self.access
+                        .gate(self.auth.as_ref(), request, self.peer)
+                        .await
                 }
                 Err(err) => {
                     crate::telemetry::unrouted(crate::telemetry::Outcome::Invalid);
-                    Reply::error(err)
+                    Gate::Answer(Err(err.to_string()))
                 }
+            };
+            let reply = match request {
+                // The table current now: a reload during this command does
+                // not affect it, and the next command sees the new one.
+                Gate::Route(request) => {
+                    let routes = self.routes.load_full();
+                    let access = &self.access;
+                    let permits = |command: &str| access.permits(command);
+                    routes.dispatch(request, &mut self.session, &permits).await
+                }
+                Gate::Answer(Ok(text)) => Reply::ok(text),
+                Gate::Answer(Err(text)) => Reply::error(text),
+                Gate::Close(why) => return Err(Closing::Denied(why)),
             };
             self.framed.feed(reply.into()).await?;
         }
@@ -112,20 +183,40 @@ impl Connection {
     /// The next frame: at once if one is already buffered, else after flushing
     /// the replies owed so far and waiting for the client. Returns `None` at end
     /// of stream, and once shutdown begins, when no complete frame is buffered.
-    async fn next_frame(&mut self) -> Option<Result<bytes::BytesMut, FrameError>> {
+    ///
+    /// The time of the last complete message is taken here, when the
+    /// connection starts to wait, not per frame: a wait always follows at
+    /// least one complete frame (or the connect), all of which arrived by
+    /// now, and one clock read per wait costs nothing next to the flush
+    /// before it.
+    async fn next_frame(&mut self) -> Option<Result<bytes::BytesMut, Closing>> {
         if let Some(buffered) = self.framed.next().now_or_never() {
-            return buffered;
+            return buffered.map(|frame| frame.map_err(Closing::from));
         }
         if let Err(err) = self.framed.flush().await {
-            return Some(Err(err));
+            return Some(Err(err.into()));
         }
+        let waiting_since = Instant::now();
+        self.last_complete = waiting_since;
         loop {
             // Created each time but only armed (polled) while memory is held.
             let idle = tokio::time::sleep(IDLE_RELEASE);
+            let partial_since = self.framed.codec().partial_since();
+            let check = self
+                .timeouts
+                .next_check(self.last_complete, partial_since, Instant::now());
+            let check = tokio::time::sleep_until(check.unwrap_or(waiting_since).into());
             tokio::select! {
-                frame = self.framed.next() => return frame,
+                frame = self.framed.next() => return frame.map(|frame| frame.map_err(Closing::from)),
                 () = self.shutdown.cancelled() => return None,
                 () = idle, if self.holds_idle_memory() => self.release_idle_memory(),
+                () = check, if self.timeouts.idle.is_some() || self.timeouts.frame.is_some() => {
+                    let partial_since = self.framed.codec().partial_since();
+                    if let Some(expired) = self.timeouts.expired(self.last_complete, partial_since, Instant::now()) {
+                        crate::telemetry::closed_by(expired.as_str());
+                        return Some(Err(expired.into()));
+                    }
+                }
             }
         }
     }
@@ -154,7 +245,8 @@ impl Connection {
         }
     }
 
-    /// Sends a last reply after a framing error, then closes without resetting.
+    /// Sends a last reply after a framing error or a timeout, then closes
+    /// without resetting.
     async fn reply_and_close(self, reply: Reply) -> Result<(), FrameError> {
         send_last_reply(self.framed, reply).await
     }
@@ -162,7 +254,7 @@ impl Connection {
 
 /// Tells a client that is not served why (`error: too many connections`),
 /// then closes without resetting. Nothing it sent is read as a command.
-pub async fn refuse(stream: TcpStream, reply: Reply) {
+pub async fn refuse(stream: impl Stream, reply: Reply) {
     let framed = Framed::new(stream, EofCodec::new(0));
     if let Err(err) = send_last_reply(framed, reply).await {
         tracing::debug!("cannot tell a refused client why: {err}");
@@ -173,8 +265,8 @@ pub async fn refuse(stream: TcpStream, reply: Reply) {
 /// still sends for up to [`LINGER_TIME`]: closing a socket with unread input
 /// makes the kernel send a reset, which can destroy the reply before the
 /// client reads it.
-async fn send_last_reply(
-    mut framed: Framed<TcpStream, EofCodec>,
+async fn send_last_reply<S: Stream>(
+    mut framed: Framed<S, EofCodec>,
     reply: Reply,
 ) -> Result<(), FrameError> {
     framed.send(reply.into()).await?;

@@ -1,6 +1,12 @@
 //! The network side: the listener that accepts clients ([`server`]) and the
 //! task that serves one of them ([`connection`]). What a connection does with
-//! a frame reads as: frame -> request -> route -> call -> reply.
+//! a frame reads as: frame -> request -> (auth) -> route -> call -> reply.
+//! Beside them, each concern that joins the server in its own file: who may
+//! run what ([`auth`]), places per address ([`per_address`]), slow and idle
+//! clients ([`timeouts`]).
 
+pub mod auth;
 pub mod connection;
+pub mod per_address;
 pub mod server;
+pub mod timeouts;

@@ -7,9 +7,10 @@
 //! client over the connection limit is told so and closed at once, instead of
 //! being left waiting in the accept queue with no idea why.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
@@ -19,7 +20,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::net::connection::{self, Connection};
+use crate::net::auth::{self, Auth};
+use crate::net::connection::{self, Connection, Settings};
+use crate::net::per_address::{AddressPermit, PerAddress};
+use crate::net::timeouts::Timeouts;
 use crate::plugin::Runtime;
 use crate::protocol::codec::DELIMITER;
 use crate::protocol::reply::Reply;
@@ -83,19 +87,30 @@ pub async fn serve(
     let shutdown = CancellationToken::new();
     let reloading = tokio::spawn(reloader.run(shutdown.clone()));
 
+    let auth = Auth::new(&config.auth.tokens)?;
+    let local = listener.local_addr()?;
+    warn_if_exposed(local, &config, auth.is_some());
     // Tests and scripts using port 0 read the real address from this line,
     // which also says that the plugins are loaded.
-    tracing::info!("listening on {}", listener.local_addr()?);
+    tracing::info!("listening on {local}");
     let server = Listener {
         listener,
         routes,
         connections: Arc::new(Semaphore::new(config.max_connections)),
+        per_address: PerAddress::new(config.max_connections_per_ip()),
         refusals: Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS)),
-        max_frame_bytes: config.max_frame_bytes,
+        refusal_log: RefusalLog::default(),
+        protected: config.protected_mode && auth.is_none(),
+        settings: Settings {
+            max_frame_bytes: config.max_frame_bytes,
+            timeouts: Timeouts::from_millis(config.idle_timeout_ms, config.frame_timeout_ms),
+            auth,
+        },
         metrics: Arc::new(ConnectionMetrics::register()),
         tracker: TaskTracker::new(),
         shutdown,
     };
+    let mut server = server;
     tokio::select! {
         () = server.accept_loop() => {}
         () = shutdown_signal => {}
@@ -103,6 +118,26 @@ pub async fn serve(
     server.drain(config.shutdown_timeout()).await;
     let _ = reloading.await;
     Ok(())
+}
+
+/// Warns when clients beyond this machine can reach the server without
+/// what protects them: a credential, and encryption.
+fn warn_if_exposed(local: SocketAddr, config: &Config, authenticated: bool) {
+    if auth::is_loopback(local.ip()) {
+        return;
+    }
+    if !authenticated && config.protected_mode {
+        tracing::warn!(
+            "listening on {local} with no auth token: protected mode serves only loopback clients"
+        );
+    } else if !authenticated {
+        tracing::warn!(
+            "listening on {local} with no auth token and protected_mode = false: anyone who can connect can run every command"
+        );
+    }
+    tracing::warn!(
+        "listening on {local} without TLS: commands, replies and tokens cross the network in clear text"
+    );
 }
 
 /// Logs what a freshly started server serves, and settings that match nothing.
@@ -125,27 +160,33 @@ struct Listener {
     listener: TcpListener,
     routes: Arc<Routes>,
     connections: Arc<Semaphore>,
+    per_address: Arc<PerAddress>,
     /// Refused clients being told why (see [`Listener::refuse`]).
     refusals: Arc<Semaphore>,
-    max_frame_bytes: usize,
+    refusal_log: RefusalLog,
+    /// Protected mode is in force: no tokens, and `protected_mode` on.
+    protected: bool,
+    settings: Settings,
     metrics: Arc<ConnectionMetrics>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
-/// A connection's place under `max_connections`, counted in the
-/// open-connections gauge. Both are given back when it is dropped, however
-/// the connection's task ends.
+/// A connection's place under `max_connections` and its address's share,
+/// counted in the open-connections gauge. All are given back when it is
+/// dropped, however the connection's task ends.
 struct Slot {
     _permit: OwnedSemaphorePermit,
+    _address: AddressPermit,
     open: metrics::Gauge,
 }
 
 impl Slot {
-    fn new(permit: OwnedSemaphorePermit, open: &metrics::Gauge) -> Self {
+    fn new(permit: OwnedSemaphorePermit, address: AddressPermit, open: &metrics::Gauge) -> Self {
         open.increment(1.0);
         Self {
             _permit: permit,
+            _address: address,
             open: open.clone(),
         }
     }
@@ -157,26 +198,93 @@ impl Drop for Slot {
     }
 }
 
+/// Why a client is refused as it connects.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    ProtectedMode,
+    MaxConnections,
+    PerAddress,
+}
+
+impl Refusal {
+    /// The metric label.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::ProtectedMode => "protected_mode",
+            Self::MaxConnections => "max_connections",
+            Self::PerAddress => "max_connections_per_ip",
+        }
+    }
+
+    /// What the client is told.
+    fn reply(self) -> Reply {
+        match self {
+            Self::ProtectedMode => Reply::error(
+                "protected mode: no auth token is configured, so only loopback clients \
+                 are served; configure [[auth.tokens]], or set protected_mode = false",
+            ),
+            Self::MaxConnections => Reply::error("too many connections"),
+            Self::PerAddress => Reply::error("too many connections from your address"),
+        }
+    }
+}
+
+/// How often refusals are logged at most.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Refusals are logged at most once per [`REFUSAL_LOG_INTERVAL`], with how
+/// many were not: a flood of refused clients must not flood the log (the
+/// metric counts every one).
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn record(&mut self, peer: SocketAddr, refusal: Refusal) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_INTERVAL)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            unlogged_since = self.unlogged,
+            "connection refused: {} reached",
+            refusal.reason()
+        );
+        self.last = Some(now);
+        self.unlogged = 0;
+    }
+}
+
 impl Listener {
     /// Accepts forever; only shutdown stops it.
-    async fn accept_loop(&self) {
+    async fn accept_loop(&mut self) {
         loop {
             let (stream, peer) = self.accept().await;
-            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                self.metrics.rejected.increment(1);
-                tracing::warn!(%peer, "connection refused: max_connections reached");
-                self.refuse(stream, Reply::error("too many connections"));
-                continue;
+            let slot = match self.admit(peer) {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    crate::telemetry::rejected(refusal.reason());
+                    self.refusal_log.record(peer, refusal);
+                    self.refuse(stream, refusal.reply());
+                    continue;
+                }
             };
             self.metrics.accepted.increment(1);
-            let slot = Slot::new(permit, &self.metrics.open);
             if let Err(err) = stream.set_nodelay(true) {
                 tracing::debug!(%peer, "cannot set TCP_NODELAY: {err}");
             }
             let connection = Connection::new(
                 stream,
+                peer.ip(),
                 self.routes.clone(),
-                self.max_frame_bytes,
+                &self.settings,
                 self.shutdown.clone(),
             );
             let span = tracing::debug_span!("connection", %peer);
@@ -188,6 +296,24 @@ impl Listener {
                 .instrument(span),
             );
         }
+    }
+
+    /// A place for a client from `peer`: in protected mode only for loopback
+    /// clients; within `max_connections`, then within its address's share.
+    fn admit(&self, peer: SocketAddr) -> Result<Slot, Refusal> {
+        if self.protected && !auth::is_loopback(peer.ip()) {
+            return Err(Refusal::ProtectedMode);
+        }
+        let permit = self
+            .connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::MaxConnections)?;
+        let address = self
+            .per_address
+            .try_acquire(peer.ip())
+            .ok_or(Refusal::PerAddress)?;
+        Ok(Slot::new(permit, address, &self.metrics.open))
     }
 
     /// Tells a client it is not served, and why, then closes: in a task of
@@ -264,8 +390,13 @@ mod tests {
         _plugins: tempfile::TempDir,
     }
 
-    /// Serves a plugin that answers `go` with `gone`.
+    /// Serves a plugin that answers `go` with `gone`, with one address
+    /// allowed every place (so `max_connections` is the limit reached).
     async fn start(max_connections: usize) -> TestServer {
+        start_with(max_connections, max_connections).await
+    }
+
+    async fn start_with(max_connections: usize, per_address: usize) -> TestServer {
         let plugins = tempfile::tempdir().unwrap();
         let bytes = component(&["go"], Handle::Reply("gone"));
         std::fs::write(plugins.path().join("go.wasm"), bytes).unwrap();
@@ -275,6 +406,7 @@ mod tests {
             compile_cache: false,
             hot_reload: false,
             max_connections,
+            max_connections_per_ip: Some(per_address),
             ..Config::default()
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -304,6 +436,13 @@ mod tests {
         client.write_all(b"go<EOF>").await.unwrap();
         client.shutdown().await.unwrap();
         read_all(&mut client).await
+    }
+
+    /// Connects to `addr` from the loopback address `source`.
+    async fn connect_from(source: &str, addr: std::net::SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        socket.connect(addr).await.unwrap()
     }
 
     /// Reads until the peer closes; what it sent.
@@ -364,5 +503,30 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         }
+    }
+
+    /// One address holding its whole share leaves the other places to
+    /// other addresses.
+    #[tokio::test]
+    async fn one_address_cannot_take_every_place() {
+        let server = start_with(4, 2).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut client = connect_from("127.0.0.1", server.addr).await;
+            client.write_all(b"go<EOF>").await.unwrap();
+            let mut reply = [0u8; 9];
+            client.read_exact(&mut reply).await.unwrap();
+            held.push(client);
+        }
+        let mut third = connect_from("127.0.0.1", server.addr).await;
+        third.shutdown().await.unwrap();
+        assert_eq!(
+            read_all(&mut third).await,
+            "error: too many connections from your address<EOF>"
+        );
+        let mut other = connect_from("127.0.0.2", server.addr).await;
+        other.write_all(b"go<EOF>").await.unwrap();
+        other.shutdown().await.unwrap();
+        assert_eq!(read_all(&mut other).await, "gone<EOF>");
     }
 }

@@ -13,6 +13,8 @@
 //!
 //! The same codec frames replies on the client side (`plugboard send`).
 
+use std::time::Instant;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use memchr::memmem;
 use tokio_util::codec::{Decoder, Encoder};
@@ -46,6 +48,8 @@ pub struct EofCodec {
     max_frame_bytes: usize,
     /// Bytes at the front of the buffer already known to hold no delimiter.
     searched: usize,
+    /// When the first bytes of the incomplete frame in the buffer arrived.
+    partial_since: Option<Instant>,
 }
 
 impl EofCodec {
@@ -53,7 +57,16 @@ impl EofCodec {
         Self {
             max_frame_bytes,
             searched: 0,
+            partial_since: None,
         }
+    }
+
+    /// When the bytes of an incomplete frame started arriving, if the buffer
+    /// holds one: a server's frame timeout counts from here. Only the decoder
+    /// sees every read, so it keeps the time (once per read that ends in an
+    /// incomplete frame, never per frame).
+    pub fn partial_since(&self) -> Option<Instant> {
+        self.partial_since
     }
 }
 
@@ -68,6 +81,7 @@ impl Decoder for EofCodec {
             let frame = buf.split_to(self.searched + offset);
             buf.advance(DELIMITER.len());
             self.searched = 0;
+            self.partial_since = None;
             return Ok(Some(frame));
         }
         if window_end == self.max_frame_bytes + DELIMITER.len() {
@@ -75,6 +89,9 @@ impl Decoder for EofCodec {
         }
         // The delimiter may straddle this read and the next: re-check its tail.
         self.searched = window_end.saturating_sub(DELIMITER.len() - 1);
+        if !buf.is_empty() && self.partial_since.is_none() {
+            self.partial_since = Some(Instant::now());
+        }
         Ok(None)
     }
 
@@ -86,6 +103,7 @@ impl Decoder for EofCodec {
         let leftover_is_blank = buf.iter().all(u8::is_ascii_whitespace);
         buf.clear();
         self.searched = 0;
+        self.partial_since = None;
         if leftover_is_blank {
             Ok(None)
         } else {
@@ -126,6 +144,27 @@ mod tests {
             frames.push(frame.to_vec());
         }
         Ok(frames)
+    }
+
+    #[test]
+    fn knows_when_an_incomplete_frame_started() {
+        let mut codec = EofCodec::new(64);
+        let mut buf = BytesMut::from(&b"on<EOF>of"[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+        assert_eq!(codec.partial_since(), None);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        let started = codec.partial_since().expect("an incomplete frame");
+        buf.extend_from_slice(b"f");
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert_eq!(
+            codec.partial_since(),
+            Some(started),
+            "counts from the first bytes"
+        );
+        buf.extend_from_slice(b"<EOF>");
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert_eq!(codec.partial_since(), None, "nothing buffered");
     }
 
     #[test]

@@ -7,6 +7,13 @@
 
 use std::fmt;
 
+/// Authenticates a connection (`auth <token>`): answered by the server.
+pub const AUTH: &str = "auth";
+/// Lists the commands a client may run: answered by the server.
+pub const HELP: &str = "help";
+/// Commands the server answers itself; no plugin can claim one.
+pub const RESERVED: [&str; 2] = [AUTH, HELP];
+
 /// The first word of a message: what the routing table is keyed by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CommandName(String);

@@ -1,0 +1,394 @@
+//! Who may run what: tokens in the style of Redis's ACLs, and protected mode.
+//!
+//! With tokens configured, a connection starts with nothing: its first
+//! message must be `auth <token>`, and anything else closes it. A token
+//! grants a list of commands (or `*`, every one); a command outside it is
+//! refused and the connection goes on. A wrong token closes the connection,
+//! so nothing after it can run unauthenticated, and failures from one
+//! address are answered more and more slowly.
+//!
+//! Tokens are kept only as SHA-256 hashes (the config never holds one) and
+//! a presented token's hash is compared with every configured hash in
+//! constant time, so neither the config nor the timing of a reply says
+//! anything about a token. Tokens are never logged.
+//!
+//! With no tokens, protected mode (on by default, as in Redis) serves only
+//! loopback clients: a server reachable from a network with no credential
+//! is refused, not silently open.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::TokenSettings;
+use crate::protocol::request::{AUTH, HELP, Request};
+
+/// The configured tokens and the record of failed attempts.
+pub struct Auth {
+    tokens: Vec<Arc<Token>>,
+    failures: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+/// One token: who holds it, its hash, what it may run.
+pub struct Token {
+    name: String,
+    sha256: [u8; 32],
+    commands: Commands,
+}
+
+enum Commands {
+    All,
+    Only(BTreeSet<String>),
+}
+
+/// Recent failed attempts of one address.
+#[derive(Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+/// After this long without a failure, an address starts with a clean record.
+const FAILURES_FORGOTTEN_AFTER: Duration = Duration::from_secs(60);
+/// The first failure is answered at once, then each waits twice as long,
+/// up to the maximum.
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+const MAX_DELAY: Duration = Duration::from_secs(5);
+/// Addresses whose failures are remembered at most: a flood from many
+/// addresses cannot grow the table without bound.
+const MAX_REMEMBERED_ADDRESSES: usize = 10_000;
+
+/// Where a connection stands.
+#[derive(Clone)]
+pub enum Access {
+    /// No tokens are configured: every command may run.
+    Open,
+    /// Tokens are configured and the connection has not authenticated.
+    Pending,
+    /// Authenticated with this token.
+    Granted(Arc<Token>),
+}
+
+/// What the connection does with a request, once [`Access::gate`] saw it.
+pub enum Gate {
+    /// Route it to its plugin.
+    Route(Request),
+    /// Answer with this, and go on.
+    Answer(Result<String, String>),
+    /// Answer with this error and close the connection.
+    Close(String),
+}
+
+impl Auth {
+    /// The runtime form of `[[auth.tokens]]`; `None` when there are none.
+    pub fn new(tokens: &[TokenSettings]) -> anyhow::Result<Option<Arc<Self>>> {
+        if tokens.is_empty() {
+            return Ok(None);
+        }
+        let tokens = tokens
+            .iter()
+            .map(|token| {
+                let sha256 = decode_sha256(&token.sha256).ok_or_else(|| {
+                    anyhow::anyhow!("token {:?}: `sha256` is not 64 hex digits", token.name)
+                })?;
+                let commands = if token.commands.iter().any(|c| c == "*") {
+                    Commands::All
+                } else {
+                    Commands::Only(token.commands.iter().cloned().collect())
+                };
+                Ok(Arc::new(Token {
+                    name: token.name.clone(),
+                    sha256,
+                    commands,
+                }))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Some(Arc::new(Self {
+            tokens,
+            failures: Mutex::new(HashMap::new()),
+        })))
+    }
+
+    /// The token whose hash matches `presented`'s. Every configured hash is
+    /// compared, in constant time, whichever matches.
+    fn verify(&self, presented: &str) -> Option<Arc<Token>> {
+        let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for token in &self.tokens {
+            if bool::from(token.sha256.ct_eq(&hash)) {
+                found = Some(token.clone());
+            }
+        }
+        found
+    }
+
+    /// How long to wait before answering `ip`'s failed attempt, which is
+    /// recorded.
+    fn record_failure(&self, ip: IpAddr) -> Duration {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if failures.len() >= MAX_REMEMBERED_ADDRESSES {
+            failures.retain(|_, f| now.duration_since(f.last) < FAILURES_FORGOTTEN_AFTER);
+        }
+        let entry = failures.entry(ip.to_canonical()).or_insert(Failures {
+            count: 0,
+            last: now,
+        });
+        if now.duration_since(entry.last) >= FAILURES_FORGOTTEN_AFTER {
+            entry.count = 0;
+        }
+        entry.count = entry.count.saturating_add(1);
+        entry.last = now;
+        delay_after(entry.count)
+    }
+}
+
+/// The wait before answering the `count`th recent failure of an address.
+fn delay_after(count: u32) -> Duration {
+    match count {
+        0 | 1 => Duration::ZERO,
+        n => FIRST_DELAY
+            .saturating_mul(1 << (n - 2).min(16))
+            .min(MAX_DELAY),
+    }
+}
+
+impl Token {
+    fn permits(&self, command: &str) -> bool {
+        match &self.commands {
+            Commands::All => true,
+            Commands::Only(commands) => commands.contains(command),
+        }
+    }
+}
+
+impl Access {
+    /// How a new connection starts under `auth`.
+    pub fn new(auth: Option<&Arc<Auth>>) -> Self {
+        match auth {
+            None => Self::Open,
+            Some(_) => Self::Pending,
+        }
+    }
+
+    /// Whether this connection may run `command` (what `help` lists).
+    pub fn permits(&self, command: &str) -> bool {
+        match self {
+            Self::Open => true,
+            Self::Pending => false,
+            Self::Granted(token) => token.permits(command),
+        }
+    }
+
+    /// Authenticates `auth` requests, and lets through what this
+    /// connection may run. `help` is always let through: it lists only what
+    /// the connection may run. `peer` is whose failures slow down.
+    pub async fn gate(&mut self, auth: Option<&Arc<Auth>>, request: Request, peer: IpAddr) -> Gate {
+        let command = request.command.as_str();
+        if command == AUTH {
+            // Boxed: its wait would otherwise be part of every connection's
+            // future, busy or idle.
+            return Box::pin(self.authenticate(auth, &request, peer)).await;
+        }
+        match self {
+            Self::Open => Gate::Route(request),
+            Self::Pending => {
+                Gate::Close("authentication required: send `auth <token>` first".into())
+            }
+            Self::Granted(token) if command == HELP || token.permits(command) => {
+                Gate::Route(request)
+            }
+            Self::Granted(token) => {
+                crate::telemetry::permission_denied(&token.name);
+                tracing::debug!(token = token.name, command, "permission denied");
+                Gate::Answer(Err(format!(
+                    "permission denied: token '{}' may not run '{command}'",
+                    token.name
+                )))
+            }
+        }
+    }
+
+    async fn authenticate(
+        &mut self,
+        auth: Option<&Arc<Auth>>,
+        request: &Request,
+        peer: IpAddr,
+    ) -> Gate {
+        let Some(auth) = auth else {
+            return Gate::Answer(Err("authentication is not enabled on this server".into()));
+        };
+        let token = match request.args.as_slice() {
+            [token] => auth.verify(token),
+            _ => None,
+        };
+        match token {
+            Some(token) => {
+                tracing::debug!(token = token.name, "authenticated");
+                *self = Self::Granted(token);
+                Gate::Answer(Ok("success".into()))
+            }
+            None => {
+                crate::telemetry::auth_failed();
+                let delay = auth.record_failure(peer);
+                tracing::debug!(%peer, ?delay, "authentication failed");
+                tokio::time::sleep(delay).await;
+                *self = Self::Pending;
+                Gate::Close("invalid token".into())
+            }
+        }
+    }
+}
+
+/// Whether `ip` is served in protected mode: loopback only.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// A new random token and its SHA-256 (lowercase hex), for `plugboard token`:
+/// 32 bytes from the OS's random source, as 64 hex digits (printable ASCII,
+/// no whitespace).
+pub fn new_token() -> anyhow::Result<(String, String)> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|err| anyhow::anyhow!("no random source: {err}"))?;
+    let token = hex(&bytes);
+    let sha256 = hex(&Sha256::digest(token.as_bytes()));
+    Ok((token, sha256))
+}
+
+fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
+    let mut hash = [0u8; 32];
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    for (byte, at) in hash.iter_mut().zip((0..64).step_by(2)) {
+        *byte = u8::from_str_radix(&hex[at..at + 2], 16).ok()?;
+    }
+    Some(hash)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(commands: &[&str]) -> (Arc<Auth>, String) {
+        let (token, sha256) = new_token().unwrap();
+        let settings = TokenSettings {
+            name: "panel".into(),
+            sha256,
+            commands: commands.iter().map(|c| c.to_string()).collect(),
+        };
+        (Auth::new(&[settings]).unwrap().unwrap(), token)
+    }
+
+    fn request(text: &str) -> Request {
+        Request::parse(text.as_bytes()).unwrap()
+    }
+
+    fn ip() -> IpAddr {
+        "127.0.0.1".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn nothing_runs_before_auth_and_only_the_granted_commands_after() {
+        let (auth, token) = auth(&["status"]);
+        let auth = Some(&auth);
+        let mut access = Access::new(auth);
+        assert!(matches!(
+            access.gate(auth, request("status"), ip()).await,
+            Gate::Close(_)
+        ));
+        let granted = access
+            .gate(auth, request(&format!("auth {token}")), ip())
+            .await;
+        assert!(matches!(granted, Gate::Answer(Ok(_))));
+        assert!(matches!(
+            access.gate(auth, request("status"), ip()).await,
+            Gate::Route(_)
+        ));
+        assert!(matches!(
+            access.gate(auth, request("help"), ip()).await,
+            Gate::Route(_)
+        ));
+        let denied = access.gate(auth, request("on"), ip()).await;
+        assert!(matches!(denied, Gate::Answer(Err(text)) if text.contains("permission denied")));
+        assert!(access.permits("status") && !access.permits("on"));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_token_closes_and_revokes() {
+        let (auth, token) = auth(&["*"]);
+        let auth = Some(&auth);
+        let mut access = Access::new(auth);
+        access
+            .gate(auth, request(&format!("auth {token}")), ip())
+            .await;
+        assert!(access.permits("anything"));
+        let wrong = access.gate(auth, request("auth nope"), ip()).await;
+        assert!(matches!(wrong, Gate::Close(text) if text == "invalid token"));
+        assert!(!access.permits("anything"));
+    }
+
+    #[tokio::test]
+    async fn without_tokens_everything_runs_and_auth_is_refused() {
+        let mut access = Access::new(None);
+        assert!(matches!(
+            access.gate(None, request("on"), ip()).await,
+            Gate::Route(_)
+        ));
+        let auth = access.gate(None, request("auth x"), ip()).await;
+        assert!(matches!(auth, Gate::Answer(Err(text)) if text.contains("not enabled")));
+    }
+
+    #[test]
+    fn failures_from_one_address_wait_longer_and_longer() {
+        let (auth, _) = auth(&["*"]);
+        let delays: Vec<Duration> = (0..4).map(|_| auth.record_failure(ip())).collect();
+        assert_eq!(delays[0], Duration::ZERO);
+        assert!(delays[1] > Duration::ZERO && delays[2] > delays[1] && delays[3] > delays[2]);
+        assert_eq!(
+            auth.record_failure("127.0.0.2".parse().unwrap()),
+            Duration::ZERO
+        );
+        assert_eq!(delay_after(100), MAX_DELAY);
+    }
+
+    #[test]
+    fn protected_mode_tells_loopback_from_the_rest() {
+        for ip in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in [
+            "10.0.0.1",
+            "192.168.1.20",
+            "0.0.0.0",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn new_tokens_are_printable_and_their_hash_verifies() {
+        let (token, sha256) = new_token().unwrap();
+        assert_eq!(token.len(), 64);
+        assert!(token.chars().all(|c| c.is_ascii_graphic()));
+        let settings = TokenSettings {
+            name: "t".into(),
+            sha256,
+            commands: vec!["*".into()],
+        };
+        let auth = Auth::new(&[settings]).unwrap().unwrap();
+        assert!(auth.verify(&token).is_some());
+        assert!(auth.verify("not it").is_none());
+    }
+}

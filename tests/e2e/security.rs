@@ -1,0 +1,335 @@
+//! A server safe to put on a network: slow and idle clients, per-address
+//! limits. Each test has a well-behaved client that must keep being served.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{Client, Server, Setup};
+
+fn onoff() -> Setup {
+    Setup::new().plugin("onoff", "onoff")
+}
+
+fn assert_served(server: &Server) {
+    assert_eq!(server.connect().request("on"), "success");
+}
+
+#[test]
+fn an_idle_connection_is_closed_with_a_reason_and_an_active_one_is_not() {
+    let server = onoff().config("idle_timeout_ms = 300").start();
+    let mut idle = server.connect();
+    let mut active = server.connect();
+    let started = Instant::now();
+    // Active: a command every 100 ms, for more than twice the idle limit.
+    while started.elapsed() < Duration::from_millis(800) {
+        assert_eq!(active.request("on"), "success");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        idle.reply().as_deref(),
+        Some("error: no complete message for 300ms, closing")
+    );
+    idle.expect_closed();
+    assert_eq!(active.request("on"), "success");
+}
+
+#[test]
+fn a_message_that_stalls_is_closed_while_others_are_served() {
+    let server = onoff()
+        .config("frame_timeout_ms = 300")
+        .config("idle_timeout_ms = 0")
+        .start();
+    let mut stalled = server.connect();
+    stalled.send(b"on<E");
+    let started = Instant::now();
+    assert_served(&server);
+    assert_eq!(
+        stalled.reply().as_deref(),
+        Some("error: message not completed within 300ms, closing")
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    stalled.expect_closed();
+}
+
+/// The frame timeout counts from a message's first byte, so a client that
+/// waits long between messages (no idle timeout) is not closed for it.
+#[test]
+fn the_two_timeouts_are_independent() {
+    let server = onoff()
+        .config("frame_timeout_ms = 200")
+        .config("idle_timeout_ms = 0")
+        .start();
+    let mut patient = server.connect();
+    assert_eq!(patient.request("on"), "success");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!patient.has_reply_ready(), "closed while idle");
+    assert_eq!(patient.request("on"), "success");
+}
+
+/// With only `max_connections` changed, one address holding every
+/// connection it can, idle or mid-message, leaves room for another: its
+/// default share is half.
+#[test]
+fn one_address_cannot_lock_out_another() {
+    let server = onoff().config("max_connections = 64").start();
+    let mut held = Vec::new();
+    loop {
+        let mut client = Client::connect_from("127.0.0.1", server.addr);
+        match client.request("on").as_str() {
+            "success" => {
+                if held.len() % 2 == 0 {
+                    client.send(b"on<E");
+                }
+                held.push(client);
+            }
+            "error: too many connections from your address" => break,
+            other => panic!("unexpected reply {other:?}"),
+        }
+        assert!(held.len() <= 64, "one address took every connection");
+    }
+    assert_eq!(held.len(), 32);
+    let mut other = Client::connect_from("127.0.0.2", server.addr);
+    assert_eq!(other.request("on"), "success");
+}
+
+/// Ordinary load: many connections from one loopback address, at the
+/// default limits.
+#[test]
+fn many_connections_from_one_address_are_served_by_default() {
+    let server = onoff().start();
+    let mut clients: Vec<Client> = (0..100).map(|_| server.connect()).collect();
+    for client in &mut clients {
+        assert_eq!(client.request("on"), "success");
+    }
+}
+
+/// A token made by `plugboard token`, as a user would: its first line is the
+/// token, the rest the config entry for it.
+fn new_token(commands: &[&str]) -> (String, String) {
+    let mut command = crate::support::plugboard();
+    command.args(["token", "--name", "panel"]);
+    for allowed in commands {
+        command.args(["--command", allowed]);
+    }
+    let output = command.output().expect("run plugboard token");
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (token, entry) = text.split_once('\n').unwrap();
+    (token.to_owned(), entry.to_owned())
+}
+
+fn with_token(commands: &[&str]) -> (Server, String) {
+    let (token, entry) = new_token(commands);
+    (onoff().tables(&entry).start(), token)
+}
+
+#[test]
+fn with_tokens_nothing_runs_before_auth() {
+    let (server, _) = with_token(&["*"]);
+    let mut client = server.connect();
+    assert_eq!(
+        client.request("on"),
+        "error: authentication required: send `auth <token>` first"
+    );
+    client.expect_closed();
+}
+
+#[test]
+fn a_wrong_token_is_refused_and_nothing_after_it_runs() {
+    let (server, _) = with_token(&["*"]);
+    let mut client = server.connect();
+    client.send(b"auth not-the-token<EOF>on<EOF>");
+    assert_eq!(client.reply().as_deref(), Some("error: invalid token"));
+    client.expect_closed();
+}
+
+#[test]
+fn a_token_runs_only_its_commands_and_help_lists_them() {
+    let (server, token) = with_token(&["status", "help"]);
+    let mut client = server.connect();
+    assert_eq!(client.request(&format!("auth {token}")), "success");
+    assert_eq!(client.request("status"), "off");
+    assert_eq!(
+        client.request("on"),
+        "error: permission denied: token 'panel' may not run 'on'"
+    );
+    // The connection stays usable after a denial.
+    assert_eq!(client.request("status"), "off");
+    let help = client.request("help");
+    assert!(help.starts_with("status (onoff): "), "{help}");
+    assert_eq!(help.lines().count(), 1, "{help}");
+}
+
+#[test]
+fn an_every_command_token_runs_everything_and_is_never_logged() {
+    let (server, token) = with_token(&[]);
+    let mut client = server.connect();
+    assert_eq!(client.request(&format!("auth {token}")), "success");
+    assert_eq!(client.request("on"), "success");
+    assert_eq!(client.request("status"), "on");
+    let mut wrong = server.connect();
+    assert_eq!(wrong.request("auth nope-nope"), "error: invalid token");
+    assert!(!server.log.text().contains(&token));
+    assert!(!server.log.text().contains("nope-nope"));
+}
+
+/// Failed attempts from one address are answered more and more slowly;
+/// the first is answered at once.
+#[test]
+fn repeated_failures_from_one_address_are_slowed_down() {
+    let (server, _) = with_token(&["*"]);
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let mut client = server.connect();
+        let started = Instant::now();
+        assert_eq!(client.request("auth wrong"), "error: invalid token");
+        waits.push(started.elapsed());
+    }
+    assert!(waits[2] >= Duration::from_millis(200), "{waits:?}");
+    let mut other = Client::connect_from("127.0.0.2", server.addr);
+    let started = Instant::now();
+    assert_eq!(other.request("auth wrong"), "error: invalid token");
+    assert!(
+        started.elapsed() < waits[2],
+        "another address is not slowed"
+    );
+}
+
+#[test]
+fn send_authenticates_with_a_token_from_the_flag_or_the_environment() {
+    let (server, token) = with_token(&["*"]);
+    let addr = server.addr.to_string();
+    let flag = crate::support::plugboard()
+        .args(["send", "--addr", &addr, "--token", &token, "on", "status"])
+        .output()
+        .unwrap();
+    assert!(flag.status.success(), "{flag:?}");
+    assert_eq!(String::from_utf8_lossy(&flag.stdout), "success\non\n");
+    let env = crate::support::plugboard()
+        .args(["send", "--addr", &addr, "status"])
+        .env("PLUGBOARD_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&env.stdout), "on\n");
+    let wrong = crate::support::plugboard()
+        .args(["send", "--addr", &addr, "--token", "wrong", "status"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("authentication failed: invalid token"),
+        "{stderr}"
+    );
+    assert!(wrong.stdout.is_empty());
+}
+
+/// A network namespace of the test's own, with loopback up and one
+/// non-loopback address on it: a client there connecting to that address
+/// comes from a non-loopback source, and no traffic leaves the namespace.
+struct Netns {
+    name: String,
+}
+
+const NETNS_ADDRESS: &str = "10.201.0.1";
+
+impl Netns {
+    /// `None` (and a note on stderr) where namespaces cannot be made.
+    fn new(tag: &str) -> Option<Self> {
+        let name = format!("pb-{}-{tag}", std::process::id());
+        let made = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|status| status.success());
+        if !made {
+            eprintln!("skipped: cannot create a network namespace (needs root and iproute2)");
+            return None;
+        }
+        let netns = Self { name };
+        netns.run(&["ip", "link", "set", "lo", "up"]);
+        netns.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{NETNS_ADDRESS}/32"),
+            "dev",
+            "lo",
+        ]);
+        Some(netns)
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    fn run(&self, args: &[&str]) {
+        let status = self.command(args[0]).args(&args[1..]).status().unwrap();
+        assert!(status.success(), "{args:?}");
+    }
+
+    /// Starts `setup` in the namespace, listening on every address.
+    fn serve(&self, setup: Setup) -> Server {
+        let name = self.name.clone();
+        setup.config("listen = \"0.0.0.0:0\"").start_with(move || {
+            let mut command = std::process::Command::new("ip");
+            command.args(["netns", "exec", &name, crate::support::plugboard_path()]);
+            command
+        })
+    }
+
+    /// `plugboard send` from inside the namespace to `host` on the server's port.
+    fn send(&self, server: &Server, host: &str, command: &str) -> String {
+        let addr = format!("{host}:{}", server.addr.port());
+        let output = self
+            .command(crate::support::plugboard_path())
+            .args(["send", "--addr", &addr, command])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .trim_end()
+            .to_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn protected_mode_serves_only_loopback_without_a_token() {
+    let Some(netns) = Netns::new("protected") else {
+        return;
+    };
+    let server = netns.serve(onoff());
+    assert!(
+        server
+            .log
+            .wait_for("protected mode serves only loopback")
+            .is_some()
+    );
+    assert!(server.log.wait_for("without TLS").is_some());
+    let refused = netns.send(&server, NETNS_ADDRESS, "on");
+    assert!(refused.starts_with("error: protected mode: "), "{refused}");
+    assert_eq!(netns.send(&server, "127.0.0.1", "on"), "success");
+}
+
+#[test]
+fn protected_mode_off_or_a_token_lets_other_addresses_in() {
+    let Some(netns) = Netns::new("open") else {
+        return;
+    };
+    let open = netns.serve(onoff().config("protected_mode = false"));
+    assert_eq!(netns.send(&open, NETNS_ADDRESS, "on"), "success");
+    drop(open);
+    let (_, entry) = new_token(&["*"]);
+    let guarded = netns.serve(onoff().tables(&entry));
+    assert_eq!(
+        netns.send(&guarded, NETNS_ADDRESS, "on"),
+        "error: authentication required: send `auth <token>` first"
+    );
+}
