@@ -10,7 +10,8 @@
 //!
 //! Prints figures; asserts nothing about time. `make bench` runs it (with the
 //! other benchmarks); `PLUGBOARD_BENCH_SECS` sets each run's length (default
-//! 3), `PLUGBOARD_BENCH_ONLY` one section (`native`, `languages`, `memory`).
+//! 3), `PLUGBOARD_BENCH_ONLY` one section (`native`, `languages`, `tls`,
+//! `memory`).
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -21,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use support::{Client, DELIMITER, Server, Setup};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 const WARMUP: Duration = Duration::from_millis(500);
 const SERVER_CORE: usize = 0;
@@ -125,6 +127,11 @@ fn start(setup: Setup, native: bool) -> Server {
 
 /// Runs `load` against `addr` from a thread pinned to the client core.
 fn run(addr: SocketAddr, load: Load, window: Duration) -> Figures {
+    run_over(addr, None, load, window)
+}
+
+/// Like [`run`], over TLS when given a connector.
+fn run_over(addr: SocketAddr, tls: Option<TlsConnector>, load: Load, window: Duration) -> Figures {
     std::thread::spawn(move || {
         if cores() > 1 {
             pin_to(CLIENT_CORE);
@@ -133,7 +140,7 @@ fn run(addr: SocketAddr, load: Load, window: Duration) -> Figures {
             .enable_all()
             .build()
             .unwrap();
-        runtime.block_on(generate(addr, load, window))
+        runtime.block_on(generate(addr, tls, load, window))
     })
     .join()
     .expect("load generator")
@@ -145,7 +152,12 @@ fn pin_to(core: usize) {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
 }
 
-async fn generate(addr: SocketAddr, load: Load, window: Duration) -> Figures {
+async fn generate(
+    addr: SocketAddr,
+    tls: Option<TlsConnector>,
+    load: Load,
+    window: Duration,
+) -> Figures {
     let start = Instant::now();
     let clock = Clock {
         measure_from: start + WARMUP,
@@ -153,11 +165,12 @@ async fn generate(addr: SocketAddr, load: Load, window: Duration) -> Figures {
     };
     let clients: Vec<_> = (0..load.connections)
         .map(|_| {
+            let tls = tls.clone();
             tokio::spawn(async move {
                 if load.reconnect {
                     reconnecting_client(addr, load.command, clock).await
                 } else {
-                    pipelining_client(addr, load, clock).await
+                    pipelining_client(addr, tls, load, clock).await
                 }
             })
         })
@@ -218,9 +231,29 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 /// Keeps `load.depth` commands in flight: writes a batch, reads its replies.
-async fn pipelining_client(addr: SocketAddr, load: Load, clock: Clock) -> Tally {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+async fn pipelining_client(
+    addr: SocketAddr,
+    tls: Option<TlsConnector>,
+    load: Load,
+    clock: Clock,
+) -> Tally {
+    let stream = TcpStream::connect(addr).await.expect("connect");
     stream.set_nodelay(true).unwrap();
+    match tls {
+        None => pipeline_over(stream, load, clock).await,
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let stream = tls.connect(name, stream).await.expect("TLS handshake");
+            pipeline_over(stream, load, clock).await
+        }
+    }
+}
+
+async fn pipeline_over(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    load: Load,
+    clock: Clock,
+) -> Tally {
     let batch = format!("{}<EOF>", load.command).repeat(load.depth);
     let mut tally = Tally::new();
     let mut received = Vec::with_capacity(64 << 10);
@@ -356,6 +389,70 @@ fn other_languages(window: Duration) {
     }
 }
 
+/// TLS against plain TCP, both plugboard serving `on` through onoff.
+fn tls_cost(window: Duration) {
+    let pki = tempfile::tempdir().unwrap();
+    let connector = make_pki(pki.path());
+    let tls_table = format!(
+        "[tls]\ncert = {:?}\nkey = {:?}",
+        pki.path().join("server.pem"),
+        pki.path().join("server.key")
+    );
+    let loads = [1, 16].map(|depth| Load {
+        connections: 64,
+        depth,
+        reconnect: false,
+        command: "on",
+    });
+    let plain: Vec<Figures> = {
+        let server = start(Setup::new().plugin("onoff", "onoff"), false);
+        loads
+            .iter()
+            .map(|load| run(server.addr, *load, window))
+            .collect()
+    };
+    let tls: Vec<Figures> = {
+        let setup = Setup::new().plugin("onoff", "onoff").tables(&tls_table);
+        let server = start(setup, false);
+        let over = |load: &Load| run_over(server.addr, Some(connector.clone()), *load, window);
+        loads.iter().map(over).collect()
+    };
+    for ((load, plain), tls) in loads.iter().zip(&plain).zip(&tls) {
+        println!("{} plain TCP {}", load.label(), plain.summary());
+        println!("{} TLS       {}", load.label(), tls.summary());
+        println!(
+            "{} TLS/plain  {:.2} of plain's commands/s, p99 {:.2}x plain's",
+            load.label(),
+            tls.per_sec() / plain.per_sec(),
+            tls.percentile_us(0.99) / plain.percentile_us(0.99),
+        );
+    }
+}
+
+/// A CA and a server certificate for 127.0.0.1 in `dir`; a client trusting the CA.
+fn make_pki(dir: &std::path::Path) -> TlsConnector {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(std::sync::Arc::new(config))
+}
+
 /// Resident memory of the server with many idle connections (each served
 /// one command first) and with many active ones.
 fn resident_memory(window: Duration) {
@@ -417,6 +514,9 @@ fn main() {
     }
     if run("languages") {
         other_languages(window);
+    }
+    if run("tls") {
+        tls_cost(window);
     }
     if run("memory") {
         resident_memory(window);

@@ -65,6 +65,8 @@ pub struct Config {
     pub protected_mode: bool,
     /// Tokens clients authenticate with, and what each may run.
     pub auth: AuthSettings,
+    /// Serve TLS (only) with this certificate; none by default.
+    pub tls: Option<TlsSettings>,
     /// Address of the Prometheus metrics endpoint (`GET /metrics`); none by default.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `text` (for people) or `json` (one object per line, for log shippers).
@@ -86,6 +88,18 @@ pub enum LogFormat {
 pub enum StateStore {
     Disk,
     Memory,
+}
+
+/// The `[tls]` table: PEM files, relative to the config file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The server's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate issued by one of these CAs.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The `[auth]` table.
@@ -196,6 +210,7 @@ impl Default for Config {
             max_keys_per_plugin: 10_000,
             protected_mode: true,
             auth: AuthSettings::default(),
+            tls: None,
             metrics_listen: None,
             log_format: LogFormat::Text,
             plugins: BTreeMap::new(),
@@ -231,7 +246,7 @@ impl Config {
         Ok(config)
     }
 
-    /// Makes every directory setting absolute, relative to `base`.
+    /// Makes every path setting absolute, relative to `base`.
     fn resolve_paths(&mut self, base: &Path) {
         for dir in [
             &mut self.plugin_dir,
@@ -239,6 +254,14 @@ impl Config {
             &mut self.state_dir,
         ] {
             *dir = base.join(&*dir);
+        }
+        if let Some(tls) = &mut self.tls {
+            for file in [&mut tls.cert, &mut tls.key] {
+                *file = base.join(&*file);
+            }
+            if let Some(ca) = &mut tls.client_ca {
+                *ca = base.join(&*ca);
+            }
         }
     }
 
@@ -332,6 +355,7 @@ impl Config {
                 max_keys_per_plugin,
                 protected_mode,
                 auth,
+                tls,
                 metrics_listen,
                 log_format,
             ]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use plugboard::cli::client::{ClientTls, Target};
 use plugboard::config::{Config, LogFormat};
 use plugboard::net::server::ServeOptions;
 use tokio::signal::unix::{SignalKind, signal};
@@ -54,6 +55,21 @@ enum Command {
         /// Authenticate with this token first (`plugboard token` makes one).
         #[arg(long, env = "PLUGBOARD_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Connect with TLS; the server's certificate must verify and name
+        /// the --addr host.
+        #[arg(long)]
+        tls: bool,
+        /// CA certificates (PEM) to verify the server with, instead of the
+        /// system's [implies --tls]
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Client certificate chain (PEM), for a server that requires one
+        /// [implies --tls]
+        #[arg(long, value_name = "FILE", requires = "key")]
+        cert: Option<PathBuf>,
+        /// The client certificate's private key (PEM)
+        #[arg(long, value_name = "FILE", requires = "cert")]
+        key: Option<PathBuf>,
         /// Commands to send, each one message (quote a command with arguments).
         commands: Vec<String>,
     },
@@ -152,9 +168,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send {
             addr,
             token,
+            tls,
+            ca,
+            cert,
+            key,
             commands,
         } => {
-            let target = plugboard::cli::client::Target { addr, token };
+            let identity = cert.as_deref().zip(key.as_deref());
+            let tls = (tls || ca.is_some() || identity.is_some())
+                .then(|| ClientTls::new(ca.as_deref(), identity))
+                .transpose()?;
+            let target = Target { addr, token, tls };
             plugboard::cli::client::send(&target, commands).await
         }
         Command::Token { name, commands } => {

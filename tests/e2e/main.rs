@@ -12,3 +12,4 @@ mod security;
 mod state;
 #[path = "../support/mod.rs"]
 mod support;
+mod tls;

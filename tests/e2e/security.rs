@@ -333,3 +333,124 @@ fn protected_mode_off_or_a_token_lets_other_addresses_in() {
         "error: authentication required: send `auth <token>` first"
     );
 }
+
+/// A small deterministic generator (xorshift64*), so a failure reproduces.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Bytes made of delimiters, pieces of them, commands, blanks, non-UTF-8
+    /// bytes and random bytes.
+    fn garbage(&mut self) -> Vec<u8> {
+        const PIECES: [&[u8]; 12] = [
+            b"<EOF>",
+            b"<E",
+            b"OF>",
+            b"on",
+            b"status",
+            b"toggle",
+            b" ",
+            b"\r\n",
+            b"\xff\xfe",
+            b"\0",
+            b"help",
+            b"auth x",
+        ];
+        let mut bytes = Vec::new();
+        for _ in 0..self.below(12) {
+            if self.below(4) == 0 {
+                let len = self.below(400) as usize;
+                bytes.extend((0..len).map(|_| self.next() as u8));
+            } else {
+                bytes.extend_from_slice(PIECES[self.below(PIECES.len() as u64) as usize]);
+            }
+        }
+        bytes
+    }
+}
+
+/// Random bytes, random splits and random disconnects from many clients at
+/// once (bounded: 8 x 40 connections), while a well-behaved client keeps
+/// getting exactly the right replies; the server is still there after.
+#[test]
+fn random_bytes_splits_and_disconnects_leave_others_served() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let server = onoff()
+        .config("max_frame_bytes = 256")
+        .config("frame_timeout_ms = 2000")
+        .start();
+    let done = Arc::new(AtomicBool::new(false));
+    let mut well_behaved = server.connect();
+    let checker = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut rounds = 0u32;
+            while !done.load(Ordering::Relaxed) || rounds < 10 {
+                assert_eq!(well_behaved.request("on"), "success");
+                assert_eq!(well_behaved.request("status"), "on");
+                assert_eq!(
+                    well_behaved.request("nope"),
+                    "error: unknown command 'nope'"
+                );
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let attackers: Vec<_> = (0..8u64)
+        .map(|seed| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (seed + 1));
+                for _ in 0..40 {
+                    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+                        continue;
+                    };
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                    for _ in 0..=rng.below(5) {
+                        let garbage = rng.garbage();
+                        // Split at a random point into two writes.
+                        let cut = rng.below(garbage.len() as u64 + 1) as usize;
+                        let _ = stream.write_all(&garbage[..cut]);
+                        let _ = stream.write_all(&garbage[cut..]);
+                    }
+                    match rng.below(3) {
+                        // Vanish with the server's replies unread.
+                        0 => drop(stream),
+                        // Finish politely and read everything back.
+                        1 => {
+                            let _ = stream.shutdown(std::net::Shutdown::Write);
+                            let _ = stream.read_to_end(&mut Vec::new());
+                        }
+                        // Read a little, then vanish.
+                        _ => {
+                            let _ = stream.read(&mut [0u8; 64]);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for attacker in attackers {
+        attacker.join().expect("attacker thread");
+    }
+    done.store(true, Ordering::Relaxed);
+    let rounds = checker
+        .join()
+        .expect("the well-behaved client was answered correctly");
+    assert!(rounds >= 10);
+    assert_served(&server);
+}

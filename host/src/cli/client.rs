@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, FramedRead, FramedWrite, LinesCodec};
 
 use crate::net::connection::Stream;
+pub use crate::net::tls::ClientTls;
 use crate::protocol::codec::{EofCodec, find_delimiter};
 use crate::protocol::reply::ERROR_PREFIX;
 
@@ -22,11 +23,13 @@ use crate::protocol::reply::ERROR_PREFIX;
 /// misbehaving peer that never sends a delimiter.
 const MAX_REPLY_BYTES: usize = 64 << 20;
 
-/// Where `send` connects, and how it authenticates.
+/// Where `send` connects, and how it secures and authenticates the connection.
 pub struct Target {
     pub addr: String,
     /// Sent as `auth <token>` before any command.
     pub token: Option<String>,
+    /// Connect with TLS, verifying the server's certificate.
+    pub tls: Option<ClientTls>,
 }
 
 /// Sends `commands`, or the lines of stdin when there are none (one command per
@@ -36,14 +39,31 @@ pub async fn send(target: &Target, commands: Vec<String>) -> anyhow::Result<Exit
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
-    let stream = match &target.token {
+    match &target.tls {
+        None => send_over(stream, target.token.as_deref(), commands).await,
+        Some(tls) => {
+            let stream = tls.connect(host_of(addr), stream).await?;
+            send_over(stream, target.token.as_deref(), commands).await
+        }
+    }
+}
+
+/// The host part of `host:port` (`[v6]:port` too): what the server's
+/// certificate must name.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+async fn send_over<S: Stream>(
+    stream: S,
+    token: Option<&str>,
+    commands: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let stream = match token {
         Some(token) => authenticate(stream, token).await?,
         None => stream,
     };
-    send_over(stream, commands).await
-}
-
-async fn send_over<S: Stream>(stream: S, commands: Vec<String>) -> anyhow::Result<ExitCode> {
     if !commands.is_empty() {
         return pipeline(stream, futures::stream::iter(commands.into_iter().map(Ok))).await;
     }

@@ -57,12 +57,22 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
 
 /// What every connection of a server is given.
-#[derive(Clone)]
 pub struct Settings {
     pub max_frame_bytes: usize,
     pub timeouts: Timeouts,
     /// The tokens, when clients must authenticate.
     pub auth: Option<Arc<Auth>>,
+}
+
+/// How long a TLS handshake may take when no frame timeout is set.
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Settings {
+    /// A TLS handshake is bytes that must arrive, like a message: it gets
+    /// the frame timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.timeouts.frame.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT)
+    }
 }
 
 pub struct Connection<S> {

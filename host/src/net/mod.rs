@@ -3,10 +3,11 @@
 //! a frame reads as: frame -> request -> (auth) -> route -> call -> reply.
 //! Beside them, each concern that joins the server in its own file: who may
 //! run what ([`auth`]), places per address ([`per_address`]), slow and idle
-//! clients ([`timeouts`]).
+//! clients ([`timeouts`]), encryption ([`tls`]).
 
 pub mod auth;
 pub mod connection;
 pub mod per_address;
 pub mod server;
 pub mod timeouts;
+pub mod tls;

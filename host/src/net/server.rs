@@ -24,6 +24,7 @@ use crate::net::auth::{self, Auth};
 use crate::net::connection::{self, Connection, Settings};
 use crate::net::per_address::{AddressPermit, PerAddress};
 use crate::net::timeouts::Timeouts;
+use crate::net::tls;
 use crate::plugin::Runtime;
 use crate::protocol::codec::DELIMITER;
 use crate::protocol::reply::Reply;
@@ -31,6 +32,7 @@ use crate::reload::PluginDir;
 use crate::reload::Reloader;
 use crate::router::Routes;
 use crate::telemetry::ConnectionMetrics;
+use tokio_rustls::TlsAcceptor;
 
 /// Longest pause between retries when `accept` keeps failing (e.g. out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -88,6 +90,7 @@ pub async fn serve(
     let reloading = tokio::spawn(reloader.run(shutdown.clone()));
 
     let auth = Auth::new(&config.auth.tokens)?;
+    let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let local = listener.local_addr()?;
     warn_if_exposed(local, &config, auth.is_some());
     // Tests and scripts using port 0 read the real address from this line,
@@ -101,11 +104,12 @@ pub async fn serve(
         refusals: Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS)),
         refusal_log: RefusalLog::default(),
         protected: config.protected_mode && auth.is_none(),
-        settings: Settings {
+        tls,
+        settings: Arc::new(Settings {
             max_frame_bytes: config.max_frame_bytes,
             timeouts: Timeouts::from_millis(config.idle_timeout_ms, config.frame_timeout_ms),
             auth,
-        },
+        }),
         metrics: Arc::new(ConnectionMetrics::register()),
         tracker: TaskTracker::new(),
         shutdown,
@@ -166,7 +170,9 @@ struct Listener {
     refusal_log: RefusalLog,
     /// Protected mode is in force: no tokens, and `protected_mode` on.
     protected: bool,
-    settings: Settings,
+    /// Set when the listener serves TLS (only).
+    tls: Option<TlsAcceptor>,
+    settings: Arc<Settings>,
     metrics: Arc<ConnectionMetrics>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -195,6 +201,58 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.open.decrement(1.0);
+    }
+}
+
+/// An admitted client, before its stream is ready: what its connection
+/// will need.
+struct Client {
+    peer: SocketAddr,
+    routes: Arc<Routes>,
+    settings: Arc<Settings>,
+    shutdown: CancellationToken,
+}
+
+impl Client {
+    async fn serve(self, stream: impl connection::Stream) {
+        Connection::new(
+            stream,
+            self.peer.ip(),
+            self.routes,
+            &self.settings,
+            self.shutdown,
+        )
+        .run()
+        .await;
+    }
+
+    async fn serve_tls(self, tls: TlsAcceptor, stream: TcpStream) {
+        let timeout = self.settings.handshake_timeout();
+        if let Some(stream) = handshake(&tls, stream, timeout).await {
+            self.serve(stream).await;
+        }
+    }
+}
+
+/// The server side of a TLS handshake, within `timeout`; `None` (counted,
+/// and logged at debug) if it fails or takes too long.
+async fn handshake(
+    tls: &TlsAcceptor,
+    stream: TcpStream,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(timeout, tls.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(err)) => {
+            crate::telemetry::closed_by("tls_handshake_failed");
+            tracing::debug!("TLS handshake failed: {err}");
+            None
+        }
+        Err(_) => {
+            crate::telemetry::closed_by("tls_handshake_timeout");
+            tracing::debug!("TLS handshake not completed within {timeout:?}");
+            None
+        }
     }
 }
 
@@ -280,17 +338,22 @@ impl Listener {
             if let Err(err) = stream.set_nodelay(true) {
                 tracing::debug!(%peer, "cannot set TCP_NODELAY: {err}");
             }
-            let connection = Connection::new(
-                stream,
-                peer.ip(),
-                self.routes.clone(),
-                &self.settings,
-                self.shutdown.clone(),
-            );
             let span = tracing::debug_span!("connection", %peer);
+            let client = Client {
+                peer,
+                routes: self.routes.clone(),
+                settings: self.settings.clone(),
+                shutdown: self.shutdown.clone(),
+            };
+            let tls = self.tls.clone();
             self.tracker.spawn(
                 async move {
-                    connection.run().await;
+                    match tls {
+                        None => client.serve(stream).await,
+                        // Boxed: a TLS session is large, and plain
+                        // connections should not carry its size.
+                        Some(tls) => Box::pin(client.serve_tls(tls, stream)).await,
+                    }
                     drop(slot);
                 }
                 .instrument(span),
@@ -317,25 +380,35 @@ impl Listener {
     }
 
     /// Tells a client it is not served, and why, then closes: in a task of
-    /// its own, as the reply is followed by a linger (see `connection.rs`).
-    /// At most [`MAX_LINGERING_REFUSALS`] linger at once, so that a flood of
-    /// refused clients cannot hold many sockets; beyond that the reply is one
-    /// non-blocking write into the fresh socket's empty buffer, then close.
+    /// its own, as the reply is followed by a linger (see `connection.rs`),
+    /// and on a TLS listener inside TLS, after the handshake. At most
+    /// [`MAX_LINGERING_REFUSALS`] are told at once, so that a flood of
+    /// refused clients cannot hold many sockets; beyond that a plain client
+    /// gets one non-blocking write into the fresh socket's empty buffer, a
+    /// TLS client just the close.
     fn refuse(&self, stream: TcpStream, reply: Reply) {
-        match self.refusals.clone().try_acquire_owned() {
-            Ok(permit) => {
-                self.tracker.spawn(async move {
-                    connection::refuse(stream, reply).await;
-                    drop(permit);
-                });
-            }
-            Err(_) => {
+        let Ok(permit) = self.refusals.clone().try_acquire_owned() else {
+            if self.tls.is_none() {
                 let wire = [reply.as_str().as_bytes(), DELIMITER].concat();
                 if let Err(err) = stream.try_write(&wire) {
                     tracing::debug!("cannot tell a refused client why: {err}");
                 }
             }
-        }
+            return;
+        };
+        let tls = self.tls.clone();
+        let handshake_timeout = self.settings.handshake_timeout();
+        self.tracker.spawn(async move {
+            match tls {
+                None => connection::refuse(stream, reply).await,
+                Some(tls) => {
+                    if let Some(stream) = handshake(&tls, stream, handshake_timeout).await {
+                        connection::refuse(stream, reply).await;
+                    }
+                }
+            }
+            drop(permit);
+        });
     }
 
     /// The next connection. Accept errors are usually transient (a client that

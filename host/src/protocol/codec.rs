@@ -253,6 +253,85 @@ mod tests {
         message
     }
 
+    /// How a byte stream ends, as the decoder reports it.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Outcome {
+        Frames(Vec<Vec<u8>>),
+        TooLarge,
+        Truncated,
+    }
+
+    fn outcome(result: Result<Vec<Vec<u8>>, FrameError>) -> Outcome {
+        match result {
+            Ok(frames) => Outcome::Frames(frames),
+            Err(FrameError::TooLarge) => Outcome::TooLarge,
+            Err(FrameError::Truncated) => Outcome::Truncated,
+            Err(FrameError::Io(err)) => panic!("no I/O here: {err}"),
+        }
+    }
+
+    /// The decoder's contract, written the obvious way over the whole
+    /// stream at once: frames up to the first one longer than `max` (or a
+    /// tail that is already longer than a frame and its delimiter could
+    /// be); a tail left at the end is an error unless it is blank.
+    fn reference(wire: &[u8], max: usize) -> Outcome {
+        let mut frames = Vec::new();
+        let mut rest = wire;
+        loop {
+            match find_delimiter(rest) {
+                Some(at) if at > max => return Outcome::TooLarge,
+                Some(at) => {
+                    frames.push(rest[..at].to_vec());
+                    rest = &rest[at + DELIMITER.len()..];
+                }
+                None if rest.len() >= max + DELIMITER.len() => return Outcome::TooLarge,
+                None if rest.iter().all(u8::is_ascii_whitespace) => {
+                    return Outcome::Frames(frames);
+                }
+                None => return Outcome::Truncated,
+            }
+        }
+    }
+
+    /// Bytes made of pieces, so that delimiters, pieces of them, runs of
+    /// text of every length and non-UTF-8 bytes all turn up often.
+    fn wire_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let pieces: Vec<&'static [u8]> = vec![
+            b"<EOF>",
+            b"<EOF>",
+            b"<E",
+            b"OF>",
+            b"<",
+            b">",
+            b"a",
+            b"abc",
+            b"abcdefgh",
+            b" ",
+            b"\n",
+            b"\xff",
+            b"\0",
+        ];
+        prop::collection::vec(prop::sample::select(pieces), 0..40)
+            .prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any bytes, cut into reads anywhere: the decoder never panics and
+        /// ends exactly as the whole-stream reference says.
+        #[test]
+        fn arbitrary_bytes_under_any_split_match_the_reference(
+            wire in wire_bytes(),
+            max in 1usize..24,
+            cuts in prop::collection::vec(any::<usize>(), 0..24),
+        ) {
+            let chunks = split_at_offsets(&wire, &cuts);
+            let chunk_refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+            prop_assert_eq!(outcome(decode_chunks(max, &chunk_refs)), reference(&wire, max));
+        }
+    }
+
     proptest! {
         /// However the stream is cut into reads, the same frames come out.
         #[test]

@@ -109,4 +109,34 @@ mod tests {
     fn invalid_utf8_is_an_error() {
         assert_eq!(Request::parse(b"on\xff"), Err(RequestError::InvalidUtf8));
     }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Any bytes at all: parsing never panics, and what it returns keeps
+        /// the promises the router and plugins rely on.
+        #[test]
+        fn any_frame_parses_or_says_why(frame in proptest::prop_oneof![
+            proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            "[ \t\r\na-z\u{a0}\u{3000}é<>]{0,32}".prop_map(String::into_bytes),
+            "\\PC{0,32}".prop_map(String::into_bytes),
+        ]) {
+            match (Request::parse(&frame), std::str::from_utf8(&frame)) {
+                (Ok(request), Ok(text)) => {
+                    let name = request.command.as_str();
+                    proptest::prop_assert!(!name.is_empty());
+                    proptest::prop_assert!(!name.contains(char::is_whitespace));
+                    proptest::prop_assert_eq!(request.raw_args.trim(), request.raw_args.as_str());
+                    let words: Vec<&str> = request.raw_args.split_whitespace().collect();
+                    proptest::prop_assert_eq!(&request.args, &words);
+                    proptest::prop_assert!(text.trim().starts_with(name));
+                }
+                (Err(RequestError::Empty), Ok(text)) => proptest::prop_assert!(text.trim().is_empty()),
+                (Err(RequestError::InvalidUtf8), Err(_)) => {}
+                (result, text) => proptest::prop_assert!(false, "{result:?} for {text:?}"),
+            }
+        }
+    }
 }
