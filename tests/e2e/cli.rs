@@ -3,33 +3,16 @@
 use std::io::Write;
 use std::process::{Output, Stdio};
 
-use crate::support::{Server, Setup, plugboard};
+use crate::support::{Server, Setup, plugboard, stderr, stdout};
 
 fn onoff() -> Server {
     Setup::new().plugin("onoff", "onoff").start()
 }
 
-fn send(server: &Server, commands: &[&str]) -> Output {
-    plugboard()
-        .args(["send", "--addr", &server.addr.to_string()])
-        .args(commands)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run plugboard send")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 #[test]
 fn send_prints_one_reply_per_command() {
     let server = onoff();
-    let output = send(&server, &["on", "off"]);
+    let output = server.send(&["on", "off"]);
     assert_eq!(stdout(&output), "success\nsuccess\n");
     assert!(output.status.success());
 }
@@ -37,7 +20,7 @@ fn send_prints_one_reply_per_command() {
 #[test]
 fn send_exits_non_zero_when_a_reply_is_an_error() {
     let server = onoff();
-    let output = send(&server, &["on", "dance"]);
+    let output = server.send(&["on", "dance"]);
     assert_eq!(stdout(&output), "success\nerror: unknown command 'dance'\n");
     assert!(!output.status.success());
 }
@@ -65,7 +48,7 @@ fn send_reads_commands_from_a_pipe() {
 #[test]
 fn send_refuses_a_command_containing_the_delimiter() {
     let server = onoff();
-    let output = send(&server, &["on<EOF>off"]);
+    let output = server.send(&["on<EOF>off"]);
     assert!(!output.status.success());
     assert!(
         stderr(&output).contains("cannot contain the delimiter"),

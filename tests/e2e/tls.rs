@@ -7,7 +7,7 @@ use std::process::Output;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
-use crate::support::{Server, Setup, plugboard};
+use crate::support::{Server, Setup, plugboard, stderr, stdout};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate it
 /// issued, and a client certificate from an unrelated CA; PEM files in `dir`.
@@ -75,31 +75,21 @@ fn onoff() -> Setup {
     Setup::new().plugin("onoff", "onoff")
 }
 
-fn send(server: &Server, args: &[&str]) -> Output {
-    let addr = server.addr.to_string();
-    plugboard()
-        .args(["send", "--addr", &addr])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+/// `send` over mutual TLS, presenting the certificate `identity` issued.
+fn send_as(server: &Server, pki: &Pki, identity: &str, commands: &[&str]) -> Output {
+    let ca = pki.arg("ca.pem");
+    let cert = pki.arg(&format!("{identity}.pem"));
+    let key = pki.arg(&format!("{identity}.key"));
+    let mut args = vec!["--ca", &ca, "--cert", &cert, "--key", &key];
+    args.extend_from_slice(commands);
+    server.send(&args)
 }
 
 #[test]
 fn send_over_tls_verifies_the_server_against_the_given_ca() {
     let pki = Pki::new();
     let server = pki.server(onoff(), false);
-    let ok = send(
-        &server,
-        &["--tls", "--ca", &pki.arg("ca.pem"), "on", "status"],
-    );
+    let ok = server.send(&["--tls", "--ca", &pki.arg("ca.pem"), "on", "status"]);
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert_eq!(stdout(&ok), "success\non\n");
 }
@@ -112,7 +102,7 @@ fn send_refuses_a_server_it_cannot_verify() {
         vec!["--ca", &pki.arg("other-ca.pem")[..], "on"],
         vec!["--tls", "on"],
     ] {
-        let refused = send(&server, &args);
+        let refused = server.send(&args);
         assert!(!refused.status.success(), "{args:?}");
         assert!(
             stderr(&refused).contains("TLS handshake"),
@@ -121,7 +111,7 @@ fn send_refuses_a_server_it_cannot_verify() {
         );
         assert!(refused.stdout.is_empty());
     }
-    let ok = send(&server, &["--ca", &pki.arg("ca.pem"), "status"]);
+    let ok = server.send(&["--ca", &pki.arg("ca.pem"), "status"]);
     assert_eq!(stdout(&ok), "off\n", "nothing ran: {}", stderr(&ok));
 }
 
@@ -140,7 +130,7 @@ fn a_plain_client_gets_nothing_it_could_take_for_a_reply() {
     let _ = plain.read_to_end(&mut received);
     let text = String::from_utf8_lossy(&received);
     assert!(!text.contains("<EOF>"), "{text:?}");
-    let ok = send(&server, &["--ca", &pki.arg("ca.pem"), "status"]);
+    let ok = server.send(&["--ca", &pki.arg("ca.pem"), "status"]);
     assert_eq!(stdout(&ok), "off\n", "the plain `on` did not run");
 }
 
@@ -149,36 +139,13 @@ fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     let pki = Pki::new();
     let server = pki.server(onoff(), true);
     let ca = pki.arg("ca.pem");
-    let without = send(&server, &["--ca", &ca, "on"]);
+    let without = server.send(&["--ca", &ca, "on"]);
     assert!(!without.status.success());
     assert!(without.stdout.is_empty(), "{}", stdout(&without));
-    let stranger = send(
-        &server,
-        &[
-            "--ca",
-            &ca,
-            "--cert",
-            &pki.arg("stranger.pem"),
-            "--key",
-            &pki.arg("stranger.key"),
-            "on",
-        ],
-    );
+    let stranger = send_as(&server, &pki, "stranger", &["on"]);
     assert!(!stranger.status.success());
     assert!(stranger.stdout.is_empty(), "{}", stdout(&stranger));
-    let client = send(
-        &server,
-        &[
-            "--ca",
-            &ca,
-            "--cert",
-            &pki.arg("client.pem"),
-            "--key",
-            &pki.arg("client.key"),
-            "on",
-            "status",
-        ],
-    );
+    let client = send_as(&server, &pki, "client", &["on", "status"]);
     assert!(client.status.success(), "{}", stderr(&client));
     assert_eq!(stdout(&client), "success\non\n");
 }
@@ -194,10 +161,10 @@ fn send_over_tls_with_a_token() {
     let (token, entry) = text.split_once('\n').unwrap();
     let server = pki.server(onoff().tables(entry), false);
     let ca = pki.arg("ca.pem");
-    let ok = send(&server, &["--ca", &ca, "--token", token, "on"]);
+    let ok = server.send(&["--ca", &ca, "--token", token, "on"]);
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert_eq!(stdout(&ok), "success\n");
-    let without = send(&server, &["--ca", &ca, "on"]);
+    let without = server.send(&["--ca", &ca, "on"]);
     assert_eq!(
         stdout(&without),
         "error: authentication required: send `auth <token>` first\n"
@@ -216,7 +183,7 @@ fn over_the_limit_a_tls_client_is_told_why_over_tls() {
     // one place while its handshake waits.
     let held = std::net::TcpStream::connect(server.addr).unwrap();
     let ca = pki.arg("ca.pem");
-    let refused = send(&server, &["--ca", &ca, "status"]);
+    let refused = server.send(&["--ca", &ca, "status"]);
     assert_eq!(stdout(&refused), "error: too many connections\n");
     drop(held);
 }
@@ -245,7 +212,7 @@ fn a_sec1_key_loads_too() {
     let key = std::fs::read_to_string(pki.path("server.key")).unwrap();
     assert!(key.starts_with("-----BEGIN EC PRIVATE KEY-----"), "{key}");
     let server = pki.server(onoff(), false);
-    let ok = send(&server, &["--ca", &pki.arg("ca.pem"), "on"]);
+    let ok = server.send(&["--ca", &pki.arg("ca.pem"), "on"]);
     assert_eq!(stdout(&ok), "success\n", "{}", stderr(&ok));
 }
 

@@ -63,6 +63,16 @@ pub fn built_plugin_bytes(name: &str) -> Vec<u8> {
     std::fs::read(built_plugin(name)).expect("read built plugin")
 }
 
+/// A command's standard output, as text.
+pub fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A command's standard error, as text.
+pub fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 pub fn plugboard() -> Command {
     Command::new(plugboard_path())
 }
@@ -353,6 +363,16 @@ impl Server {
 
     pub fn pid(&self) -> i32 {
         self.pid.as_raw()
+    }
+
+    /// Runs `plugboard send --addr <this server> ARGS...`, stdin closed.
+    pub fn send(&self, args: &[&str]) -> std::process::Output {
+        plugboard()
+            .args(["send", "--addr", &self.addr.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run plugboard send")
     }
 
     /// Resident memory of the server process, in MiB, from /proc.
