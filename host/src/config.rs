@@ -179,6 +179,10 @@ pub struct LimitSettings {
     pub max_reply_bytes: Option<usize>,
     /// Consecutive failed calls before a plugin is disabled (0: never).
     pub quarantine_after: Option<u32>,
+    /// Log lines a second a plugin may write (host.log, stdout, stderr).
+    pub max_log_lines_per_sec: Option<u32>,
+    /// Longest log line a plugin may write, in bytes; longer ones are cut.
+    pub max_log_line_bytes: Option<usize>,
 }
 
 /// wasm32's linear memory cannot exceed 4 GiB.
@@ -412,6 +416,8 @@ impl LimitSettings {
             max_memory_mib,
             max_reply_bytes,
             quarantine_after,
+            max_log_lines_per_sec,
+            max_log_line_bytes,
         } = self;
         let default = Limits::default();
         Limits {
@@ -427,6 +433,12 @@ impl LimitSettings {
             quarantine_after: quarantine_after
                 .or(fallback.quarantine_after)
                 .unwrap_or(default.quarantine_after),
+            max_log_lines_per_sec: max_log_lines_per_sec
+                .or(fallback.max_log_lines_per_sec)
+                .unwrap_or(default.max_log_lines_per_sec),
+            max_log_line_bytes: max_log_line_bytes
+                .or(fallback.max_log_line_bytes)
+                .unwrap_or(default.max_log_line_bytes),
         }
     }
 
@@ -436,7 +448,9 @@ impl LimitSettings {
             call_timeout_ms,
             max_memory_mib,
             max_reply_bytes,
-            quarantine_after: _, // any value is valid; 0 means never
+            quarantine_after: _,      // any value is valid; 0 means never
+            max_log_lines_per_sec: _, // 0 silences the plugin
+            max_log_line_bytes,
         } = self;
         ensure!(
             *call_timeout_ms != Some(0),
@@ -451,6 +465,10 @@ impl LimitSettings {
         ensure!(
             *max_reply_bytes != Some(0),
             "`{prefix}max_reply_bytes` must be at least 1"
+        );
+        ensure!(
+            max_log_line_bytes.is_none_or(|bytes| bytes >= 16),
+            "`{prefix}max_log_line_bytes` must be at least 16"
         );
         Ok(())
     }

@@ -123,15 +123,20 @@ enum Command {
 /// reader is its user.
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Dropped last, after the runtime: it flushes the log's last lines.
+    let mut log = None;
     // `serve` logs as its config says, once it has read it.
     if !matches!(cli.command, Command::Serve { .. }) {
-        init_logging(LogFormat::Text);
+        log = Some(init_logging(LogFormat::Text));
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => return fail(err.into()),
     };
-    runtime.block_on(run(cli)).unwrap_or_else(fail)
+    let code = runtime.block_on(run(cli, &mut log)).unwrap_or_else(fail);
+    drop(runtime);
+    drop(log);
+    code
 }
 
 fn fail(err: anyhow::Error) -> ExitCode {
@@ -139,7 +144,8 @@ fn fail(err: anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// `log` receives the log writer's guard when `serve` starts logging.
+async fn run(cli: Cli, log: &mut Option<LogGuard>) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve {
             config,
@@ -152,7 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 plugboard::router::native_baseline::enable();
             }
             let (config, config_path) = load_config(config)?;
-            init_logging(config.log_format);
+            *log = Some(init_logging(config.log_format));
             if config_path.is_none() {
                 tracing::info!("no {DEFAULT_CONFIG} here: using built-in defaults");
             }
@@ -248,16 +254,33 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     })
 }
 
+/// Keeps the log writer's thread running; dropping it flushes what is left.
+type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+
+/// Lines the log writer may hold before it drops new ones.
+const LOG_BUFFER_LINES: usize = 64 * 1024;
+
 /// Logs go to stderr (stdout is for `send`'s replies), filtered by RUST_LOG.
 /// JSON logs are one object per line, with the current span's fields (the
 /// connection's peer, the command's plugin and name) in each event.
-fn init_logging(format: LogFormat) {
+///
+/// Lines are handed to a writer thread: a worker never waits on a slow
+/// terminal or pipe. If the writer falls behind by [`LOG_BUFFER_LINES`],
+/// new lines are dropped rather than stall the server (plugins' own lines
+/// are rate-limited before that: see `plugin/log.rs`).
+fn init_logging(format: LogFormat) -> LogGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("plugboard-log")
+        .finish(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().with_span_list(false).init(),
     }
+    guard
 }

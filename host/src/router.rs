@@ -101,7 +101,7 @@ impl Router {
             false => Some(Instant::now()),
         };
         let answer = plugin.call(request, session).instrument(span.clone()).await;
-        let (reply, outcome) = reply_for(plugin.name(), command, answer);
+        let (reply, outcome) = reply_for(plugin.name(), command, answer, || plugin.may_warn());
         let elapsed = started.map(|started| started.elapsed());
         route.metrics.record(outcome, elapsed);
         if let Some(elapsed) = elapsed {
@@ -140,7 +140,13 @@ impl Router {
 }
 
 /// The reply to a plugin's answer, and how the call ended.
-fn reply_for(plugin: &str, command: &CommandName, answer: Answer) -> (Reply, Outcome) {
+/// `warn`: whether a failure may be logged, and how many were not before.
+fn reply_for(
+    plugin: &str,
+    command: &CommandName,
+    answer: Answer,
+    warn: impl FnOnce() -> Option<u64>,
+) -> (Reply, Outcome) {
     match answer {
         Answer::Reply(text) if Reply::is_frameable(&text) => (Reply::ok(text), Outcome::Ok),
         Answer::Refusal(text) if Reply::is_frameable(&text) => (Reply::error(text), Outcome::Error),
@@ -152,7 +158,9 @@ fn reply_for(plugin: &str, command: &CommandName, answer: Answer) -> (Reply, Out
             (reply, Outcome::Error)
         }
         Answer::Failure(err) => {
-            tracing::warn!(plugin, %command, "plugin call failed: {err}");
+            if let Some(unwritten) = warn() {
+                tracing::warn!(plugin, %command, unwritten, "plugin call failed: {err}");
+            }
             (failure_reply(plugin, &err), failure_outcome(&err))
         }
     }

@@ -26,6 +26,7 @@ const COMMAND_SECONDS: &str = "plugboard_command_duration_seconds";
 const RELOADS: &str = "plugboard_reloads_total";
 const PLUGIN_MEMORY: &str = "plugboard_plugin_memory_bytes";
 const QUARANTINES: &str = "plugboard_quarantines_total";
+const LOG_LINES_SUPPRESSED: &str = "plugboard_log_lines_suppressed_total";
 
 /// Command latency buckets, 10 us to 10 s: a warm Rust plugin answers in
 /// microseconds, a Python one in tens of them, a timeout takes seconds.
@@ -86,6 +87,10 @@ fn describe() {
         "Linear memory held by a plugin's live instances"
     );
     describe_counter!(QUARANTINES, "Times a plugin was disabled for failing");
+    describe_counter!(
+        LOG_LINES_SUPPRESSED,
+        "Log lines not written because their source was over its rate, by source"
+    );
 }
 
 /// Whether metrics are served, and so worth the cost of timing commands.
@@ -235,9 +240,112 @@ pub fn quarantined(plugin: &str) {
     metrics::counter!(QUARANTINES, "plugin" => plugin.to_owned()).increment(1);
 }
 
+/// A rate for log lines: up to `per_sec` lines a second, in bursts of as
+/// many, from one source (a plugin's output, the server's warnings about
+/// a plugin, refused connections). Lines over it are counted (a metric,
+/// labelled with the source) instead of written, and the next line written
+/// says how many were not: a flood costs a counter, not the log. During a
+/// long flood one line a second still gets through with that count, so the
+/// log says what is happening while it happens.
+pub struct LogBudget {
+    per_sec: u32,
+    state: std::sync::Mutex<BudgetState>,
+    suppressed: Counter,
+}
+
+struct BudgetState {
+    tokens: f64,
+    last: Instant,
+    last_written: Instant,
+    unwritten: u64,
+}
+
+/// During a flood, how often a line (with the count) still gets through.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What [`LogBudget::admit`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Write the line; this many lines were not written since the last one.
+    Write { unwritten_before: u64 },
+    /// Over the rate: counted, not written.
+    Suppress,
+}
+
+impl LogBudget {
+    /// `source` labels the suppressed-lines metric: a plugin's name, or a
+    /// fixed word for the server's own lines.
+    pub fn new(source: &str, per_sec: u32) -> Self {
+        Self {
+            per_sec,
+            state: std::sync::Mutex::new(BudgetState {
+                tokens: f64::from(per_sec),
+                last: Instant::now(),
+                last_written: Instant::now(),
+                unwritten: 0,
+            }),
+            suppressed: metrics::counter!(LOG_LINES_SUPPRESSED, "source" => source.to_owned()),
+        }
+    }
+
+    pub fn admit(&self) -> Admit {
+        let now = Instant::now();
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let refill = now.duration_since(state.last).as_secs_f64() * f64::from(self.per_sec);
+        state.tokens = (state.tokens + refill).min(f64::from(self.per_sec));
+        state.last = now;
+        let summary_due = state.unwritten > 0
+            && now.duration_since(state.last_written) >= SUMMARY_INTERVAL
+            && self.per_sec > 0;
+        if state.tokens >= 1.0 || summary_due {
+            state.tokens = (state.tokens - 1.0).max(0.0);
+            state.last_written = now;
+            Admit::Write {
+                unwritten_before: std::mem::take(&mut state.unwritten),
+            }
+        } else {
+            state.unwritten += 1;
+            self.suppressed.increment(1);
+            Admit::Suppress
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Outcome;
+    use super::{Admit, LogBudget, Outcome};
+
+    #[test]
+    fn a_budget_writes_its_rate_then_counts_what_it_does_not() {
+        let budget = LogBudget::new("test", 3);
+        for _ in 0..3 {
+            assert_eq!(
+                budget.admit(),
+                Admit::Write {
+                    unwritten_before: 0
+                }
+            );
+        }
+        for _ in 0..5 {
+            assert_eq!(budget.admit(), Admit::Suppress);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert_eq!(
+            budget.admit(),
+            Admit::Write {
+                unwritten_before: 5
+            }
+        );
+    }
+
+    #[test]
+    fn a_zero_rate_writes_nothing() {
+        let budget = LogBudget::new("test", 0);
+        assert_eq!(budget.admit(), Admit::Suppress);
+    }
 
     /// `CommandMetrics::record` indexes its counters by discriminant.
     #[test]

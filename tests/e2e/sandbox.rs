@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::{Client, Server, Setup};
 
@@ -79,7 +79,6 @@ fn sleeping_past_the_deadline_times_out() {
     );
 }
 
-/// Resident memory of the server process, from /proc.
 #[test]
 fn allocation_bomb_hits_the_memory_limit_and_host_memory_stays_bounded() {
     let server = hostile()
@@ -320,4 +319,112 @@ fn plugin_refusals_do_not_count_as_failures() {
         assert_eq!(client.request("fail no"), "error: no");
     }
     assert_eq!(client.request("echo still"), "still");
+}
+
+/// The flood lines a plugin got into the log (its lines are runs of `y`).
+fn flood_lines(server: &Server) -> Vec<String> {
+    server
+        .log
+        .text()
+        .lines()
+        .filter(|line| line.contains("yyyy"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Floods the log through `command` from four clients while a bystander is
+/// served; returns how long the flood took.
+fn flood(server: &Server, command: &str) -> Duration {
+    let started = Instant::now();
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = server.connect();
+            let command = command.to_owned();
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    assert_eq!(client.request(&command), "wrote 2000 lines");
+                }
+            })
+        })
+        .collect();
+    let mut bystander = server.connect();
+    while !flooders.iter().all(|f| f.is_finished()) {
+        assert_eq!(bystander.request("on"), "success");
+    }
+    for flooder in flooders {
+        flooder.join().expect("flooder");
+    }
+    started.elapsed()
+}
+
+/// 40 000 lines of 1 000 bytes through `host.log`, then through stderr: the
+/// log gets at most the plugin's rate (in bursts of as many), each line cut
+/// to its length limit, and a line saying how many were not written.
+#[test]
+fn log_floods_are_held_to_the_plugins_rate_and_line_length() {
+    for command in ["log-flood 2000 1000", "print-flood 2000 1000"] {
+        let server = hostile()
+            .plugin_config("hostile", "max_log_lines_per_sec = 20")
+            .plugin_config("hostile", "max_log_line_bytes = 100")
+            .start();
+        let took = flood(&server, command);
+        let lines = flood_lines(&server);
+        let allowed = 20.0 * (took.as_secs_f64() + 1.0) + 20.0;
+        assert!(
+            (lines.len() as f64) <= allowed,
+            "{command}: {} lines in {took:?}",
+            lines.len()
+        );
+        assert!(!lines.is_empty(), "{command}: nothing written at all");
+        for line in &lines {
+            let run = line.split(|c| c != 'y').map(str::len).max().unwrap_or(0);
+            assert!(run <= 100, "{command}: a line of {run} bytes");
+        }
+        // The next line the plugin gets into the log says how many did not.
+        let mut client = server.connect();
+        let deadline = Instant::now() + crate::support::TIMEOUT;
+        while server
+            .log
+            .count("log lines of this plugin were not written")
+            == 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{command}: no count of what was not written"
+            );
+            client.request("log-flood 1 10");
+        }
+    }
+}
+
+/// The server's own warning per failed call is held to a rate too.
+#[test]
+fn failed_call_warnings_do_not_flood_the_log() {
+    let server = hostile().config("max_reply_bytes = 1").start();
+    let mut client = server.connect();
+    let started = Instant::now();
+    for _ in 0..3000 {
+        assert!(client.request("huge-reply 10").contains("reply too large"));
+    }
+    let warnings = server.log.count("plugin call failed");
+    let allowed = 10.0 * (started.elapsed().as_secs_f64() + 1.0) + 10.0;
+    assert!((warnings as f64) <= allowed, "{warnings} warnings");
+    assert!(warnings >= 1);
+}
+
+/// A log nobody reads (a full stderr pipe) does not stall the server: its
+/// lines are dropped, and plugins and clients go on.
+#[test]
+fn an_unread_log_does_not_stall_the_server() {
+    let server = hostile()
+        .plugin_config("hostile", "max_log_lines_per_sec = 1000000")
+        .start();
+    server.log.pause();
+    let mut flooder = server.connect();
+    // 2 MB of log per call, far more than a pipe holds.
+    for _ in 0..5 {
+        assert_eq!(flooder.request("log-flood 2000 1000"), "wrote 2000 lines");
+    }
+    assert_eq!(server.connect().request("on"), "success");
+    server.log.resume();
 }

@@ -265,6 +265,9 @@ pub struct Log(Arc<(Mutex<LogState>, Condvar)>);
 struct LogState {
     text: String,
     closed: bool,
+    /// Stop consuming the server's stderr: the pipe fills, as with a log
+    /// nobody reads.
+    paused: bool,
 }
 
 impl Log {
@@ -276,6 +279,9 @@ impl Log {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let mut state = state.lock().unwrap();
+                while state.paused {
+                    state = changed.wait(state).unwrap();
+                }
                 state.text.push_str(&line);
                 state.text.push('\n');
                 changed.notify_all();
@@ -288,6 +294,17 @@ impl Log {
 
     pub fn count(&self, needle: &str) -> usize {
         count_lines(&self.text(), needle)
+    }
+
+    /// Stops reading the server's stderr until [`Log::resume`]: once the
+    /// pipe is full, every write the server makes to it would block.
+    pub fn pause(&self) {
+        self.0.0.lock().unwrap().paused = true;
+    }
+
+    pub fn resume(&self) {
+        self.0.0.lock().unwrap().paused = false;
+        self.0.1.notify_all();
     }
 
     pub fn text(&self) -> String {

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
@@ -31,7 +31,7 @@ use crate::protocol::reply::Reply;
 use crate::reload::PluginDir;
 use crate::reload::Reloader;
 use crate::router::Routes;
-use crate::telemetry::ConnectionMetrics;
+use crate::telemetry::{Admit, ConnectionMetrics, LogBudget};
 use tokio_rustls::TlsAcceptor;
 
 /// Longest pause between retries when `accept` keeps failing (e.g. out of file descriptors).
@@ -102,7 +102,9 @@ pub async fn serve(
         connections: Arc::new(Semaphore::new(config.max_connections)),
         per_address: PerAddress::new(config.max_connections_per_ip()),
         refusals: Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS)),
-        refusal_log: RefusalLog::default(),
+        // A flood of refused clients must not flood the log (the metric
+        // counts every one).
+        refusal_log: LogBudget::new("refused_connections", 1),
         protected: config.protected_mode && auth.is_none(),
         tls,
         settings: Arc::new(Settings {
@@ -167,7 +169,7 @@ struct Listener {
     per_address: Arc<PerAddress>,
     /// Refused clients being told why (see [`Listener::refuse`]).
     refusals: Arc<Semaphore>,
-    refusal_log: RefusalLog,
+    refusal_log: LogBudget,
     /// Protected mode is in force: no tokens, and `protected_mode` on.
     protected: bool,
     /// Set when the listener serves TLS (only).
@@ -287,39 +289,6 @@ impl Refusal {
     }
 }
 
-/// How often refusals are logged at most.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Refusals are logged at most once per [`REFUSAL_LOG_INTERVAL`], with how
-/// many were not: a flood of refused clients must not flood the log (the
-/// metric counts every one).
-#[derive(Default)]
-struct RefusalLog {
-    last: Option<Instant>,
-    unlogged: u64,
-}
-
-impl RefusalLog {
-    fn record(&mut self, peer: SocketAddr, refusal: Refusal) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_INTERVAL)
-        {
-            self.unlogged += 1;
-            return;
-        }
-        tracing::warn!(
-            %peer,
-            unlogged_since = self.unlogged,
-            "connection refused: {} reached",
-            refusal.reason()
-        );
-        self.last = Some(now);
-        self.unlogged = 0;
-    }
-}
-
 impl Listener {
     /// Accepts forever; only shutdown stops it.
     async fn accept_loop(&mut self) {
@@ -329,7 +298,14 @@ impl Listener {
                 Ok(slot) => slot,
                 Err(refusal) => {
                     crate::telemetry::rejected(refusal.reason());
-                    self.refusal_log.record(peer, refusal);
+                    if let Admit::Write { unwritten_before } = self.refusal_log.admit() {
+                        tracing::warn!(
+                            %peer,
+                            unlogged_since = unwritten_before,
+                            "connection refused: {} reached",
+                            refusal.reason()
+                        );
+                    }
                     self.refuse(stream, refusal.reply());
                     continue;
                 }

@@ -25,6 +25,11 @@ pub struct Limits {
     /// Consecutive failed calls (traps, timeouts, memory) before the plugin is
     /// disabled; 0 never disables it.
     pub quarantine_after: u32,
+    /// Lines a second the plugin may write to the host's log (`host.log`,
+    /// stdout and stderr together), in bursts of as many.
+    pub max_log_lines_per_sec: u32,
+    /// Longest log line kept; the rest of a longer one is cut off.
+    pub max_log_line_bytes: usize,
 }
 
 impl Default for Limits {
@@ -34,6 +39,8 @@ impl Default for Limits {
             max_memory_bytes: 64 << 20,
             max_reply_bytes: 1 << 20,
             quarantine_after: 5,
+            max_log_lines_per_sec: 100,
+            max_log_line_bytes: 4096,
         }
     }
 }

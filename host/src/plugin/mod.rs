@@ -16,6 +16,7 @@
 mod epoch;
 mod health;
 mod limits;
+mod log;
 mod runtime;
 mod sandbox;
 mod session;
@@ -29,11 +30,14 @@ use wasmtime::component::Component;
 
 use health::Health;
 pub use limits::Limits;
+use log::PluginLog;
 pub use runtime::{Runtime, RuntimeOptions};
+use sandbox::InstanceHandles;
 pub use session::{MAX_CALLS_PER_INSTANCE, Session};
 
 use crate::protocol::request::{CommandName, Request};
 use crate::store::Namespace;
+use crate::telemetry::{Admit, LogBudget};
 
 /// Host bindings generated from `wit/`: never hand-write lifting and lowering.
 mod bindings {
@@ -78,7 +82,12 @@ pub struct Plugin {
     id: u64,
     compiled: Arc<Compiled>,
     setup: Setup,
+    /// What the host hands each instance under this setup.
+    handles: InstanceHandles,
     health: Health,
+    /// The server's own warnings about this plugin (failed calls) have a
+    /// rate too: a plugin failing in a loop must not flood the log.
+    warnings: LogBudget,
 }
 
 /// What compiling and linking one version of a file produced, and the host
@@ -95,6 +104,9 @@ struct Compiled {
     memory: metrics::Gauge,
     runtime: Arc<Runtime>,
 }
+
+/// The server's warnings about one plugin, at most this many a second.
+const WARNINGS_PER_SEC: u32 = 10;
 
 /// How a call ended, as the router tells it apart: one match turns it into
 /// a reply.
@@ -161,6 +173,26 @@ impl CallError {
     }
 }
 
+/// What the host hands each instance of plugin `name` under `setup`: a
+/// new log budget, the plugin's namespace and memory gauge.
+fn instance_handles(
+    name: &Arc<str>,
+    kv: &Arc<Namespace>,
+    memory: &metrics::Gauge,
+    setup: &Setup,
+) -> InstanceHandles {
+    let limits = &setup.limits;
+    InstanceHandles {
+        kv: kv.clone(),
+        memory: memory.clone(),
+        log: Arc::new(PluginLog::new(
+            name.clone(),
+            limits.max_log_lines_per_sec,
+            limits.max_log_line_bytes,
+        )),
+    }
+}
+
 fn next_plugin_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -224,7 +256,8 @@ impl Plugin {
             bindings::PluginPre::new(instance_pre).map_err(|err| LoadError::Link(err.into()))?;
 
         let memory = crate::telemetry::plugin_memory(&name);
-        let mut store = runtime.new_store(name.clone(), &setup, kv.clone(), memory.clone());
+        let handles = instance_handles(&name, &kv, &memory, &setup);
+        let mut store = runtime.new_store(&handles, &setup);
         let call = async {
             let instance = pre.instantiate_async(&mut store).await?;
             instance.call_commands(&mut store).await
@@ -255,8 +288,10 @@ impl Plugin {
         };
         Ok(Self {
             id: next_plugin_id(),
+            warnings: LogBudget::new(&compiled.name, WARNINGS_PER_SEC),
             compiled: Arc::new(compiled),
             setup,
+            handles,
             health: Health::default(),
         })
     }
@@ -280,11 +315,24 @@ impl Plugin {
     /// The same compiled plugin set up anew, with a clean record (a config
     /// reload is a fresh start, as a new file is).
     pub fn with_setup(&self, setup: Setup) -> Self {
+        let compiled = &self.compiled;
+        let handles = instance_handles(&compiled.name, &compiled.kv, &compiled.memory, &setup);
         Self {
             id: next_plugin_id(),
-            compiled: self.compiled.clone(),
+            compiled: compiled.clone(),
             setup,
+            handles,
             health: Health::default(),
+            warnings: LogBudget::new(&compiled.name, WARNINGS_PER_SEC),
+        }
+    }
+
+    /// Whether the server may write a warning about this plugin now, and
+    /// how many it did not write since the last (see [`LogBudget`]).
+    pub fn may_warn(&self) -> Option<u64> {
+        match self.warnings.admit() {
+            Admit::Write { unwritten_before } => Some(unwritten_before),
+            Admit::Suppress => None,
         }
     }
 
@@ -375,13 +423,7 @@ impl Plugin {
     }
 
     fn new_store(&self) -> wasmtime::Store<sandbox::Sandbox> {
-        let compiled = &*self.compiled;
-        compiled.runtime.new_store(
-            compiled.name.clone(),
-            &self.setup,
-            compiled.kv.clone(),
-            compiled.memory.clone(),
-        )
+        self.compiled.runtime.new_store(&self.handles, &self.setup)
     }
 }
 

@@ -16,8 +16,8 @@ use wasmtime::{
 use super::Setup;
 use super::bindings;
 use super::epoch::EpochTicker;
-use super::sandbox::Sandbox;
-use crate::store::{Namespace, Store as KvStore};
+use super::sandbox::{InstanceHandles, Sandbox};
+use crate::store::Store as KvStore;
 
 /// Shared by every loaded plugin: compiling and instantiating need the same engine.
 pub struct Runtime {
@@ -126,17 +126,11 @@ impl Runtime {
         &self.linker
     }
 
-    /// A store for one instance of `plugin` as `setup` says, its linear
-    /// memory counted in `memory`, set to yield at every epoch tick.
-    pub fn new_store(
-        &self,
-        plugin: Arc<str>,
-        setup: &Setup,
-        kv: Arc<Namespace>,
-        memory: metrics::Gauge,
-    ) -> Store<Sandbox> {
+    /// A store for one instance of a plugin, with the host's `handles` for
+    /// it, as `setup` says; set to yield at every epoch tick.
+    pub fn new_store(&self, handles: &InstanceHandles, setup: &Setup) -> Store<Sandbox> {
         let ticking = self.ticker.as_ref().map(EpochTicker::keep_ticking);
-        let sandbox = Sandbox::new(plugin, setup, kv, memory, ticking);
+        let sandbox = Sandbox::new(handles, setup, ticking);
         let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limiter);
         self.arm_deadline(&mut store);

@@ -6,26 +6,35 @@
 //! (no preopens), no sockets, no name lookups, no environment, no arguments, an
 //! empty stdin. Clocks and randomness stay available; plugins need them and
 //! they reach nothing outside the process. Whatever a plugin prints goes to the
-//! host's log, tagged with the plugin's name, one event per line.
+//! host's log (see `log.rs`).
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use tokio::io::AsyncWrite;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Setup;
 use super::bindings::plugboard::plugin::{config, host, kv, types};
 use super::epoch::TickingGuard;
 use super::limits::MemoryLimiter;
+use super::log::{PluginLog, PluginOutput};
 use crate::store::{KvError, Namespace};
+
+/// What the host hands every instance of one plugin (with one setup):
+/// shared by all of them.
+#[derive(Clone)]
+pub struct InstanceHandles {
+    /// Its key-value namespace.
+    pub kv: Arc<Namespace>,
+    /// The gauge of its instances' memory: looked up once, not per instance.
+    pub memory: metrics::Gauge,
+    /// Its lines in the host's log.
+    pub log: Arc<PluginLog>,
+}
 
 /// The data of one plugin instance's `Store`.
 pub struct Sandbox {
-    plugin: Arc<str>,
+    log: Arc<PluginLog>,
     wasi: WasiCtx,
     table: ResourceTable,
     pub limiter: MemoryLimiter,
@@ -38,27 +47,21 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    pub fn new(
-        plugin: Arc<str>,
-        setup: &Setup,
-        kv: Arc<Namespace>,
-        memory_gauge: metrics::Gauge,
-        ticking: Option<TickingGuard>,
-    ) -> Self {
+    pub fn new(handles: &InstanceHandles, setup: &Setup, ticking: Option<TickingGuard>) -> Self {
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .stdout(PluginOutput::new(&plugin, "stdout"))
-            .stderr(PluginOutput::new(&plugin, "stderr"))
+            .stdout(PluginOutput::new(&handles.log, "stdout"))
+            .stderr(PluginOutput::new(&handles.log, "stderr"))
             .build();
         Self {
-            plugin,
+            log: handles.log.clone(),
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter::new(setup.limits.max_memory_bytes, memory_gauge),
+            limiter: MemoryLimiter::new(setup.limits.max_memory_bytes, handles.memory.clone()),
             config: setup.config.clone(),
-            kv,
+            kv: handles.kv.clone(),
             _ticking: ticking,
         }
     }
@@ -77,14 +80,7 @@ impl types::Host for Sandbox {}
 
 impl host::Host for Sandbox {
     fn log(&mut self, level: host::Level, message: String) {
-        let plugin = &*self.plugin;
-        match level {
-            host::Level::Trace => tracing::trace!(plugin, "{message}"),
-            host::Level::Debug => tracing::debug!(plugin, "{message}"),
-            host::Level::Info => tracing::info!(plugin, "{message}"),
-            host::Level::Warn => tracing::warn!(plugin, "{message}"),
-            host::Level::Error => tracing::error!(plugin, "{message}"),
-        }
+        self.log.write(level, None, &message);
     }
 }
 
@@ -155,98 +151,5 @@ impl kv::Host for Sandbox {
             kv.compare_and_swap(&key, expected.as_deref(), &new)
         })
         .await
-    }
-}
-
-/// A plugin's stdout or stderr, forwarded line by line to the host's log.
-struct PluginOutput {
-    plugin: Arc<str>,
-    stream: &'static str,
-}
-
-impl PluginOutput {
-    fn new(plugin: &Arc<str>, stream: &'static str) -> Self {
-        Self {
-            plugin: plugin.clone(),
-            stream,
-        }
-    }
-}
-
-impl IsTerminal for PluginOutput {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for PluginOutput {
-    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(LineLogger {
-            plugin: self.plugin.clone(),
-            stream: self.stream,
-            pending: Vec::new(),
-        })
-    }
-}
-
-/// Longest line kept before it is logged in pieces: a plugin that prints
-/// without newlines must not grow host memory.
-const MAX_LINE_BYTES: usize = 4096;
-
-struct LineLogger {
-    plugin: Arc<str>,
-    stream: &'static str,
-    pending: Vec<u8>,
-}
-
-impl LineLogger {
-    fn emit(&self, line: &[u8]) {
-        let line = String::from_utf8_lossy(line);
-        tracing::info!(
-            plugin = &*self.plugin,
-            stream = self.stream,
-            "{}",
-            line.trim_end()
-        );
-    }
-
-    fn emit_complete_lines(&mut self) {
-        while let Some(newline) = self.pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.pending.drain(..=newline).collect();
-            self.emit(&line);
-        }
-        if self.pending.len() >= MAX_LINE_BYTES {
-            let pending = std::mem::take(&mut self.pending);
-            self.emit(&pending);
-        }
-    }
-}
-
-impl AsyncWrite for LineLogger {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.pending.extend_from_slice(buf);
-        self.emit_complete_lines();
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl Drop for LineLogger {
-    /// Output without a final newline is still logged when the instance ends.
-    fn drop(&mut self) {
-        if !self.pending.is_empty() {
-            self.emit(&self.pending);
-        }
     }
 }

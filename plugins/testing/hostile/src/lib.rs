@@ -25,6 +25,11 @@ impl Plugin for Hostile {
         Command::new("connect", "Try to open a TCP connection to an address"),
         Command::new("remember", "Keep the argument in the instance's memory"),
         Command::new("recall", "Reply with what `remember` kept in this instance"),
+        Command::new(
+            "log-flood",
+            "Write LINES lines of BYTES bytes with host.log",
+        ),
+        Command::new("print-flood", "Print LINES lines of BYTES bytes on stderr"),
     ];
 
     fn handle(request: Request) -> Result<String, String> {
@@ -59,8 +64,29 @@ impl Plugin for Hostile {
                 Ok("remembered".into())
             }
             "recall" => Ok(MEMORY.with(|m| m.borrow().clone())),
+            "log-flood" | "print-flood" => {
+                let [lines, bytes] = numbers(&request.args)?;
+                let line = "y".repeat(bytes);
+                for _ in 0..lines {
+                    if request.command == "log-flood" {
+                        plugboard_plugin::log::info(&line);
+                    } else {
+                        eprintln!("{line}");
+                    }
+                }
+                Ok(format!("wrote {lines} lines"))
+            }
             other => Err(format!("unexpected command '{other}'")),
         }
+    }
+}
+
+/// The two numbers a flood command takes.
+fn numbers(args: &[String]) -> Result<[usize; 2], String> {
+    let parse = |arg: Option<&String>| arg.and_then(|a| a.parse().ok());
+    match (parse(args.first()), parse(args.get(1))) {
+        (Some(lines), Some(bytes)) => Ok([lines, bytes]),
+        _ => Err("takes LINES BYTES".into()),
     }
 }
 
