@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use serde::Deserialize;
 
-use crate::plugin::{Limits, RuntimeOptions, Setup};
+use crate::plugin::{Limits, MAX_QUARANTINE_AFTER, RuntimeOptions, Setup};
 use crate::store::{KvLimits, Store};
 
 /// `config.toml`, field by field. Every field has a default; see the README's
@@ -177,7 +177,8 @@ pub struct LimitSettings {
     pub max_memory_mib: Option<u64>,
     /// Longest reply a plugin may send, in bytes.
     pub max_reply_bytes: Option<usize>,
-    /// Consecutive failed calls before a plugin is disabled (0: never).
+    /// Failed calls among a plugin's last 4 x this many (at most 64) that
+    /// disable it (0: never).
     pub quarantine_after: Option<u32>,
     /// Log lines a second a plugin may write (host.log, stdout, stderr).
     pub max_log_lines_per_sec: Option<u32>,
@@ -448,7 +449,7 @@ impl LimitSettings {
             call_timeout_ms,
             max_memory_mib,
             max_reply_bytes,
-            quarantine_after: _,      // any value is valid; 0 means never
+            quarantine_after,
             max_log_lines_per_sec: _, // 0 silences the plugin
             max_log_line_bytes,
         } = self;
@@ -465,6 +466,10 @@ impl LimitSettings {
         ensure!(
             *max_reply_bytes != Some(0),
             "`{prefix}max_reply_bytes` must be at least 1"
+        );
+        ensure!(
+            quarantine_after.is_none_or(|n| n <= MAX_QUARANTINE_AFTER),
+            "`{prefix}quarantine_after` must be at most {MAX_QUARANTINE_AFTER} (0: never)"
         );
         ensure!(
             max_log_line_bytes.is_none_or(|bytes| bytes >= 16),

@@ -298,14 +298,54 @@ fn crash_loop_disables_the_plugin_and_only_it() {
         .start();
     let mut client = server.connect();
     assert_eq!(client.request("panic"), "error: plugin 'echo' failed");
-    // A success in between resets the count.
+    // A success in between does not reset the count: failures are counted
+    // among the last 4 x quarantine_after calls.
     assert_eq!(client.request("echo ok"), "ok");
-    for _ in 0..3 {
+    for _ in 0..2 {
         assert_eq!(client.request("panic"), "error: plugin 'echo' failed");
     }
     assert_eq!(client.request("echo ok"), "error: plugin 'echo' disabled");
     assert!(server.log.wait_for("plugin disabled").is_some());
     assert_eq!(client.request("on"), "success");
+}
+
+/// One success in every five calls used to keep a mostly failing plugin
+/// serving for ever.
+#[test]
+fn interleaved_successes_do_not_hide_a_plugin_that_mostly_fails() {
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .config("quarantine_after = 5")
+        .start();
+    let mut client = server.connect();
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        for _ in 0..4 {
+            replies.push(client.request("panic"));
+        }
+        replies.push(client.request("echo ok"));
+    }
+    assert!(
+        replies.contains(&"error: plugin 'echo' disabled".to_owned()),
+        "{replies:?}"
+    );
+    assert_eq!(client.request("echo ok"), "error: plugin 'echo' disabled");
+}
+
+#[test]
+fn sighup_revives_a_quarantined_plugin() {
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .config("quarantine_after = 1")
+        .start();
+    let mut client = server.connect();
+    assert_eq!(client.request("panic"), "error: plugin 'echo' failed");
+    assert_eq!(client.request("echo x"), "error: plugin 'echo' disabled");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = Instant::now() + crate::support::TIMEOUT;
+    while client.request("echo x") != "x" {
+        assert!(Instant::now() < deadline, "not revived by SIGHUP");
+    }
 }
 
 #[test]

@@ -180,3 +180,43 @@ fn plugins_built_against_the_previous_contract_still_load() {
     assert_eq!(client.request("legacy"), "legacy ok");
     assert_eq!(client.request("on"), "success");
 }
+
+/// Many clients writing to the disk store queue for its lock and syncs; a
+/// plugin whose writes wait in that queue is not timed out (nor counted
+/// towards its quarantine) for the host's slowness.
+#[test]
+fn waiting_on_the_store_does_not_time_out_a_plugin() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .plugin("onoff", "onoff")
+        .plugin_config("onoff", "call_timeout_ms = 10")
+        .start();
+    let done = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..64)
+        .map(|n| {
+            let mut client = server.connect();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    assert_eq!(client.request(&format!("kv-set k{n} v")), "stored");
+                }
+            })
+        })
+        .collect();
+    let mut innocent = server.connect();
+    let replies: Vec<String> = (0..100).map(|_| innocent.request("toggle")).collect();
+    done.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+    let failed: Vec<&String> = replies.iter().filter(|r| r.starts_with("error")).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 100 failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}

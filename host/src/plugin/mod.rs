@@ -15,6 +15,7 @@
 
 mod epoch;
 mod health;
+mod host_wait;
 mod limits;
 mod log;
 mod runtime;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use wasmtime::component::Component;
 
 use health::Health;
+pub use health::MAX_WINDOW as MAX_QUARANTINE_AFTER;
 pub use limits::Limits;
 use log::PluginLog;
 pub use runtime::{Runtime, RuntimeOptions};
@@ -327,6 +329,11 @@ impl Plugin {
         }
     }
 
+    /// Whether the plugin is quarantined (see `health.rs`).
+    pub fn is_disabled(&self) -> bool {
+        self.health.is_disabled()
+    }
+
     /// Whether the server may write a warning about this plugin now, and
     /// how many it did not write since the last (see [`LogBudget`]).
     pub fn may_warn(&self) -> Option<u64> {
@@ -378,6 +385,8 @@ impl Plugin {
             None => (self.new_store(), None, 0),
         };
         self.compiled.runtime.arm_deadline(&mut store);
+        let host_wait = store.data().host_wait.clone();
+        host_wait.reset();
         // Boxed: wasmtime's call futures are kilobytes, and unboxed they would
         // be part of every connection task, busy or idle.
         let call = Box::pin(async {
@@ -390,19 +399,20 @@ impl Plugin {
         });
         // The call yields at every epoch tick, so the deadline also interrupts
         // wasm that never returns; dropping the call drops its instance.
-        let result = tokio::time::timeout(self.setup.limits.call_timeout, call).await;
+        let timeout = self.setup.limits.call_timeout;
+        let result = host_wait::within_deadline(call, timeout, &host_wait).await;
         let (instance, reply) = match result {
-            Err(_elapsed) => return Err(CallError::TimedOut(self.setup.limits.call_timeout)),
-            Ok(Err(err)) if err.is::<wasmtime::PoolConcurrencyLimitError>() => {
+            None => return Err(CallError::TimedOut(timeout)),
+            Some(Err(err)) if err.is::<wasmtime::PoolConcurrencyLimitError>() => {
                 return Err(CallError::Busy);
             }
-            Ok(Err(_)) if store.data().limiter.exceeded => {
+            Some(Err(_)) if store.data().limiter.exceeded => {
                 return Err(CallError::OutOfMemory {
                     limit_bytes: self.setup.limits.max_memory_bytes,
                 });
             }
-            Ok(Err(err)) => return Err(CallError::Trapped(err.into())),
-            Ok(Ok(returned)) => returned,
+            Some(Err(err)) => return Err(CallError::Trapped(err.into())),
+            Some(Ok(returned)) => returned,
         };
         let len = match &reply {
             Ok(text) | Err(text) => text.len(),

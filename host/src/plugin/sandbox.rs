@@ -16,6 +16,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::Setup;
 use super::bindings::plugboard::plugin::{config, host, kv, types};
 use super::epoch::TickingGuard;
+use super::host_wait::HostWait;
 use super::limits::MemoryLimiter;
 use super::log::{PluginLog, PluginOutput};
 use crate::store::{KvError, Namespace};
@@ -35,6 +36,8 @@ pub struct InstanceHandles {
 /// The data of one plugin instance's `Store`.
 pub struct Sandbox {
     log: Arc<PluginLog>,
+    /// Time the current call waited on the store (see `host_wait.rs`).
+    pub host_wait: HostWait,
     wasi: WasiCtx,
     table: ResourceTable,
     pub limiter: MemoryLimiter,
@@ -57,6 +60,7 @@ impl Sandbox {
             .build();
         Self {
             log: handles.log.clone(),
+            host_wait: HostWait::default(),
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(setup.limits.max_memory_bytes, handles.memory.clone()),
@@ -91,15 +95,18 @@ impl config::Host for Sandbox {
 }
 
 /// Runs a write and converts its error for the guest. Writes to a backend
-/// whose writes block (a disk sync) go to the blocking pool; in-memory writes
-/// take about a microsecond and run inline, where a thread hop would cost far
+/// whose writes block (a disk sync) go to the blocking pool, and the time is
+/// the host's, not the plugin's (see `host_wait.rs`); in-memory writes take
+/// about a microsecond and run inline, where a thread hop would cost far
 /// more than the operation.
 async fn write<T: Send + 'static>(
     kv: &Arc<Namespace>,
+    host_wait: &HostWait,
     operation: impl FnOnce(&Namespace) -> Result<T, KvError> + Send + 'static,
 ) -> Result<T, kv::Error> {
     let result = if kv.writes_block() {
         let kv = kv.clone();
+        let _waiting = host_wait.begin();
         tokio::task::spawn_blocking(move || operation(&kv))
             .await
             .unwrap_or_else(|join| Err(KvError::Storage(join.to_string())))
@@ -126,11 +133,11 @@ impl kv::Host for Sandbox {
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::Error> {
-        write(&self.kv, move |kv| kv.set(&key, &value)).await
+        write(&self.kv, &self.host_wait, move |kv| kv.set(&key, &value)).await
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, kv::Error> {
-        write(&self.kv, move |kv| kv.delete(&key)).await
+        write(&self.kv, &self.host_wait, move |kv| kv.delete(&key)).await
     }
 
     fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, kv::Error> {
@@ -138,7 +145,10 @@ impl kv::Host for Sandbox {
     }
 
     async fn increment(&mut self, key: String, delta: i64) -> Result<i64, kv::Error> {
-        write(&self.kv, move |kv| kv.increment(&key, delta)).await
+        write(&self.kv, &self.host_wait, move |kv| {
+            kv.increment(&key, delta)
+        })
+        .await
     }
 
     async fn compare_and_swap(
@@ -147,7 +157,7 @@ impl kv::Host for Sandbox {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> Result<bool, kv::Error> {
-        write(&self.kv, move |kv| {
+        write(&self.kv, &self.host_wait, move |kv| {
             kv.compare_and_swap(&key, expected.as_deref(), &new)
         })
         .await

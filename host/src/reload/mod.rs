@@ -163,9 +163,10 @@ impl Reloader {
         }
         let config = &self.config;
         let limits_changed = self.plugins.apply_limits(&|name| config.setup_for(name));
+        let revived = self.plugins.revive_quarantined();
         tracing::info!("config reloaded");
         self.rescan().await;
-        if limits_changed {
+        if limits_changed || revived {
             self.publish();
         }
     }

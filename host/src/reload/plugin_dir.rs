@@ -211,6 +211,24 @@ impl PluginDir {
         changed
     }
 
+    /// Gives quarantined plugins a clean record (SIGHUP's promise): the
+    /// operator has looked, and the plugin gets another chance. Returns
+    /// whether any was revived.
+    pub fn revive_quarantined(&mut self) -> bool {
+        let mut revived = false;
+        for loaded in self.files.values_mut() {
+            let Some(plugin) = &loaded.plugin else {
+                continue;
+            };
+            if plugin.is_disabled() {
+                tracing::info!(plugin = plugin.name(), "SIGHUP: quarantined plugin revived");
+                loaded.plugin = Some(Arc::new(plugin.with_setup(plugin.setup().clone())));
+                revived = true;
+            }
+        }
+        revived
+    }
+
     /// The routing table for the plugins serving now, in file-name order.
     pub fn router(&self) -> Router {
         Router::new(
