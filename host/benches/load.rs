@@ -11,7 +11,7 @@
 //! Prints figures; asserts nothing about time. `make bench` runs it (with the
 //! other benchmarks); `PLUGBOARD_BENCH_SECS` sets each run's length (default
 //! 3), `PLUGBOARD_BENCH_ONLY` one section (`native`, `languages`, `tls`,
-//! `memory`).
+//! `cpu`, `memory`).
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -389,6 +389,55 @@ fn other_languages(window: Duration) {
     }
 }
 
+/// Another plugin's `on` (1 x 1) while 256 connections loop in CPU-bound
+/// calls of one plugin (`burn 20`: 20 million iterations, about 10 ms of
+/// one core each), with the default
+/// CPU share (`max_concurrent_calls`) and with so large a share that there
+/// is none, as before it existed.
+fn cpu_shares(window: Duration) {
+    let shares = [
+        ("default share", None),
+        ("no share", Some("max_concurrent_calls = 100000")),
+    ];
+    for (label, share) in shares {
+        let mut setup = Setup::new()
+            .plugin("onoff", "onoff")
+            .plugin("testing_hostile", "hostile")
+            .plugin_config("hostile", "call_timeout_ms = 60000");
+        if let Some(share) = share {
+            setup = setup.plugin_config("hostile", share);
+        }
+        let server = start(setup, false);
+        let addr = server.addr;
+        let hogs = Load {
+            connections: 256,
+            depth: 1,
+            reconnect: false,
+            command: "burn 20",
+        };
+        let hogging = std::thread::spawn(move || run(addr, hogs, window + WARMUP * 2));
+        std::thread::sleep(WARMUP);
+        let bystander = Load {
+            connections: 1,
+            depth: 1,
+            reconnect: false,
+            command: "on",
+        };
+        let figures = run(addr, bystander, window);
+        let hogged = hogging.join().expect("hogs");
+        println!(
+            "{} {label:<14} bystander {}",
+            bystander.label(),
+            figures.summary()
+        );
+        println!(
+            "{} {label:<14} hogs      {}",
+            hogs.label(),
+            hogged.summary()
+        );
+    }
+}
+
 /// TLS against plain TCP, both plugboard serving `on` through onoff.
 fn tls_cost(window: Duration) {
     let pki = tempfile::tempdir().unwrap();
@@ -517,6 +566,9 @@ fn main() {
     }
     if run("tls") {
         tls_cost(window);
+    }
+    if run("cpu") {
+        cpu_shares(window);
     }
     if run("memory") {
         resident_memory(window);

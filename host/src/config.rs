@@ -184,6 +184,8 @@ pub struct LimitSettings {
     pub max_log_lines_per_sec: Option<u32>,
     /// Longest log line a plugin may write, in bytes; longer ones are cut.
     pub max_log_line_bytes: Option<usize>,
+    /// Calls of one plugin that may run at once [default: twice the cores].
+    pub max_concurrent_calls: Option<u32>,
 }
 
 /// wasm32's linear memory cannot exceed 4 GiB.
@@ -419,6 +421,7 @@ impl LimitSettings {
             quarantine_after,
             max_log_lines_per_sec,
             max_log_line_bytes,
+            max_concurrent_calls,
         } = self;
         let default = Limits::default();
         Limits {
@@ -440,6 +443,9 @@ impl LimitSettings {
             max_log_line_bytes: max_log_line_bytes
                 .or(fallback.max_log_line_bytes)
                 .unwrap_or(default.max_log_line_bytes),
+            max_concurrent_calls: max_concurrent_calls
+                .or(fallback.max_concurrent_calls)
+                .unwrap_or(default.max_concurrent_calls),
         }
     }
 
@@ -452,6 +458,7 @@ impl LimitSettings {
             quarantine_after,
             max_log_lines_per_sec: _, // 0 silences the plugin
             max_log_line_bytes,
+            max_concurrent_calls,
         } = self;
         ensure!(
             *call_timeout_ms != Some(0),
@@ -470,6 +477,10 @@ impl LimitSettings {
         ensure!(
             quarantine_after.is_none_or(|n| n <= MAX_QUARANTINE_AFTER),
             "`{prefix}quarantine_after` must be at most {MAX_QUARANTINE_AFTER} (0: never)"
+        );
+        ensure!(
+            *max_concurrent_calls != Some(0),
+            "`{prefix}max_concurrent_calls` must be at least 1"
         );
         ensure!(
             max_log_line_bytes.is_none_or(|bytes| bytes >= 16),

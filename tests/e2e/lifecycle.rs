@@ -36,6 +36,8 @@ fn a_slow_plugin_call_does_not_stall_other_clients() {
     let server = Setup::new()
         .plugin("testing_echo", "echo")
         .config("call_timeout_ms = 10000")
+        // A sleeping call holds one of its plugin's places: room for all.
+        .plugin_config("echo", "max_concurrent_calls = 16")
         .start();
     // More sleepers than the machine has cores: if a call pinned a runtime
     // thread, the quick client below would queue behind them.

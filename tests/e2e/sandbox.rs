@@ -45,6 +45,28 @@ fn infinite_loop_times_out_without_stalling_others() {
     }
 }
 
+/// With one place, a second call of the plugin waits for it while the
+/// first spins; another plugin is served meanwhile.
+#[test]
+fn calls_beyond_a_plugins_cpu_share_wait_and_others_are_served() {
+    let server = hostile()
+        .plugin_config("hostile", "max_concurrent_calls = 1")
+        .plugin_config("hostile", "call_timeout_ms = 5000")
+        .start();
+    let mut spinner = server.connect();
+    spinner.send(b"spin 600<EOF>");
+    assert!(server.log.wait_for("spin: started").is_some());
+    let mut waiter = server.connect();
+    let started = Instant::now();
+    waiter.send(b"recall<EOF>");
+    others_are_served_meanwhile(&server, std::slice::from_mut(&mut waiter));
+    assert_eq!(spinner.reply().unwrap(), "spun 600");
+    // `recall` is instant: it waited for the spinner's place.
+    assert_eq!(waiter.reply().unwrap(), "");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+}
+
 #[test]
 fn per_plugin_timeout_overrides_the_default() {
     let server = hostile()

@@ -30,6 +30,8 @@ pub struct Limits {
     pub max_log_lines_per_sec: u32,
     /// Longest log line kept; the rest of a longer one is cut off.
     pub max_log_line_bytes: usize,
+    /// Calls of the plugin that may run at once; more wait their turn.
+    pub max_concurrent_calls: u32,
 }
 
 impl Default for Limits {
@@ -41,6 +43,7 @@ impl Default for Limits {
             quarantine_after: 5,
             max_log_lines_per_sec: 100,
             max_log_line_bytes: 4096,
+            max_concurrent_calls: super::cpu_share::default_max_concurrent_calls(),
         }
     }
 }

@@ -13,6 +13,7 @@
 //! is loaded again: a crash loop costs one error reply, not an instance and a
 //! trap per command.
 
+mod cpu_share;
 mod epoch;
 mod health;
 mod host_wait;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use wasmtime::component::Component;
 
+use cpu_share::CpuShare;
 use health::Health;
 pub use health::MAX_WINDOW as MAX_QUARANTINE_AFTER;
 pub use limits::Limits;
@@ -86,6 +88,8 @@ pub struct Plugin {
     setup: Setup,
     /// What the host hands each instance under this setup.
     handles: InstanceHandles,
+    /// How many of its calls may run at once.
+    cpu: CpuShare,
     health: Health,
     /// The server's own warnings about this plugin (failed calls) have a
     /// rate too: a plugin failing in a loop must not flood the log.
@@ -292,6 +296,7 @@ impl Plugin {
             id: next_plugin_id(),
             warnings: LogBudget::new(&compiled.name, WARNINGS_PER_SEC),
             compiled: Arc::new(compiled),
+            cpu: CpuShare::new(setup.limits.max_concurrent_calls),
             setup,
             handles,
             health: Health::default(),
@@ -322,6 +327,7 @@ impl Plugin {
         Self {
             id: next_plugin_id(),
             compiled: compiled.clone(),
+            cpu: CpuShare::new(setup.limits.max_concurrent_calls),
             setup,
             handles,
             health: Health::default(),
@@ -390,6 +396,7 @@ impl Plugin {
         // Boxed: wasmtime's call futures are kilobytes, and unboxed they would
         // be part of every connection task, busy or idle.
         let call = Box::pin(async {
+            store.data_mut().running.start(&self.cpu).await;
             let instance = match warm_instance {
                 Some(instance) => instance,
                 None => self.compiled.pre.instantiate_async(&mut store).await?,
@@ -423,6 +430,7 @@ impl Plugin {
                 limit: self.setup.limits.max_reply_bytes,
             });
         }
+        store.data_mut().running.finish();
         session.keep(session::Warm {
             plugin_id: self.id,
             store,

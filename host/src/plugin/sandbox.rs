@@ -15,6 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Setup;
 use super::bindings::plugboard::plugin::{config, host, kv, types};
+use super::cpu_share::Running;
 use super::epoch::TickingGuard;
 use super::host_wait::HostWait;
 use super::limits::MemoryLimiter;
@@ -38,6 +39,8 @@ pub struct Sandbox {
     log: Arc<PluginLog>,
     /// Time the current call waited on the store (see `host_wait.rs`).
     pub host_wait: HostWait,
+    /// The current call's place among the plugin's running calls.
+    pub running: Running,
     wasi: WasiCtx,
     table: ResourceTable,
     pub limiter: MemoryLimiter,
@@ -61,6 +64,7 @@ impl Sandbox {
         Self {
             log: handles.log.clone(),
             host_wait: HostWait::default(),
+            running: Running::default(),
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(setup.limits.max_memory_bytes, handles.memory.clone()),
@@ -96,20 +100,27 @@ impl config::Host for Sandbox {
 
 /// Runs a write and converts its error for the guest. Writes to a backend
 /// whose writes block (a disk sync) go to the blocking pool, and the time is
-/// the host's, not the plugin's (see `host_wait.rs`); in-memory writes take
-/// about a microsecond and run inline, where a thread hop would cost far
-/// more than the operation.
+/// the host's, not the plugin's (see `host_wait.rs`), so the call gives its
+/// CPU place up meanwhile (`cpu_share.rs`); in-memory writes take about a
+/// microsecond and run inline, where a thread hop would cost far more than
+/// the operation.
 async fn write<T: Send + 'static>(
     kv: &Arc<Namespace>,
     host_wait: &HostWait,
+    running: &mut Running,
     operation: impl FnOnce(&Namespace) -> Result<T, KvError> + Send + 'static,
 ) -> Result<T, kv::Error> {
     let result = if kv.writes_block() {
         let kv = kv.clone();
-        let _waiting = host_wait.begin();
-        tokio::task::spawn_blocking(move || operation(&kv))
-            .await
-            .unwrap_or_else(|join| Err(KvError::Storage(join.to_string())))
+        running.pause();
+        let result = {
+            let _waiting = host_wait.begin();
+            tokio::task::spawn_blocking(move || operation(&kv))
+                .await
+                .unwrap_or_else(|join| Err(KvError::Storage(join.to_string())))
+        };
+        running.resume().await;
+        result
     } else {
         operation(kv)
     };
@@ -133,11 +144,17 @@ impl kv::Host for Sandbox {
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::Error> {
-        write(&self.kv, &self.host_wait, move |kv| kv.set(&key, &value)).await
+        write(&self.kv, &self.host_wait, &mut self.running, move |kv| {
+            kv.set(&key, &value)
+        })
+        .await
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, kv::Error> {
-        write(&self.kv, &self.host_wait, move |kv| kv.delete(&key)).await
+        write(&self.kv, &self.host_wait, &mut self.running, move |kv| {
+            kv.delete(&key)
+        })
+        .await
     }
 
     fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, kv::Error> {
@@ -145,7 +162,7 @@ impl kv::Host for Sandbox {
     }
 
     async fn increment(&mut self, key: String, delta: i64) -> Result<i64, kv::Error> {
-        write(&self.kv, &self.host_wait, move |kv| {
+        write(&self.kv, &self.host_wait, &mut self.running, move |kv| {
             kv.increment(&key, delta)
         })
         .await
@@ -157,7 +174,7 @@ impl kv::Host for Sandbox {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> Result<bool, kv::Error> {
-        write(&self.kv, &self.host_wait, move |kv| {
+        write(&self.kv, &self.host_wait, &mut self.running, move |kv| {
             kv.compare_and_swap(&key, expected.as_deref(), &new)
         })
         .await

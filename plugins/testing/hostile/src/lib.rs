@@ -16,7 +16,8 @@ thread_local! {
 
 impl Plugin for Hostile {
     const COMMANDS: &'static [Command] = &[
-        Command::new("spin", "Loop forever"),
+        Command::new("spin", "Loop forever, or for N milliseconds"),
+        Command::new("burn", "Do N million iterations of work, then reply"),
         Command::new("alloc-bomb", "Allocate memory without bound"),
         Command::new("recurse", "Recurse without bound"),
         Command::new("depth", "Recurse N levels deep, then reply"),
@@ -34,7 +35,25 @@ impl Plugin for Hostile {
 
     fn handle(request: Request) -> Result<String, String> {
         match request.command.as_str() {
-            "spin" => spin(),
+            "spin" if request.raw_args.is_empty() => spin(),
+            "burn" => {
+                let millions: u64 = request
+                    .raw_args
+                    .parse()
+                    .map_err(|_| "burn takes a number")?;
+                let mut n: u64 = 0;
+                for _ in 0..millions * 1_000_000 {
+                    n = black_box(n.wrapping_add(1));
+                }
+                Ok(format!("burnt {millions}"))
+            }
+            "spin" => {
+                let ms: u64 = request
+                    .raw_args
+                    .parse()
+                    .map_err(|_| "spin takes a number")?;
+                spin_for(std::time::Duration::from_millis(ms))
+            }
             "alloc-bomb" => alloc_bomb(),
             "recurse" => Ok(recurse(black_box(1)).to_string()),
             "depth" => {
@@ -81,6 +100,16 @@ impl Plugin for Hostile {
     }
 }
 
+fn spin_for(time: std::time::Duration) -> Result<String, String> {
+    plugboard_plugin::log::info("spin: started");
+    let started = std::time::Instant::now();
+    let mut n: u64 = 0;
+    while started.elapsed() < time {
+        n = black_box(n.wrapping_add(1));
+    }
+    Ok(format!("spun {}", time.as_millis()))
+}
+
 /// The two numbers a flood command takes.
 fn numbers(args: &[String]) -> Result<[usize; 2], String> {
     let parse = |arg: Option<&String>| arg.and_then(|a| a.parse().ok());
@@ -91,6 +120,8 @@ fn numbers(args: &[String]) -> Result<[usize; 2], String> {
 }
 
 fn spin() -> ! {
+    // Tests wait for this line to know the call is running.
+    plugboard_plugin::log::info("spin: started");
     let mut n: u64 = 0;
     loop {
         n = black_box(n.wrapping_add(1));
