@@ -506,9 +506,12 @@ fn make_pki(dir: &std::path::Path) -> TlsConnector {
 /// one command first) and with many active ones.
 fn resident_memory(window: Duration) {
     let max_connections = format!("max_connections = {}", IDLE_CONNECTIONS + 64);
+    // Every connection comes from 127.0.0.1: one address may hold them all.
+    let per_address = format!("max_connections_per_ip = {}", IDLE_CONNECTIONS + 64);
     let setup = Setup::new()
         .plugin("onoff", "onoff")
-        .config(&max_connections);
+        .config(&max_connections)
+        .config(&per_address);
     let server = start(setup, false);
     println!(
         "resident memory, started:                  {:>6.1} MiB",

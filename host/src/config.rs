@@ -51,6 +51,9 @@ pub struct Config {
     pub limits: LimitSettings,
     /// Stack one plugin call may use, in KiB. Engine-wide: no per-plugin override.
     pub max_stack_kib: usize,
+    /// Memory all plugin instances may hold together, in MiB; by default
+    /// half of the machine's.
+    pub max_total_memory_mib: Option<u64>,
     /// Where plugins' key-value state is kept on disk. Relative to the config file.
     pub state_dir: PathBuf,
     /// `disk` (durable, in `state_dir`) or `memory` (lost at exit).
@@ -210,6 +213,7 @@ impl Default for Config {
             cache_dir: "plugboard-cache".into(),
             limits: LimitSettings::default(),
             max_stack_kib: RuntimeOptions::default().max_wasm_stack_bytes >> 10,
+            max_total_memory_mib: None,
             state_dir: "plugboard-state".into(),
             state_store: StateStore::Disk,
             max_key_bytes: 256,
@@ -282,6 +286,10 @@ impl Config {
             "`max_connections` must be at least 1"
         );
         ensure!(
+            self.max_total_memory_mib != Some(0),
+            "`max_total_memory_mib` must be at least 1"
+        );
+        ensure!(
             self.max_connections_per_ip != Some(0),
             "`max_connections_per_ip` must be at least 1"
         );
@@ -323,6 +331,11 @@ impl Config {
             max_concurrent_calls: self.max_connections,
             max_wasm_stack_bytes: self.max_stack_kib << 10,
             cache_dir: self.compile_cache.then(|| self.cache_dir.clone()),
+            max_total_memory_bytes: self
+                .max_total_memory_mib
+                .map_or_else(crate::plugin::default_total_memory_bytes, |mib| {
+                    (mib as usize).saturating_mul(1 << 20)
+                }),
             ..RuntimeOptions::default()
         }
     }
@@ -355,6 +368,7 @@ impl Config {
                 compile_cache,
                 cache_dir,
                 max_stack_kib,
+                max_total_memory_mib,
                 state_dir,
                 state_store,
                 max_key_bytes,

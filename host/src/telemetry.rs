@@ -153,10 +153,12 @@ pub enum Outcome {
     Disabled,
     /// No instance slot was free.
     Busy,
+    /// The server's memory budget was taken.
+    MemoryBudget,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 10] = [
+    const ALL: [Outcome; 11] = [
         Self::Ok,
         Self::Error,
         Self::Unknown,
@@ -167,6 +169,7 @@ impl Outcome {
         Self::ReplyTooLarge,
         Self::Disabled,
         Self::Busy,
+        Self::MemoryBudget,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -181,6 +184,7 @@ impl Outcome {
             Self::ReplyTooLarge => "reply_too_large",
             Self::Disabled => "disabled",
             Self::Busy => "busy",
+            Self::MemoryBudget => "memory_budget",
         }
     }
 }

@@ -54,3 +54,25 @@ fn javascript_text_plugin_is_served() {
     );
     assert_eq!(client.request("on"), "success");
 }
+
+/// Every client the server allows, all calling the Python plugin at once
+/// (each instance holds 14 core instances), is served: none is told the
+/// server is busy.
+#[test]
+fn every_allowed_client_of_the_python_plugin_is_served_at_once() {
+    let server = Setup::new()
+        .guest("stats", "stats")
+        .config("max_connections = 64")
+        .config("max_connections_per_ip = 64")
+        .start();
+    let mut clients: Vec<_> = (0..64).map(|_| server.connect()).collect();
+    for _ in 0..3 {
+        for client in &mut clients {
+            client.send(b"stats 1 2 3<EOF>");
+        }
+        for client in &mut clients {
+            let reply = client.reply().expect("a reply");
+            assert!(reply.starts_with("count=3 mean=2"), "{reply}");
+        }
+    }
+}

@@ -490,3 +490,93 @@ fn an_unread_log_does_not_stall_the_server() {
     assert_eq!(server.connect().request("on"), "success");
     server.log.resume();
 }
+
+/// A plugin serving `command` with eight memories (the most an instance may
+/// have), seven of them growing by `pages` (64 KiB) per call.
+fn many_memories_named(command: &str, pages: u32) -> Vec<u8> {
+    use crate::support::components::{Handle, component};
+    component(&[command], Handle::GrowExtraMemories { memories: 7, pages })
+}
+
+fn many_memories(pages: u32) -> Vec<u8> {
+    many_memories_named("grow", pages)
+}
+
+/// `max_memory_mib` is the whole instance's: seven memories of 2.5 MiB are
+/// refused under 16 MiB, seven of 1.25 MiB are not.
+#[test]
+fn the_memory_limit_is_the_instances_not_each_memorys() {
+    let server = Setup::new()
+        .plugin("onoff", "onoff")
+        .file("small.wasm", &many_memories(20))
+        .file("large.wasm", &many_memories_named("grow-large", 40))
+        .config("max_memory_mib = 16")
+        .start();
+    let mut client = server.connect();
+    assert_eq!(client.request("grow"), "grown");
+    assert_eq!(
+        client.request("grow-large"),
+        "error: plugin 'large' exceeded its memory limit"
+    );
+    assert_eq!(client.request("on"), "success");
+}
+
+/// All instances together stay within `max_total_memory_mib`: past it the
+/// call that cannot get memory is told so, other plugins go on, and memory
+/// given back is usable again.
+#[test]
+fn the_server_memory_budget_bounds_all_instances() {
+    // 7 memories x 40 pages: 17.5 MiB an instance, kept warm by its connection.
+    let hog = many_memories_named("hold", 40);
+    let server = Setup::new()
+        .plugin("onoff", "onoff")
+        .file("hog.wasm", &hog)
+        .config("max_total_memory_mib = 48")
+        .start();
+    let mut first = server.connect();
+    let mut second = server.connect();
+    assert_eq!(first.request("hold"), "grown");
+    assert_eq!(second.request("hold"), "grown");
+    let mut third = server.connect();
+    assert_eq!(
+        third.request("hold"),
+        "error: server memory budget reached, try again"
+    );
+    assert_eq!(server.connect().request("on"), "success");
+    drop(first);
+    let deadline = Instant::now() + crate::support::TIMEOUT;
+    while third.request("hold") != "grown" {
+        assert!(Instant::now() < deadline, "the budget was not given back");
+    }
+}
+
+/// A component over the per-instance ceiling is refused at load with the
+/// limit named, and the rest of the plugins load.
+#[test]
+fn a_plugin_over_the_instance_ceiling_is_refused_at_load() {
+    use crate::support::components::{Handle, component};
+    let nine = component(
+        &["nine"],
+        Handle::GrowExtraMemories {
+            memories: 8,
+            pages: 1,
+        },
+    );
+    let server = Setup::new()
+        .plugin("onoff", "onoff")
+        .file("nine.wasm", &nine)
+        .start();
+    let rejected = server
+        .log
+        .wait_for("rejected plugin file")
+        .expect("a rejection");
+    assert!(
+        rejected.contains("at most") && rejected.contains("8 memories"),
+        "{rejected}"
+    );
+    assert_eq!(
+        server.connect().request("nine"),
+        "error: unknown command 'nine'"
+    );
+    assert_eq!(server.connect().request("on"), "success");
+}

@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod components;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

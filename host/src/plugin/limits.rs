@@ -8,6 +8,8 @@
 //! guest's allocator fail, which traps, and the flag left behind lets the host
 //! tell the client why instead of a bare "failed".
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use wasmtime::ResourceLimiter;
@@ -18,7 +20,7 @@ use wasmtime::ResourceLimiter;
 pub struct Limits {
     /// Wall-clock time for one call, instantiation included.
     pub call_timeout: Duration,
-    /// Linear memory of one instance, in bytes.
+    /// Linear memories and tables of one instance together, in bytes.
     pub max_memory_bytes: usize,
     /// Longest reply (success or error text) sent to a client.
     pub max_reply_bytes: usize,
@@ -55,32 +57,101 @@ const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 const MAX_INSTANCES: usize = 1000;
 const MAX_TABLES: usize = 1000;
 const MAX_MEMORIES: usize = 100;
+/// What one table element costs the host, for the memory accounts.
+const TABLE_ELEMENT_BYTES: usize = 8;
 
-/// The `ResourceLimiter` of one store. It also accounts the store's linear
-/// memory in the plugin's memory gauge, since it sees every growth.
+/// All plugin instances' memory together, against `max_total_memory_mib`:
+/// shared by every store, so that many instances each within their own
+/// limit cannot together take the machine.
+pub struct MemoryBudget {
+    max_bytes: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    pub fn new(max_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_bytes,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    fn reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes)
+                    .filter(|&total| total <= self.max_bytes)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Which memory limit a denied growth hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryExceeded {
+    /// The instance's own, `max_memory_mib`: the plugin's doing.
+    Instance,
+    /// The server's, `max_total_memory_mib`: all instances together.
+    Server,
+}
+
+/// The `ResourceLimiter` of one store: the instance's memories and tables
+/// together within its limit, and within the server's budget. It also
+/// accounts the memory in the plugin's gauge, since it sees every growth.
 pub struct MemoryLimiter {
-    max_memory_bytes: usize,
-    /// Set when a grow past the limit was denied during this call.
-    pub exceeded: bool,
-    /// Bytes of linear memory this store holds, counted in `gauge`.
+    max_instance_bytes: usize,
+    budget: Arc<MemoryBudget>,
+    /// Set when a growth was denied during this call, with the limit hit.
+    pub exceeded: Option<MemoryExceeded>,
+    /// Bytes of memories and tables this store holds, reserved in `budget`
+    /// and counted in `gauge`.
     held: usize,
     gauge: metrics::Gauge,
 }
 
 impl MemoryLimiter {
-    pub fn new(max_memory_bytes: usize, gauge: metrics::Gauge) -> Self {
+    pub fn new(
+        max_instance_bytes: usize,
+        budget: Arc<MemoryBudget>,
+        gauge: metrics::Gauge,
+    ) -> Self {
         Self {
-            max_memory_bytes,
-            exceeded: false,
+            max_instance_bytes,
+            budget,
+            exceeded: None,
             held: 0,
             gauge,
         }
+    }
+
+    /// Accounts `grown` more bytes, unless a limit forbids it.
+    fn grow(&mut self, grown: usize) -> bool {
+        if self.held.saturating_add(grown) > self.max_instance_bytes {
+            self.exceeded = Some(MemoryExceeded::Instance);
+            return false;
+        }
+        if !self.budget.reserve(grown) {
+            self.exceeded = Some(MemoryExceeded::Server);
+            return false;
+        }
+        self.held += grown;
+        self.gauge.increment(grown as f64);
+        true
     }
 }
 
 impl Drop for MemoryLimiter {
     /// The store and its memories are going away.
     fn drop(&mut self) {
+        self.budget.release(self.held);
         self.gauge.decrement(self.held as f64);
     }
 }
@@ -92,23 +163,20 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.max_memory_bytes;
-        self.exceeded |= !allowed;
-        if allowed {
-            let grown = desired.saturating_sub(current);
-            self.held += grown;
-            self.gauge.increment(grown as f64);
-        }
-        Ok(allowed)
+        Ok(self.grow(desired.saturating_sub(current)))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        let grown = desired.saturating_sub(current) * TABLE_ELEMENT_BYTES;
+        Ok(self.grow(grown))
     }
 
     fn instances(&self) -> usize {
@@ -121,5 +189,47 @@ impl ResourceLimiter for MemoryLimiter {
 
     fn memories(&self) -> usize {
         MAX_MEMORIES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(instance: usize, budget: &Arc<MemoryBudget>) -> MemoryLimiter {
+        MemoryLimiter::new(instance, budget.clone(), metrics::Gauge::noop())
+    }
+
+    #[test]
+    fn the_instance_limit_bounds_all_its_memories_together() {
+        let budget = MemoryBudget::new(usize::MAX);
+        let mut limiter = limiter(100, &budget);
+        assert!(limiter.memory_growing(0, 60, None).unwrap());
+        assert!(
+            !limiter.memory_growing(0, 60, None).unwrap(),
+            "a second memory"
+        );
+        assert_eq!(limiter.exceeded, Some(MemoryExceeded::Instance));
+        assert!(limiter.memory_growing(0, 40, None).unwrap());
+    }
+
+    #[test]
+    fn the_server_budget_bounds_all_instances_and_is_given_back() {
+        let budget = MemoryBudget::new(100);
+        let mut first = limiter(80, &budget);
+        let mut second = limiter(80, &budget);
+        assert!(first.memory_growing(0, 70, None).unwrap());
+        assert!(!second.memory_growing(0, 40, None).unwrap());
+        assert_eq!(second.exceeded, Some(MemoryExceeded::Server));
+        drop(first);
+        assert!(second.memory_growing(0, 40, None).unwrap());
+    }
+
+    #[test]
+    fn tables_count_too() {
+        let budget = MemoryBudget::new(usize::MAX);
+        let mut limiter = limiter(1000, &budget);
+        assert!(limiter.table_growing(0, 100, None).unwrap());
+        assert!(!limiter.table_growing(100, 200, None).unwrap());
     }
 }

@@ -34,8 +34,12 @@ use cpu_share::CpuShare;
 use health::Health;
 pub use health::MAX_WINDOW as MAX_QUARANTINE_AFTER;
 pub use limits::Limits;
+use limits::MemoryExceeded;
 use log::PluginLog;
-pub use runtime::{Runtime, RuntimeOptions};
+pub use runtime::{
+    MAX_CORE_INSTANCES_PER_INSTANCE, MAX_MEMORIES_PER_INSTANCE, MAX_TABLES_PER_INSTANCE, Runtime,
+    RuntimeOptions, default_total_memory_bytes,
+};
 use sandbox::InstanceHandles;
 pub use session::{MAX_CALLS_PER_INSTANCE, Session};
 
@@ -140,6 +144,12 @@ pub enum LoadError {
     CoreModule,
     #[error("not a valid WebAssembly component: {0:#}")]
     Compile(anyhow::Error),
+    #[error(
+        "one instance would need more than a plugin may have (at most \
+         {MAX_CORE_INSTANCES_PER_INSTANCE} core instances, {MAX_MEMORIES_PER_INSTANCE} memories, \
+         {MAX_TABLES_PER_INSTANCE} tables): {0:#}"
+    )]
+    TooLarge(anyhow::Error),
     #[error("does not match plugboard's `plugin` world: {0:#}")]
     Link(anyhow::Error),
     #[error("`commands()` failed: {0:#}")]
@@ -159,6 +169,10 @@ pub enum CallError {
     TimedOut(Duration),
     #[error("tried to grow its memory past {limit_bytes} bytes")]
     OutOfMemory { limit_bytes: usize },
+    /// All instances together hold the server's memory budget: the server
+    /// is full, not the plugin broken.
+    #[error("the server's memory budget of {budget_bytes} bytes is taken")]
+    ServerMemoryFull { budget_bytes: usize },
     #[error("reply of {len} bytes is over the {limit} byte limit")]
     ReplyTooLarge { len: usize, limit: usize },
     /// Quarantined after too many consecutive failures.
@@ -248,7 +262,15 @@ impl Plugin {
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
             .await
             .map_err(|join| LoadError::Compile(join.into()))?
-            .map_err(|err| LoadError::Compile(err.into()))?;
+            .map_err(|err| {
+                // The engine checks a component against the pool's
+                // per-instance limits as it compiles it.
+                if format!("{err:#}").contains("pooling allocator") {
+                    LoadError::TooLarge(err.into())
+                } else {
+                    LoadError::Compile(err.into())
+                }
+            })?;
         let imports = component
             .component_type()
             .imports(runtime.engine())
@@ -413,9 +435,14 @@ impl Plugin {
             Some(Err(err)) if err.is::<wasmtime::PoolConcurrencyLimitError>() => {
                 return Err(CallError::Busy);
             }
-            Some(Err(_)) if store.data().limiter.exceeded => {
+            Some(Err(_)) if store.data().limiter.exceeded == Some(MemoryExceeded::Instance) => {
                 return Err(CallError::OutOfMemory {
                     limit_bytes: self.setup.limits.max_memory_bytes,
+                });
+            }
+            Some(Err(_)) if store.data().limiter.exceeded == Some(MemoryExceeded::Server) => {
+                return Err(CallError::ServerMemoryFull {
+                    budget_bytes: self.compiled.runtime.memory_budget_bytes(),
                 });
             }
             Some(Err(err)) => return Err(CallError::Trapped(err.into())),

@@ -16,6 +16,7 @@ use wasmtime::{
 use super::Setup;
 use super::bindings;
 use super::epoch::EpochTicker;
+use super::limits::MemoryBudget;
 use super::sandbox::{InstanceHandles, Sandbox};
 use crate::store::Store as KvStore;
 
@@ -28,11 +29,35 @@ pub struct Runtime {
     cache: Option<Cache>,
     /// Plugins' key-value state, one namespace each.
     kv: KvStore,
+    /// All instances' memory together.
+    memory_budget: Arc<MemoryBudget>,
 }
 
 /// Instances that may exist at once beyond one per connection: plugins being
 /// loaded (their `commands()` call) and headroom.
 const SPARE_INSTANCES: u32 = 16;
+
+/// What one plugin instance may hold at most. Generous for real components
+/// (the shipped Python plugin has 14 core instances and 2 memories); a
+/// component that needs more is refused at load.
+pub const MAX_CORE_INSTANCES_PER_INSTANCE: u32 = 32;
+pub const MAX_MEMORIES_PER_INSTANCE: u32 = 8;
+pub const MAX_TABLES_PER_INSTANCE: u32 = 32;
+
+/// Instance slots at most, whatever `max_connections`: each reserves address
+/// space for eight 4 GiB memories, and 1536 of them take about 50 of the
+/// 128 TiB a process can map. Past that many clients running calls at
+/// once, a call gets `server busy` (idle clients hold no instance).
+pub const MAX_INSTANCE_SLOTS: u32 = 1536;
+
+/// Live instances the pool holds: one per connection and the spares, up to
+/// [`MAX_INSTANCE_SLOTS`].
+fn instance_slots(connections: usize) -> u32 {
+    u32::try_from(connections)
+        .unwrap_or(u32::MAX)
+        .saturating_add(SPARE_INSTANCES)
+        .min(MAX_INSTANCE_SLOTS)
+}
 
 /// Memory (and table) bytes of a freed slot reset in place, not returned.
 const KEEP_RESIDENT_BYTES: usize = 128 << 10;
@@ -55,6 +80,8 @@ pub struct RuntimeOptions {
     pub pooling_allocator: bool,
     /// Directory of wasmtime's compile cache; `None` compiles every time.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Memory all plugin instances may hold together.
+    pub max_total_memory_bytes: usize,
 }
 
 impl Default for RuntimeOptions {
@@ -65,6 +92,7 @@ impl Default for RuntimeOptions {
             epoch_interruption: true,
             pooling_allocator: true,
             cache_dir: None,
+            max_total_memory_bytes: default_total_memory_bytes(),
         }
     }
 }
@@ -103,6 +131,7 @@ impl Runtime {
             ticker,
             cache,
             kv,
+            memory_budget: MemoryBudget::new(options.max_total_memory_bytes),
         }))
     }
 
@@ -111,6 +140,11 @@ impl Runtime {
         self.cache
             .as_ref()
             .map(|cache| (cache.cache_hits(), cache.cache_misses()))
+    }
+
+    /// The memory all instances may hold together.
+    pub fn memory_budget_bytes(&self) -> usize {
+        self.memory_budget.max_bytes()
     }
 
     /// Plugins' key-value state (not a wasmtime `Store`: see [`Self::new_store`]).
@@ -130,7 +164,7 @@ impl Runtime {
     /// it, as `setup` says; set to yield at every epoch tick.
     pub fn new_store(&self, handles: &InstanceHandles, setup: &Setup) -> Store<Sandbox> {
         let ticking = self.ticker.as_ref().map(EpochTicker::keep_ticking);
-        let sandbox = Sandbox::new(handles, setup, ticking);
+        let sandbox = Sandbox::new(handles, setup, &self.memory_budget, ticking);
         let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limiter);
         self.arm_deadline(&mut store);
@@ -159,6 +193,18 @@ impl Runtime {
     }
 }
 
+/// Half of the machine's memory (from /proc/meminfo), or 4 GiB where that
+/// cannot be read: room for the rest of the server and for the machine.
+pub fn default_total_memory_bytes() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|line| line.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<usize>().ok()
+        });
+    total_kib.map_or(4 << 30, |kib| kib.saturating_mul(1024) / 2)
+}
+
 fn compile_cache(dir: &std::path::PathBuf) -> anyhow::Result<Cache> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create `cache_dir` {}", dir.display()))?;
@@ -174,17 +220,23 @@ fn compile_cache(dir: &std::path::PathBuf) -> anyhow::Result<Cache> {
 /// page-table work on the hot path. Slots are virtual address space, reserved
 /// up front and backed by memory while in use (and a little after: below).
 fn pool(max_concurrent_calls: usize) -> PoolingAllocationConfig {
-    let instances = u32::try_from(max_concurrent_calls)
-        .unwrap_or(u32::MAX / 8)
-        .saturating_add(SPARE_INSTANCES);
+    let slots = instance_slots(max_concurrent_calls);
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(instances)
-        // A component holds several core instances (its module, WASI adapter
-        // shims), and their memories and tables.
-        .total_core_instances(instances.saturating_mul(8))
-        .total_memories(instances.saturating_mul(2))
-        .total_tables(instances.saturating_mul(4))
-        .total_stacks(instances)
+    // Every instance may need up to the ceiling, and the totals are the
+    // slots times the ceiling: whatever mix of plugins is loaded, `slots`
+    // instances always fit, so no plugin's instances (a Python one has 14
+    // core instances) can use up what another's need. A component over the
+    // ceiling is refused when it is loaded, naming the limit.
+    pool.total_component_instances(slots)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_INSTANCE)
+        .max_memories_per_component(MAX_MEMORIES_PER_INSTANCE)
+        .max_memories_per_module(MAX_MEMORIES_PER_INSTANCE)
+        .max_tables_per_component(MAX_TABLES_PER_INSTANCE)
+        .max_tables_per_module(MAX_TABLES_PER_INSTANCE)
+        .total_core_instances(slots.saturating_mul(MAX_CORE_INSTANCES_PER_INSTANCE))
+        .total_memories(slots.saturating_mul(MAX_MEMORIES_PER_INSTANCE))
+        .total_tables(slots.saturating_mul(MAX_TABLES_PER_INSTANCE))
+        .total_stacks(slots)
         // Slots hold the largest memory wasm32 can address; each plugin's own,
         // smaller limit is enforced per store by its `MemoryLimiter`, so limits
         // can differ per plugin and change without a new pool.

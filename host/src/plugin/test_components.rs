@@ -1,70 +1,15 @@
-//! Tiny plugins for in-process tests, made from core WAT at test time.
-//!
-//! Each is a core module exporting the `plugin` world's `commands` and
-//! `handle` by the canonical ABI, wrapped into a component against the real
-//! `wit/` by `wit-component` (as `wasm-tools component new` does), so the
-//! tests exercise the same lifting, linking and limits as a built plugin
-//! without a toolchain or a committed binary. A handler is a few lines of
-//! WAT: what a test needs (a trap, a loop, a memory grow) and nothing else.
+//! Tiny plugins for in-process tests (built from WAT by the shared
+//! `tests/support/components.rs`), and a runtime to load them in.
 
-use std::path::Path;
 use std::sync::Arc;
+
+#[path = "../../../tests/support/components.rs"]
+mod components;
+
+pub use components::{Handle, component};
 
 use super::{Runtime, RuntimeOptions};
 use crate::store::{KvLimits, Store};
-
-/// What `handle` does, whatever the request.
-#[derive(Debug, Clone, Copy)]
-pub enum Handle {
-    /// Replies `ok(text)`.
-    Reply(&'static str),
-    /// Replies `err(text)`.
-    Refuse(&'static str),
-    /// Replies `ok` with `len` zero bytes (valid UTF-8), to test reply limits.
-    ReplyOfLen(u32),
-    /// Replies `ok` with the request's command name.
-    EchoCommand,
-    /// Traps (`unreachable`), as a panic does.
-    Trap,
-    /// Loops forever.
-    Spin,
-    /// Asks for 1 GiB more memory and traps if refused, as an allocator does.
-    GrowMemory,
-}
-
-/// Where the module keeps things in its one page of memory.
-const NAMES_AT: u32 = 0;
-const RECORDS_AT: u32 = 512;
-const LIST_AT: u32 = 1024;
-const RETURN_AT: u32 = 1536;
-const TEXT_AT: u32 = 2048;
-/// The bump allocator's start: the host writes requests above it.
-const HEAP_AT: u32 = 8192;
-
-/// A component that declares `commands` and answers every one as `handle` says.
-pub fn component(commands: &[&str], handle: Handle) -> Vec<u8> {
-    let wat = core_module(commands, handle);
-    let mut module = wat::parse_str(&wat).expect("test WAT parses");
-    let mut resolve = wit_parser::Resolve::default();
-    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
-    let (package, _) = resolve.push_dir(&wit).expect("wit/ parses");
-    let world = resolve
-        .select_world(&[package], Some("plugin"))
-        .expect("the plugin world");
-    wit_component::embed_component_metadata(
-        &mut module,
-        &resolve,
-        world,
-        wit_component::StringEncoding::UTF8,
-    )
-    .expect("embed the world");
-    wit_component::ComponentEncoder::default()
-        .module(&module)
-        .expect("a core module of the world")
-        .validate(true)
-        .encode()
-        .expect("a valid component")
-}
 
 /// A runtime as the server makes one, with a small pool and an in-memory store.
 pub fn runtime() -> Arc<Runtime> {
@@ -78,87 +23,4 @@ pub fn runtime() -> Arc<Runtime> {
         max_keys: 16,
     };
     Runtime::new(options, Store::in_memory(limits)).expect("runtime")
-}
-
-fn core_module(commands: &[&str], handle: Handle) -> String {
-    let mut names = String::new();
-    let mut records = Vec::new();
-    for command in commands {
-        let at = NAMES_AT + names.len() as u32;
-        names.push_str(command);
-        // command-info { name: string, summary: string }, the summary empty.
-        for word in [at, command.len() as u32, 0, 0] {
-            records.extend_from_slice(&word.to_le_bytes());
-        }
-    }
-    assert!(names.len() < (RECORDS_AT - NAMES_AT) as usize);
-    let list = [RECORDS_AT, commands.len() as u32]
-        .map(u32::to_le_bytes)
-        .concat();
-    let text = match handle {
-        Handle::Reply(text) | Handle::Refuse(text) => text,
-        _ => "",
-    };
-    format!(
-        r#"(module
-  (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const {HEAP_AT}))
-  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
-    (local $at i32)
-    (local.set $at (i32.and (i32.add (global.get $heap) (i32.const 7)) (i32.const -8)))
-    (global.set $heap (i32.add (local.get $at) (local.get 3)))
-    (if (i32.gt_u (global.get $heap) (i32.mul (memory.size) (i32.const 65536)))
-      (then (if (i32.eq (memory.grow (i32.add (i32.shr_u (local.get 3) (i32.const 16)) (i32.const 1))) (i32.const -1))
-        (then unreachable))))
-    (local.get $at))
-  (data (i32.const {NAMES_AT}) "{names}")
-  (data (i32.const {RECORDS_AT}) "{records}")
-  (data (i32.const {LIST_AT}) "{list}")
-  (data (i32.const {TEXT_AT}) "{text}")
-  (func (export "commands") (result i32) (i32.const {LIST_AT}))
-  (func (export "handle") (param $command i32) (param $command_len i32)
-      (param i32 i32 i32 i32) (result i32)
-    {body})
-)"#,
-        names = escape(names.as_bytes()),
-        records = escape(&records),
-        list = escape(&list),
-        text = escape(text.as_bytes()),
-        body = handle_body(handle, text.len() as u32),
-    )
-}
-
-/// The body of the core `handle`: its result is a pointer to the
-/// `result<string, string>` it returns (discriminant, then pointer, length).
-fn handle_body(handle: Handle, text_len: u32) -> String {
-    let answer = |discriminant: u32, at: &str, len: &str| {
-        format!(
-            "(i32.store8 (i32.const {RETURN_AT}) (i32.const {discriminant}))
-    (i32.store (i32.const {ret_at}) {at})
-    (i32.store (i32.const {len_at}) {len})
-    (i32.const {RETURN_AT})",
-            ret_at = RETURN_AT + 4,
-            len_at = RETURN_AT + 8,
-        )
-    };
-    let text_at = format!("(i32.const {TEXT_AT})");
-    let text_len = format!("(i32.const {text_len})");
-    match handle {
-        Handle::Reply(_) => answer(0, &text_at, &text_len),
-        Handle::Refuse(_) => answer(1, &text_at, &text_len),
-        Handle::ReplyOfLen(len) => answer(0, "(i32.const 0)", &format!("(i32.const {len})")),
-        Handle::EchoCommand => answer(0, "(local.get $command)", "(local.get $command_len)"),
-        Handle::Trap => "unreachable".into(),
-        Handle::Spin => "(loop $forever (br $forever)) unreachable".into(),
-        Handle::GrowMemory => format!(
-            "(if (i32.eq (memory.grow (i32.const 16384)) (i32.const -1)) (then unreachable))
-    {}",
-            answer(0, &text_at, &text_len)
-        ),
-    }
-}
-
-/// Bytes as a WAT string literal's contents.
-fn escape(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("\\{byte:02x}")).collect()
 }

@@ -157,3 +157,49 @@ async fn files_that_are_not_components_are_named_for_what_they_are() {
     let spaced = Plugin::from_bytes(&runtime, "x", spaced, Setup::default()).await;
     assert!(matches!(spaced, Err(LoadError::InvalidCommandName(name)) if name == "two words"));
 }
+
+/// `max_memory_mib` bounds all of an instance's memories together, not
+/// each (a component with eight memories once held 577 MB under 64 MiB).
+#[tokio::test]
+async fn the_memory_limit_bounds_all_memories_of_an_instance() {
+    let limits = Limits {
+        max_memory_bytes: 4 << 20,
+        ..Limits::default()
+    };
+    let within = Handle::GrowExtraMemories {
+        memories: 4,
+        pages: 8,
+    };
+    let (reply, _) = answer(within, limits.clone()).await;
+    assert!(
+        matches!(&reply, Answer::Reply(text) if text == "grown"),
+        "{reply:?}"
+    );
+    let beyond = Handle::GrowExtraMemories {
+        memories: 4,
+        pages: 16,
+    };
+    let (failure, _) = answer(beyond, limits).await;
+    assert!(
+        matches!(failure, Answer::Failure(CallError::OutOfMemory { .. })),
+        "{failure:?}"
+    );
+}
+
+/// A component over the per-instance ceiling is refused at load, naming it.
+#[tokio::test]
+async fn a_plugin_needing_more_than_the_ceiling_is_refused_at_load() {
+    let huge = component(
+        &["go"],
+        Handle::GrowExtraMemories {
+            memories: MAX_MEMORIES_PER_INSTANCE,
+            pages: 1,
+        },
+    );
+    let refused = Plugin::from_bytes(&runtime(), "huge", huge, Setup::default()).await;
+    let Err(err) = refused else {
+        panic!("a component with 9 memories loaded");
+    };
+    assert!(matches!(err, LoadError::TooLarge(_)), "{err}");
+    assert!(err.to_string().contains("8 memories"), "{err}");
+}
