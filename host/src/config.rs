@@ -189,6 +189,8 @@ pub struct LimitSettings {
     pub max_log_line_bytes: Option<usize>,
     /// Calls of one plugin that may run at once [default: twice the cores].
     pub max_concurrent_calls: Option<u32>,
+    /// Live instances of one plugin [default: one per allowed connection].
+    pub max_instances: Option<u32>,
 }
 
 /// wasm32's linear memory cannot exceed 4 GiB.
@@ -416,9 +418,17 @@ impl Config {
     /// The limits of plugin `name`: its overrides, else the top-level values,
     /// else the built-in defaults.
     pub fn limits_for(&self, name: &str) -> Limits {
+        // By default each plugin may have an instance per connection (the
+        // pool holds that many, of any plugin), never more than the pool.
+        let default = Limits {
+            max_instances: crate::plugin::instance_slots(self.max_connections),
+            ..Limits::default()
+        };
         match self.plugins.get(name) {
-            Some(own) => own.limits.resolve_over(&self.limits),
-            None => self.limits.resolve_over(&LimitSettings::default()),
+            Some(own) => own.limits.resolve_over(&self.limits, &default),
+            None => self
+                .limits
+                .resolve_over(&LimitSettings::default(), &default),
         }
     }
 }
@@ -427,7 +437,7 @@ impl LimitSettings {
     /// The limits in the runtime's units: these settings where set, else
     /// `fallback`'s, else the built-in defaults. Every field is named (no
     /// `..`): a new limit cannot be forgotten here.
-    fn resolve_over(&self, fallback: &Self) -> Limits {
+    fn resolve_over(&self, fallback: &Self, default: &Limits) -> Limits {
         let Self {
             call_timeout_ms,
             max_memory_mib,
@@ -436,8 +446,8 @@ impl LimitSettings {
             max_log_lines_per_sec,
             max_log_line_bytes,
             max_concurrent_calls,
+            max_instances,
         } = self;
-        let default = Limits::default();
         Limits {
             call_timeout: call_timeout_ms
                 .or(fallback.call_timeout_ms)
@@ -460,6 +470,9 @@ impl LimitSettings {
             max_concurrent_calls: max_concurrent_calls
                 .or(fallback.max_concurrent_calls)
                 .unwrap_or(default.max_concurrent_calls),
+            max_instances: max_instances
+                .or(fallback.max_instances)
+                .unwrap_or(default.max_instances),
         }
     }
 
@@ -473,7 +486,12 @@ impl LimitSettings {
             max_log_lines_per_sec: _, // 0 silences the plugin
             max_log_line_bytes,
             max_concurrent_calls,
+            max_instances,
         } = self;
+        ensure!(
+            *max_instances != Some(0),
+            "`{prefix}max_instances` must be at least 1"
+        );
         ensure!(
             *call_timeout_ms != Some(0),
             "`{prefix}call_timeout_ms` must be at least 1"

@@ -580,3 +580,32 @@ fn a_plugin_over_the_instance_ceiling_is_refused_at_load() {
     );
     assert_eq!(server.connect().request("on"), "success");
 }
+
+/// A plugin at its `max_instances` makes its own next call wait for an
+/// instance, not anyone else's: other plugins are served meanwhile, and the
+/// call runs once an instance goes (its busy reply, when none goes in time,
+/// is shown in process: `plugin/tests.rs`).
+#[test]
+fn a_plugin_at_its_instance_bound_waits_and_others_do_not() {
+    let server = hostile()
+        .plugin_config("hostile", "max_instances = 2")
+        .plugin_config("hostile", "max_concurrent_calls = 8")
+        .plugin_config("hostile", "call_timeout_ms = 600")
+        .start();
+    let mut spinners: Vec<Client> = (0..2).map(|_| server.connect()).collect();
+    for spinner in &mut spinners {
+        spinner.send(b"spin<EOF>");
+    }
+    assert!(server.log.wait_for_count("spin: started", 2));
+    let mut third = server.connect();
+    third.send(b"recall<EOF>");
+    // `recall` is instant: no reply yet means it waits for an instance.
+    others_are_served_meanwhile(&server, std::slice::from_mut(&mut third));
+    for spinner in &mut spinners {
+        assert_eq!(
+            spinner.reply().unwrap(),
+            "error: plugin 'hostile' timed out"
+        );
+    }
+    assert_eq!(third.reply().unwrap(), "");
+}

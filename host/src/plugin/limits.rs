@@ -34,6 +34,9 @@ pub struct Limits {
     pub max_log_line_bytes: usize,
     /// Calls of the plugin that may run at once; more wait their turn.
     pub max_concurrent_calls: u32,
+    /// Live instances of the plugin (warm or running) at once; a call that
+    /// needs one more waits for one, within its deadline.
+    pub max_instances: u32,
 }
 
 impl Default for Limits {
@@ -46,6 +49,7 @@ impl Default for Limits {
             max_log_lines_per_sec: 100,
             max_log_line_bytes: 4096,
             max_concurrent_calls: super::cpu_share::default_max_concurrent_calls(),
+            max_instances: super::runtime::instance_slots(1024),
         }
     }
 }

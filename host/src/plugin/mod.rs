@@ -38,7 +38,7 @@ use limits::MemoryExceeded;
 use log::PluginLog;
 pub use runtime::{
     MAX_CORE_INSTANCES_PER_INSTANCE, MAX_MEMORIES_PER_INSTANCE, MAX_TABLES_PER_INSTANCE, Runtime,
-    RuntimeOptions, default_total_memory_bytes,
+    RuntimeOptions, default_total_memory_bytes, instance_slots,
 };
 use sandbox::InstanceHandles;
 pub use session::{MAX_CALLS_PER_INSTANCE, Session};
@@ -94,6 +94,8 @@ pub struct Plugin {
     handles: InstanceHandles,
     /// How many of its calls may run at once.
     cpu: CpuShare,
+    /// Its live instances: a permit is held by each instance's store.
+    instances: Arc<tokio::sync::Semaphore>,
     health: Health,
     /// The server's own warnings about this plugin (failed calls) have a
     /// rate too: a plugin failing in a loop must not flood the log.
@@ -181,6 +183,10 @@ pub enum CallError {
     /// Every instance slot is in use: the server is saturated, not the plugin broken.
     #[error("no free instance slot")]
     Busy,
+    /// The plugin's own `max_instances` are all live, and none came free
+    /// within the call's deadline.
+    #[error("all {0} of its instances stayed in use")]
+    InstancesInUse(u32),
 }
 
 impl CallError {
@@ -319,6 +325,9 @@ impl Plugin {
             warnings: LogBudget::new(&compiled.name, WARNINGS_PER_SEC),
             compiled: Arc::new(compiled),
             cpu: CpuShare::new(setup.limits.max_concurrent_calls),
+            instances: Arc::new(tokio::sync::Semaphore::new(
+                setup.limits.max_instances as usize,
+            )),
             setup,
             handles,
             health: Health::default(),
@@ -350,6 +359,9 @@ impl Plugin {
             id: next_plugin_id(),
             compiled: compiled.clone(),
             cpu: CpuShare::new(setup.limits.max_concurrent_calls),
+            instances: Arc::new(tokio::sync::Semaphore::new(
+                setup.limits.max_instances as usize,
+            )),
             setup,
             handles,
             health: Health::default(),
@@ -408,9 +420,11 @@ impl Plugin {
             args: request.args,
             raw_args: request.raw_args,
         };
+        let started = std::time::Instant::now();
+        let limit = self.setup.limits.call_timeout;
         let (mut store, warm_instance, calls) = match session.take_for(self.id) {
             Some(warm) => (warm.store, Some(warm.instance), warm.calls),
-            None => (self.new_store(), None, 0),
+            None => (self.new_instance_store(limit).await?, None, 0),
         };
         self.compiled.runtime.arm_deadline(&mut store);
         let host_wait = store.data().host_wait.clone();
@@ -428,10 +442,11 @@ impl Plugin {
         });
         // The call yields at every epoch tick, so the deadline also interrupts
         // wasm that never returns; dropping the call drops its instance.
-        let timeout = self.setup.limits.call_timeout;
+        // Time spent waiting for an instance counts against the deadline.
+        let timeout = limit.saturating_sub(started.elapsed());
         let result = host_wait::within_deadline(call, timeout, &host_wait).await;
         let (instance, reply) = match result {
-            None => return Err(CallError::TimedOut(timeout)),
+            None => return Err(CallError::TimedOut(limit)),
             Some(Err(err)) if err.is::<wasmtime::PoolConcurrencyLimitError>() => {
                 return Err(CallError::Busy);
             }
@@ -467,8 +482,21 @@ impl Plugin {
         Ok(reply)
     }
 
-    fn new_store(&self) -> wasmtime::Store<sandbox::Sandbox> {
-        self.compiled.runtime.new_store(&self.handles, &self.setup)
+    /// A store for a new instance, once the plugin is below its
+    /// `max_instances` (waiting up to `limit` for one to go); the store
+    /// holds the permit, given back when the instance goes.
+    async fn new_instance_store(
+        &self,
+        limit: Duration,
+    ) -> Result<wasmtime::Store<sandbox::Sandbox>, CallError> {
+        let permit = tokio::time::timeout(limit, self.instances.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(CallError::InstancesInUse(self.setup.limits.max_instances))?;
+        let mut store = self.compiled.runtime.new_store(&self.handles, &self.setup);
+        store.data_mut().instance_permit = Some(permit);
+        Ok(store)
     }
 }
 

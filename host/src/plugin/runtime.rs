@@ -52,7 +52,7 @@ pub const MAX_INSTANCE_SLOTS: u32 = 1536;
 
 /// Live instances the pool holds: one per connection and the spares, up to
 /// [`MAX_INSTANCE_SLOTS`].
-fn instance_slots(connections: usize) -> u32 {
+pub fn instance_slots(connections: usize) -> u32 {
     u32::try_from(connections)
         .unwrap_or(u32::MAX)
         .saturating_add(SPARE_INSTANCES)

@@ -45,6 +45,8 @@ pub struct Sandbox {
     pub host_wait: HostWait,
     /// The current call's place among the plugin's running calls.
     pub running: Running,
+    /// This instance's place under the plugin's `max_instances`.
+    pub instance_permit: Option<tokio::sync::OwnedSemaphorePermit>,
     wasi: WasiCtx,
     table: ResourceTable,
     pub limiter: MemoryLimiter,
@@ -78,6 +80,7 @@ impl Sandbox {
             log: handles.log.clone(),
             host_wait: HostWait::default(),
             running: Running::default(),
+            instance_permit: None,
             wasi,
             table,
             limiter: MemoryLimiter::new(

@@ -203,3 +203,36 @@ async fn a_plugin_needing_more_than_the_ceiling_is_refused_at_load() {
     assert!(matches!(err, LoadError::TooLarge(_)), "{err}");
     assert!(err.to_string().contains("8 memories"), "{err}");
 }
+
+/// At `max_instances`, a call needing another instance waits for one within
+/// its deadline, then is told the plugin is busy; a warm one is reused.
+#[tokio::test]
+async fn at_its_instance_bound_a_plugin_is_busy_for_new_instances() {
+    let limits = Limits {
+        max_instances: 1,
+        call_timeout: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let plugin = load(Handle::Reply("ok"), limits).await;
+    let mut holder = Session::default();
+    assert!(matches!(
+        plugin.call(go(), &mut holder).await,
+        Answer::Reply(_)
+    ));
+    assert!(holder.is_warm());
+    let mut other = Session::default();
+    let busy = plugin.call(go(), &mut other).await;
+    assert!(
+        matches!(busy, Answer::Failure(CallError::InstancesInUse(1))),
+        "{busy:?}"
+    );
+    assert!(matches!(
+        plugin.call(go(), &mut holder).await,
+        Answer::Reply(_)
+    ));
+    holder.release();
+    assert!(matches!(
+        plugin.call(go(), &mut other).await,
+        Answer::Reply(_)
+    ));
+}
