@@ -11,7 +11,7 @@
 //! Prints figures; asserts nothing about time. `make bench` runs it (with the
 //! other benchmarks); `PLUGBOARD_BENCH_SECS` sets each run's length (default
 //! 3), `PLUGBOARD_BENCH_ONLY` one section (`native`, `languages`, `tls`,
-//! `cpu`, `memory`).
+//! `cpu`, `attacks`, `memory`).
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -44,6 +44,15 @@ struct Load {
 }
 
 impl Load {
+    fn shape(connections: usize, depth: usize, command: &'static str) -> Self {
+        Self {
+            connections,
+            depth,
+            reconnect: false,
+            command,
+        }
+    }
+
     fn label(&self) -> String {
         let shape = if self.reconnect {
             format!("{} clients, reconnect", self.connections)
@@ -438,6 +447,101 @@ fn cpu_shares(window: Duration) {
     }
 }
 
+/// The attacks of the isolation issue, each against a server of its own:
+/// the attack's load, and a bystander's `on` (onoff, 1 x 1) meanwhile,
+/// with the server's peak resident memory.
+fn attacks(window: Duration) {
+    use support::components::{Handle, component};
+    let hostile = || {
+        Setup::new()
+            .plugin("onoff", "onoff")
+            .plugin("testing_hostile", "hostile")
+    };
+    // Seven memories of 1 MiB each, kept warm by every connection.
+    let memories = component(
+        &["grow"],
+        Handle::GrowExtraMemories {
+            memories: 7,
+            pages: 16,
+        },
+    );
+    let cases: Vec<(&str, Setup, Load)> = vec![
+        (
+            "log flood: host.log 2000 x 1000 B a call",
+            hostile(),
+            Load::shape(4, 1, "log-flood 2000 1000"),
+        ),
+        (
+            "stderr flood: 2000 x 1000 B a call",
+            hostile(),
+            Load::shape(4, 1, "print-flood 2000 1000"),
+        ),
+        (
+            "failing calls: reply over max_reply_bytes = 1",
+            hostile().plugin_config("hostile", "max_reply_bytes = 1"),
+            Load::shape(4, 1, "huge-reply 10"),
+        ),
+        (
+            "CPU: 256 connections looping burn 20",
+            hostile().plugin_config("hostile", "call_timeout_ms = 60000"),
+            Load::shape(256, 1, "burn 20"),
+        ),
+        (
+            "memory: 64 allocation bombs at a time",
+            hostile().plugin_config("hostile", "quarantine_after = 0"),
+            Load::shape(64, 1, "alloc-bomb"),
+        ),
+        (
+            "instances: 120 connections, 8 memories each",
+            Setup::new()
+                .plugin("onoff", "onoff")
+                .file("multi.wasm", &memories),
+            Load::shape(120, 1, "grow"),
+        ),
+    ];
+    for (label, setup, load) in cases {
+        let server = start(setup, false);
+        let addr = server.addr;
+        let attacking = std::thread::spawn(move || run(addr, load, window + WARMUP * 2));
+        std::thread::sleep(WARMUP);
+        let bystander = run(addr, Load::shape(1, 1, "on"), window);
+        let attack = attacking.join().expect("attack");
+        println!("attack: {label}");
+        println!("  bystander `on`   {}", bystander.summary());
+        println!("  attack           {}", attack.summary());
+        println!("  peak resident    {:.1} MiB", server.peak_resident_mib());
+    }
+    python_clients();
+}
+
+/// How many clients of the Python plugin, all calling at once, are served.
+fn python_clients() {
+    for clients in [64, 256, 512, 1000] {
+        let setup = Setup::new()
+            .guest("stats", "stats")
+            .config(&format!("max_connections_per_ip = {clients}"));
+        let server = start(setup, false);
+        let mut connections: Vec<Client> = (0..clients).map(|_| server.connect()).collect();
+        for connection in &mut connections {
+            connection.send(b"stats 1 2 3<EOF>");
+        }
+        let mut served = 0;
+        let mut refused = std::collections::BTreeMap::<String, usize>::new();
+        for connection in &mut connections {
+            let reply = connection.reply().expect("a reply");
+            if reply.starts_with("count=3") {
+                served += 1;
+            } else {
+                *refused.entry(reply).or_default() += 1;
+            }
+        }
+        println!(
+            "python clients at once: {clients:>4}: {served} served, refused {refused:?}, peak resident {:.0} MiB",
+            server.peak_resident_mib()
+        );
+    }
+}
+
 /// TLS against plain TCP, both plugboard serving `on` through onoff.
 fn tls_cost(window: Duration) {
     let pki = tempfile::tempdir().unwrap();
@@ -572,6 +676,9 @@ fn main() {
     }
     if run("cpu") {
         cpu_shares(window);
+    }
+    if run("attacks") {
+        attacks(window);
     }
     if run("memory") {
         resident_memory(window);

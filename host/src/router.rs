@@ -173,7 +173,7 @@ fn failure_outcome(err: &CallError) -> Outcome {
         CallError::OutOfMemory { .. } => Outcome::MemoryLimit,
         CallError::ReplyTooLarge { .. } => Outcome::ReplyTooLarge,
         CallError::Disabled(_) => Outcome::Disabled,
-        CallError::Busy | CallError::InstancesInUse(_) => Outcome::Busy,
+        CallError::Busy | CallError::InstancesInUse(_) | CallError::NeverRan(_) => Outcome::Busy,
         CallError::ServerMemoryFull { .. } => Outcome::MemoryBudget,
     }
 }
@@ -192,7 +192,7 @@ fn failure_reply(plugin: &str, err: &CallError) -> Reply {
         )),
         CallError::Disabled(_) => Reply::error(format_args!("plugin '{plugin}' disabled")),
         CallError::Busy => Reply::error("server busy, try again"),
-        CallError::InstancesInUse(_) => {
+        CallError::InstancesInUse(_) | CallError::NeverRan(_) => {
             Reply::error(format_args!("plugin '{plugin}' busy, try again"))
         }
         CallError::ServerMemoryFull { .. } => {

@@ -609,3 +609,27 @@ fn a_plugin_at_its_instance_bound_waits_and_others_do_not() {
     }
     assert_eq!(third.reply().unwrap(), "");
 }
+
+/// WASI handles a plugin makes and never drops are host memory: one
+/// instance holds at most 4 096, the call that wants more fails, and the
+/// instance (and its handles) goes; the next call gets a fresh one.
+#[test]
+fn leaked_wasi_handles_are_bounded_and_freed_with_the_instance() {
+    let server = hostile().config("quarantine_after = 0").start();
+    let mut client = server.connect();
+    assert_eq!(client.request("leak-handles 1500"), "leaked 1500");
+    // The same warm instance: twice as many would be over the cap (each
+    // pollable holds two entries: itself and the deadline it waits on).
+    assert_eq!(
+        client.request("leak-handles 1500"),
+        "error: plugin 'hostile' failed"
+    );
+    assert_eq!(client.request("leak-handles 1500"), "leaked 1500");
+    let before = server.resident_mib();
+    for _ in 0..20 {
+        client.request("leak-handles 1900");
+    }
+    let after = server.resident_mib();
+    assert!(after < before + 32.0, "{before:.1} -> {after:.1} MiB");
+    assert_eq!(server.connect().request("on"), "success");
+}

@@ -26,6 +26,9 @@ pub enum Handle {
     Trap,
     /// Loops forever.
     Spin,
+    /// Counts down from `iterations` (about a nanosecond each), then
+    /// replies `worked`.
+    Work(u32),
     /// Asks for 1 GiB more memory and traps if refused, as an allocator does.
     GrowMemory,
     /// Has `memories` more memories, grows each by `pages` (64 KiB each),
@@ -85,6 +88,7 @@ fn core_module(commands: &[&str], handle: Handle) -> String {
     let text = match handle {
         Handle::Reply(text) | Handle::Refuse(text) => text,
         Handle::GrowExtraMemories { .. } => "grown",
+        Handle::Work(_) => "worked",
         _ => "",
     };
     let extra_memories = match handle {
@@ -146,6 +150,14 @@ fn handle_body(handle: Handle, text_len: u32) -> String {
         Handle::EchoCommand => answer(0, "(local.get $command)", "(local.get $command_len)"),
         Handle::Trap => "unreachable".into(),
         Handle::Spin => "(loop $forever (br $forever)) unreachable".into(),
+        Handle::Work(iterations) => format!(
+            "(local.set $command_len (i32.const {iterations}))
+    (loop $work
+      (local.set $command_len (i32.sub (local.get $command_len) (i32.const 1)))
+      (br_if $work (i32.ne (local.get $command_len) (i32.const 0))))
+    {}",
+            answer(0, &text_at, &text_len)
+        ),
         Handle::GrowMemory => format!(
             "(if (i32.eq (memory.grow (i32.const 16384)) (i32.const -1)) (then unreachable))
     {}",

@@ -19,6 +19,8 @@ pub struct CpuShare(Arc<Semaphore>);
 pub struct Running {
     share: Option<CpuShare>,
     place: Option<OwnedSemaphorePermit>,
+    /// When the call first got a place.
+    first_place: Option<std::time::Instant>,
 }
 
 impl CpuShare {
@@ -51,13 +53,24 @@ impl Running {
         if let Some(share) = &self.share {
             // The semaphore is never closed.
             self.place = share.0.clone().acquire_owned().await.ok();
+            self.first_place.get_or_insert_with(std::time::Instant::now);
         }
+    }
+
+    /// Whether the call got a place before `deadline`. One that ran out of
+    /// time still waiting never ran: that is the host's queue, not the
+    /// plugin's failure. (A place freed by a call timing out goes straight
+    /// to the next waiter, which may be past its deadline too: getting a
+    /// place then is not running.)
+    pub fn ran_before(&self, deadline: std::time::Instant) -> bool {
+        self.first_place.is_some_and(|at| at < deadline)
     }
 
     /// The call is over (kept warm, or discarded).
     pub fn finish(&mut self) {
         self.place = None;
         self.share = None;
+        self.first_place = None;
     }
 }
 

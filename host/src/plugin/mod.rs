@@ -187,6 +187,10 @@ pub enum CallError {
     /// within the call's deadline.
     #[error("all {0} of its instances stayed in use")]
     InstancesInUse(u32),
+    /// The deadline passed while the call still waited for its turn among
+    /// the plugin's running calls: it never ran.
+    #[error("did not get to run within {0:?}: its other calls took every place")]
+    NeverRan(Duration),
 }
 
 impl CallError {
@@ -446,6 +450,9 @@ impl Plugin {
         let timeout = limit.saturating_sub(started.elapsed());
         let result = host_wait::within_deadline(call, timeout, &host_wait).await;
         let (instance, reply) = match result {
+            None if !store.data().running.ran_before(started + limit) => {
+                return Err(CallError::NeverRan(limit));
+            }
             None => return Err(CallError::TimedOut(limit)),
             Some(Err(err)) if err.is::<wasmtime::PoolConcurrencyLimitError>() => {
                 return Err(CallError::Busy);

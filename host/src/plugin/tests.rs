@@ -236,3 +236,34 @@ async fn at_its_instance_bound_a_plugin_is_busy_for_new_instances() {
         Answer::Reply(_)
     ));
 }
+
+/// A call whose deadline passes while it waits for its turn never ran: it
+/// is `busy`, and does not count towards quarantine (a burst of clients of a
+/// slow plugin must not get it disabled).
+#[tokio::test]
+async fn calls_that_never_got_to_run_are_busy_not_failures() {
+    let limits = Limits {
+        max_concurrent_calls: 1,
+        quarantine_after: 5,
+        call_timeout: Duration::from_millis(60),
+        ..Limits::default()
+    };
+    // Several ms of work a call: a hundred of them cannot all run in 60 ms.
+    let plugin = Arc::new(load(Handle::Work(10_000_000), limits).await);
+    let calls: Vec<_> = (0..100)
+        .map(|_| {
+            let plugin = plugin.clone();
+            tokio::spawn(async move { plugin.call(go(), &mut Session::default()).await })
+        })
+        .collect();
+    let mut never_ran = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Answer::Failure(CallError::NeverRan(_)) => never_ran += 1,
+            Answer::Reply(_) | Answer::Failure(CallError::TimedOut(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(never_ran >= 50, "{never_ran} never ran");
+    assert!(!plugin.is_disabled(), "quarantined by calls that never ran");
+}

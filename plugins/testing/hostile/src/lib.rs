@@ -18,6 +18,7 @@ impl Plugin for Hostile {
     const COMMANDS: &'static [Command] = &[
         Command::new("spin", "Loop forever, or for N milliseconds"),
         Command::new("burn", "Do N million iterations of work, then reply"),
+        Command::new("leak-handles", "Make N WASI handles and never drop them"),
         Command::new("alloc-bomb", "Allocate memory without bound"),
         Command::new("recurse", "Recurse without bound"),
         Command::new("depth", "Recurse N levels deep, then reply"),
@@ -36,6 +37,18 @@ impl Plugin for Hostile {
     fn handle(request: Request) -> Result<String, String> {
         match request.command.as_str() {
             "spin" if request.raw_args.is_empty() => spin(),
+            "leak-handles" => {
+                let count: u64 = request
+                    .raw_args
+                    .parse()
+                    .map_err(|_| "leak-handles takes a number")?;
+                for _ in 0..count {
+                    let pollable =
+                        wasip2::clocks::monotonic_clock::subscribe_duration(1_000_000_000);
+                    std::mem::forget(pollable);
+                }
+                Ok(format!("leaked {count}"))
+            }
             "burn" => {
                 let millions: u64 = request
                     .raw_args
