@@ -26,6 +26,9 @@ struct Cli {
     command: Command,
 }
 
+/// How long the runtime's last tasks get once `run` has returned.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The path `serve` reads when `--config` is not given.
 const DEFAULT_CONFIG: &str = "config.toml";
 
@@ -134,7 +137,10 @@ fn main() -> ExitCode {
         Err(err) => return fail(err.into()),
     };
     let code = runtime.block_on(run(cli, &mut log)).unwrap_or_else(fail);
-    drop(runtime);
+    // Not a plain drop, which waits for every blocking task: a plugin
+    // compile in progress would hold the exit for seconds past
+    // `shutdown_timeout_ms`. What is abandoned is only ever unacknowledged.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     drop(log);
     code
 }

@@ -85,3 +85,25 @@ fn clients_over_max_connections_are_told_and_closed() {
     assert!(served, "no connection was served after one was freed");
     assert_eq!(second.request("off"), "success");
 }
+
+/// SIGTERM while a plugin compiles (the 18 MB Python one, with no compile
+/// cache: seconds of work) ends the server on time, not after the compile.
+#[test]
+fn shutdown_does_not_wait_for_a_compile() {
+    let mut server = Setup::new()
+        .guest("stats", "stats")
+        .config("compile_cache = false")
+        .config("shutdown_timeout_ms = 500")
+        .start_loading();
+    assert!(server.log.wait_for("compiling plugin").is_some());
+    let signalled = std::time::Instant::now();
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(server.wait_exit().success());
+    let took = signalled.elapsed();
+    assert!(
+        server.log.count("loaded plugin") == 0,
+        "the compile finished first, so this proved nothing:\n{}",
+        server.log.text()
+    );
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+}

@@ -199,6 +199,20 @@ impl Setup {
         self.start_with(plugboard)
     }
 
+    /// Starts the server without waiting for it to listen (it may still be
+    /// loading plugins); its `addr` is unknown (0.0.0.0:0).
+    pub fn start_loading(self) -> Server {
+        let config_path = self.config_path();
+        spawn(
+            Arc::new(plugboard),
+            config_path,
+            self.args,
+            self.log_filter,
+            self.dir,
+            false,
+        )
+    }
+
     /// Starts the server through `launcher` (see [`Launcher`]).
     pub fn start_with(self, launcher: impl Fn() -> Command + Send + Sync + 'static) -> Server {
         let launcher: Launcher = Arc::new(launcher);
@@ -216,6 +230,18 @@ fn spawn_server(
     log_filter: &'static str,
     dir: TempDir,
 ) -> Server {
+    spawn(launcher, config_path, args, log_filter, dir, true)
+}
+
+/// Starts `plugboard serve`, waiting until it listens if `wait_ready`.
+fn spawn(
+    launcher: Launcher,
+    config_path: PathBuf,
+    args: Vec<String>,
+    log_filter: &'static str,
+    dir: TempDir,
+    wait_ready: bool,
+) -> Server {
     let mut child = launcher()
         .arg("serve")
         .arg("--config")
@@ -228,17 +254,20 @@ fn spawn_server(
         .spawn()
         .expect("spawn plugboard");
     let log = Log::capture(child.stderr.take().expect("stderr"));
-    let Some(line) = log.wait_for_within("listening on ", COMPILE_TIMEOUT) else {
-        let _ = child.kill();
-        panic!("server did not start:\n{}", log.text());
+    let addr = if wait_ready {
+        let Some(line) = log.wait_for_within("listening on ", COMPILE_TIMEOUT) else {
+            let _ = child.kill();
+            panic!("server did not start:\n{}", log.text());
+        };
+        // The address ends the line in text logs, a JSON string in JSON ones.
+        line.split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split(['"', ' ']).next())
+            .and_then(|addr| addr.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    } else {
+        SocketAddr::from(([0, 0, 0, 0], 0))
     };
-    // The address ends the line in text logs, a JSON string in JSON ones.
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split(['"', ' ']).next())
-        .and_then(|addr| addr.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let (exited, exit) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

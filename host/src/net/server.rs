@@ -83,7 +83,16 @@ pub async fn serve(
     let store = config.open_store()?;
     let runtime = Runtime::new(config.runtime_options(), store)
         .context("cannot start the WebAssembly runtime")?;
-    let reloader = Reloader::start(runtime.clone(), config.clone(), config_path, watch).await?;
+    let mut shutdown_signal = std::pin::pin!(shutdown_signal);
+    // A signal while plugins load (a cold compile of a large plugin takes
+    // seconds) ends the server at once: the compile is abandoned.
+    let reloader = tokio::select! {
+        started = Reloader::start(runtime.clone(), config.clone(), config_path, watch) => started?,
+        () = &mut shutdown_signal => {
+            tracing::info!("shutting down while plugins load: abandoning the load");
+            return Ok(());
+        }
+    };
     report_startup(&runtime, &config, reloader.plugins());
     let routes = reloader.routes();
     let shutdown = CancellationToken::new();
@@ -119,10 +128,17 @@ pub async fn serve(
     let mut server = server;
     tokio::select! {
         () = server.accept_loop() => {}
-        () = shutdown_signal => {}
+        () = &mut shutdown_signal => {}
     }
+    let stopping = std::time::Instant::now();
     server.drain(config.shutdown_timeout()).await;
-    let _ = reloading.await;
+    // The reloader stops between rescans; one compiling a plugin gets what
+    // is left of the shutdown timeout, then is abandoned (its compile
+    // thread ends with the process: see `main.rs`).
+    let left = config.shutdown_timeout().saturating_sub(stopping.elapsed());
+    if tokio::time::timeout(left, reloading).await.is_err() {
+        tracing::warn!("shutdown timeout reached: abandoning a plugin load in progress");
+    }
     Ok(())
 }
 

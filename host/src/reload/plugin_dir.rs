@@ -163,12 +163,16 @@ impl PluginDir {
             return;
         }
         let name = plugin_name(path);
+        // Said before the work: a large plugin's first compile takes seconds.
+        tracing::info!(file = %path.display(), bytes = bytes.len(), "compiling plugin");
+        let started = std::time::Instant::now();
         let plugin = match Plugin::from_bytes(runtime, &name, bytes, setup_for(&name)).await {
             Ok(plugin) => {
                 let commands: Vec<&str> =
                     plugin.commands().iter().map(|c| c.name.as_str()).collect();
+                let ms = started.elapsed().as_millis();
                 crate::telemetry::reload(true);
-                tracing::info!(plugin = plugin.name(), commands = ?commands, "loaded plugin");
+                tracing::info!(plugin = plugin.name(), commands = ?commands, ms, "loaded plugin");
                 changes.loaded.push(name);
                 Some(Arc::new(plugin))
             }
