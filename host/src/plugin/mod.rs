@@ -324,18 +324,7 @@ impl Plugin {
             memory,
             runtime: runtime.clone(),
         };
-        Ok(Self {
-            id: next_plugin_id(),
-            warnings: LogBudget::new(&compiled.name, WARNINGS_PER_SEC),
-            compiled: Arc::new(compiled),
-            cpu: CpuShare::new(setup.limits.max_concurrent_calls),
-            instances: Arc::new(tokio::sync::Semaphore::new(
-                setup.limits.max_instances as usize,
-            )),
-            setup,
-            handles,
-            health: Health::default(),
-        })
+        Ok(Self::set_up(Arc::new(compiled), setup))
     }
 
     pub fn name(&self) -> &str {
@@ -357,19 +346,24 @@ impl Plugin {
     /// The same compiled plugin set up anew, with a clean record (a config
     /// reload is a fresh start, as a new file is).
     pub fn with_setup(&self, setup: Setup) -> Self {
-        let compiled = &self.compiled;
+        Self::set_up(self.compiled.clone(), setup)
+    }
+
+    /// `compiled` under `setup`: everything that belongs to one setup (its
+    /// id, the instances' handles, the CPU share, the instance bound, a
+    /// clean health record) made in one place.
+    fn set_up(compiled: Arc<Compiled>, setup: Setup) -> Self {
         let handles = instance_handles(&compiled.name, &compiled.kv, &compiled.memory, &setup);
+        let limits = &setup.limits;
         Self {
             id: next_plugin_id(),
-            compiled: compiled.clone(),
-            cpu: CpuShare::new(setup.limits.max_concurrent_calls),
-            instances: Arc::new(tokio::sync::Semaphore::new(
-                setup.limits.max_instances as usize,
-            )),
+            cpu: CpuShare::new(limits.max_concurrent_calls),
+            instances: Arc::new(tokio::sync::Semaphore::new(limits.max_instances as usize)),
+            warnings: LogBudget::new(&compiled.name, WARNINGS_PER_SEC),
+            compiled,
             setup,
             handles,
             health: Health::default(),
-            warnings: LogBudget::new(&compiled.name, WARNINGS_PER_SEC),
         }
     }
 
