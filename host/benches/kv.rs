@@ -1,17 +1,20 @@
 //! Cost of the key-value operations plugins get from the host, per backend,
-//! measured on the store directly (no plugin, no socket). Every disk write is
-//! a durable (fsynced) redb commit. Prints figures; asserts nothing.
+//! measured on the store directly (no plugin, no socket), and durable write
+//! throughput with 1, 16 and 64 concurrent writers, disk against memory.
+//! Every disk write is durable (fsynced) before it completes; concurrent
+//! writers share commits (group commit). Prints figures; asserts nothing.
 //!
 //! Run with `make bench-kv`.
 
 use std::time::{Duration, Instant};
 
-use plugboard::store::{KvLimits, Store};
+use plugboard::store::{KvLimits, Namespace, Store, Write, Written};
 
 const LIMITS: KvLimits = KvLimits {
     max_key_bytes: 256,
     max_value_bytes: 65536,
     max_keys: 1_000_000,
+    max_bytes: 1 << 40,
 };
 
 /// Runs `op` `n` times and returns the mean time per call.
@@ -23,15 +26,23 @@ fn time(n: u32, mut op: impl FnMut(u32)) -> Duration {
     start.elapsed() / n
 }
 
+fn apply(ns: &Namespace, key: &str, write: Write) -> Written {
+    ns.write(key, write).wait_blocking().expect("write")
+}
+
 fn bench(name: &str, store: &Store, writes: u32) {
     let ns = store.namespace("bench");
-    let set = time(writes, |i| ns.set(&format!("key-{i}"), b"on").unwrap());
-    let overwrite = time(writes, |_| ns.set("state", b"on").unwrap());
+    let set = time(writes, |i| {
+        apply(&ns, &format!("key-{i}"), Write::Set(b"on".to_vec()));
+    });
+    let overwrite = time(writes, |_| {
+        apply(&ns, "state", Write::Set(b"on".to_vec()));
+    });
     let get = time(100_000, |i| {
         std::hint::black_box(ns.get(&format!("key-{}", i % writes)).unwrap());
     });
     let increment = time(writes, |_| {
-        ns.increment("counter", 1).unwrap();
+        apply(&ns, "counter", Write::Increment(1));
     });
     let cas = time(writes, |i| {
         let (old, new) = if i % 2 == 0 {
@@ -39,7 +50,11 @@ fn bench(name: &str, store: &Store, writes: u32) {
         } else {
             (b"no", b"on")
         };
-        ns.compare_and_swap("state", Some(old), new).unwrap();
+        let write = Write::CompareAndSwap {
+            expected: Some(old.to_vec()),
+            new: new.to_vec(),
+        };
+        apply(&ns, "state", write);
     });
     let list = time(1_000, |_| {
         std::hint::black_box(ns.list_keys("key-1").unwrap());
@@ -56,8 +71,31 @@ fn bench(name: &str, store: &Store, writes: u32) {
     );
 }
 
+/// Acknowledged increments per second from `writers` threads, each waiting
+/// for its write to be durable before the next (as a plugin call does).
+fn throughput(store: &Store, writers: usize, run_for: Duration) -> f64 {
+    let start = Instant::now();
+    let counts: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let ns = store.namespace(&format!("writer-{w}"));
+                scope.spawn(move || {
+                    let mut n = 0;
+                    while start.elapsed() < run_for {
+                        apply(&ns, "counter", Write::Increment(1));
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    counts.iter().sum::<u64>() as f64 / start.elapsed().as_secs_f64()
+}
+
 fn main() {
-    println!("µs per operation (writes are durable on disk: one fsynced commit each)");
+    println!("µs per operation, one caller (disk writes: one fsynced commit each)");
     println!(
         "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "backend", "set new", "set same", "get", "increment", "cas", "list prefix"
@@ -66,4 +104,21 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let disk = Store::open_disk(dir.path(), LIMITS).expect("disk store");
     bench("disk", &disk, 1_000);
+
+    println!();
+    println!("acknowledged durable increments per second, concurrent writers");
+    println!(
+        "{:<8} {:>12} {:>12} {:>12}",
+        "writers", "memory", "disk", "disk/memory"
+    );
+    let memory = Store::in_memory(LIMITS);
+    for writers in [1, 16, 64] {
+        let run_for = Duration::from_secs(2);
+        let in_memory = throughput(&memory, writers, run_for);
+        let on_disk = throughput(&disk, writers, run_for);
+        println!(
+            "{writers:<8} {in_memory:>12.0} {on_disk:>12.0} {:>12.3}",
+            on_disk / in_memory
+        );
+    }
 }

@@ -11,7 +11,7 @@
 //! Prints figures; asserts nothing about time. `make bench` runs it (with the
 //! other benchmarks); `PLUGBOARD_BENCH_SECS` sets each run's length (default
 //! 3), `PLUGBOARD_BENCH_ONLY` one section (`native`, `languages`, `tls`,
-//! `cpu`, `attacks`, `memory`).
+//! `cpu`, `attacks`, `memory`, `writes`).
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -655,6 +655,35 @@ fn resident_memory(window: Duration) {
     );
 }
 
+/// Acknowledged durable writes (`kv-count`, an increment) per second with
+/// 1, 16 and 64 concurrent writers, each waiting for its reply: the disk
+/// store (every reply after an fsynced commit, shared by the writers queued
+/// meanwhile) against the memory store.
+fn durable_writes(window: Duration) {
+    // Not `start`: that one keeps state in memory.
+    let start_on = |store: &str| {
+        Setup::new()
+            .plugin("testing_echo", "echo")
+            .config(&format!("state_store = \"{store}\""))
+            .arg("--no-watch")
+            .start_with(|| Command::new(support::plugboard_path()))
+    };
+    let memory = start_on("memory");
+    let disk = start_on("disk");
+    for connections in [1, 16, 64] {
+        let load = Load::shape(connections, 1, "kv-count n");
+        let in_memory = run(memory.addr, load, window);
+        let on_disk = run(disk.addr, load, window);
+        println!("{} kv-count memory {}", load.label(), in_memory.summary());
+        println!(
+            "{} kv-count disk   {} ({:.2} of memory)",
+            load.label(),
+            on_disk.summary(),
+            on_disk.per_sec() / in_memory.per_sec()
+        );
+    }
+}
+
 fn main() {
     let window = measure_secs();
     println!(
@@ -682,5 +711,8 @@ fn main() {
     }
     if run("memory") {
         resident_memory(window);
+    }
+    if run("writes") {
+        durable_writes(window);
     }
 }

@@ -106,6 +106,7 @@ async fn wasm(options: RuntimeOptions, fresh: bool) -> Figures {
         max_key_bytes: 256,
         max_value_bytes: 65536,
         max_keys: 10_000,
+        max_bytes: 64 << 20,
     });
     let runtime = Runtime::new(options, store).expect("runtime");
     let plugin = Plugin::load(

@@ -64,6 +64,9 @@ pub struct Config {
     pub max_value_bytes: u32,
     /// Keys one plugin may hold.
     pub max_keys_per_plugin: u32,
+    /// Bytes of keys and values one plugin may hold: with the default, a
+    /// plugin cannot fill a disk of ordinary size.
+    pub max_bytes_per_plugin: u64,
     /// With no auth token configured, serve only loopback clients.
     pub protected_mode: bool,
     /// Tokens clients authenticate with, and what each may run.
@@ -221,6 +224,7 @@ impl Default for Config {
             max_key_bytes: 256,
             max_value_bytes: 64 * 1024,
             max_keys_per_plugin: 10_000,
+            max_bytes_per_plugin: 64 * 1024 * 1024,
             protected_mode: true,
             auth: AuthSettings::default(),
             tls: None,
@@ -376,6 +380,7 @@ impl Config {
                 max_key_bytes,
                 max_value_bytes,
                 max_keys_per_plugin,
+                max_bytes_per_plugin,
                 protected_mode,
                 auth,
                 tls,
@@ -395,6 +400,7 @@ impl Config {
             max_key_bytes: self.max_key_bytes,
             max_value_bytes: self.max_value_bytes,
             max_keys: self.max_keys_per_plugin,
+            max_bytes: self.max_bytes_per_plugin,
         };
         match self.state_store {
             StateStore::Disk => Store::open_disk(&self.state_dir, limits),

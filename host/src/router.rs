@@ -175,6 +175,7 @@ fn failure_outcome(err: &CallError) -> Outcome {
         CallError::Disabled(_) => Outcome::Disabled,
         CallError::Busy | CallError::InstancesInUse(_) | CallError::NeverRan(_) => Outcome::Busy,
         CallError::ServerMemoryFull { .. } => Outcome::MemoryBudget,
+        CallError::StateUnavailable(_) => Outcome::StateUnavailable,
     }
 }
 
@@ -198,6 +199,7 @@ fn failure_reply(plugin: &str, err: &CallError) -> Reply {
         CallError::ServerMemoryFull { .. } => {
             Reply::error("server memory budget reached, try again")
         }
+        CallError::StateUnavailable(_) => Reply::error("state unavailable"),
     }
 }
 

@@ -27,6 +27,8 @@ const RELOADS: &str = "plugboard_reloads_total";
 const PLUGIN_MEMORY: &str = "plugboard_plugin_memory_bytes";
 const QUARANTINES: &str = "plugboard_quarantines_total";
 const LOG_LINES_SUPPRESSED: &str = "plugboard_log_lines_suppressed_total";
+const STATE_STORE_ERRORS: &str = "plugboard_state_store_errors_total";
+const STATE_STORE_REOPENS: &str = "plugboard_state_store_reopens_total";
 
 /// Command latency buckets, 10 us to 10 s: a warm Rust plugin answers in
 /// microseconds, a Python one in tens of them, a timeout takes seconds.
@@ -91,6 +93,14 @@ fn describe() {
         LOG_LINES_SUPPRESSED,
         "Log lines not written because their source was over its rate, by source"
     );
+    describe_counter!(
+        STATE_STORE_ERRORS,
+        "Commits of the state store that failed (I/O error, full disk, damage, a state file gone)"
+    );
+    describe_counter!(
+        STATE_STORE_REOPENS,
+        "Times the state store was reopened to recover from a failure"
+    );
 }
 
 /// Whether metrics are served, and so worth the cost of timing commands.
@@ -133,6 +143,14 @@ pub fn closed_by(reason: &'static str) {
     metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
 }
 
+pub fn state_store_error() {
+    metrics::counter!(STATE_STORE_ERRORS).increment(1);
+}
+
+pub fn state_store_reopened() {
+    metrics::counter!(STATE_STORE_REOPENS).increment(1);
+}
+
 /// How a command ended, as counted and logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -155,10 +173,12 @@ pub enum Outcome {
     Busy,
     /// The server's memory budget was taken.
     MemoryBudget,
+    /// The state store could not serve the plugin's read or write.
+    StateUnavailable,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 11] = [
+    const ALL: [Outcome; 12] = [
         Self::Ok,
         Self::Error,
         Self::Unknown,
@@ -170,6 +190,7 @@ impl Outcome {
         Self::Disabled,
         Self::Busy,
         Self::MemoryBudget,
+        Self::StateUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -185,6 +206,7 @@ impl Outcome {
             Self::Disabled => "disabled",
             Self::Busy => "busy",
             Self::MemoryBudget => "memory_budget",
+            Self::StateUnavailable => "state_unavailable",
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::thread;
 
-use crate::support::{Client, Setup, built_plugin};
+use crate::support::{Client, Setup, Tmpfs, built_plugin};
 
 fn onoff() -> Setup {
     Setup::new().plugin("onoff", "onoff")
@@ -131,28 +131,44 @@ fn store_limits_are_errors_the_plugin_can_report() {
     assert_eq!(client.request("kv-count a"), "3");
 }
 
+/// A damaged or foreign state file refuses to start, naming the file, and
+/// is left as it was: never replaced by an empty store. Several kinds.
 #[test]
 fn a_damaged_store_file_is_a_clear_startup_error() {
     let setup = onoff();
-    let state_dir = setup.plugin_dir().parent().unwrap().join("plugboard-state");
-    std::fs::create_dir(&state_dir).unwrap();
-    std::fs::write(state_dir.join("state.redb"), b"not a database at all").unwrap();
-    let output = crate::support::plugboard()
-        .args(["serve", "--config"])
-        .arg(setup.config_path())
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "started on a damaged store");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("state.redb") && stderr.contains("move it aside"),
-        "{stderr}"
-    );
-    // Nothing was overwritten.
-    assert_eq!(
-        std::fs::read(state_dir.join("state.redb")).unwrap(),
-        b"not a database at all"
-    );
+    let file = state_file(&setup);
+    let mut server = setup.start();
+    assert_eq!(server.connect().request("on"), "success");
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    server.wait_exit();
+    let real = std::fs::read(&file).unwrap();
+    for (kind, damaged) in [
+        ("foreign", b"not a database at all".to_vec()),
+        ("empty", Vec::new()),
+        ("truncated", real[..real.len() / 3].to_vec()),
+        ("header only", real[..512].to_vec()),
+    ] {
+        std::fs::write(&file, &damaged).unwrap();
+        let output = crate::support::plugboard()
+            .args(["serve", "--config"])
+            .arg(&server.config_path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{kind}: started on a damaged store"
+        );
+        assert!(
+            stderr.contains(&file.display().to_string()) && stderr.contains("move it aside"),
+            "{kind}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            damaged,
+            "{kind}: overwritten"
+        );
+    }
 }
 
 #[test]
@@ -218,5 +234,179 @@ fn waiting_on_the_store_does_not_time_out_a_plugin() {
         "{} of 100 failed: {:?}",
         failed.len(),
         failed.first()
+    );
+}
+
+/// The bad day: a plugin fills the disk. Its write fails with a
+/// clear error (never a wedge), deletes still commit, and once the operator
+/// frees space writes resume with no restart; nothing acknowledged is lost.
+#[test]
+fn a_full_disk_fails_writes_clearly_keeps_deletes_and_heals() {
+    let Some(disk) = Tmpfs::mount(40) else { return };
+    let filler = disk.write_file("operator-file", 14);
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .config(&format!("state_dir = {:?}", disk.path().join("state")))
+        .config("max_bytes_per_plugin = 1000000000")
+        .start();
+    let mut client = server.connect();
+    assert_eq!(client.request("kv-set kept before"), "stored");
+    let mut filled = 0;
+    let first_failure = loop {
+        let reply = client.request(&format!("kv-fill k{filled} 60000"));
+        if reply != "stored" {
+            break reply;
+        }
+        filled += 1;
+        assert!(filled < 1000, "40 MiB never filled");
+    };
+    assert_eq!(first_failure, "error: state unavailable");
+    assert!(filled > 10, "filled after {filled} writes only");
+    // The reserve's room is kept for deletes: growing writes are refused.
+    let refused = (0..5)
+        .map(|n| client.request(&format!("kv-fill more{n} 60000")))
+        .filter(|reply| reply == "error: state unavailable")
+        .count();
+    assert!(
+        refused >= 4,
+        "only {refused} of 5 writes refused on a full disk"
+    );
+    for n in 0..10 {
+        assert_eq!(client.request(&format!("kv-del k{n}")), "deleted");
+    }
+    assert_eq!(client.request("kv-get kept"), "before", "reads go on");
+    assert_eq!(client.request("echo still here"), "still here");
+
+    std::fs::remove_file(filler).unwrap();
+    assert_eq!(
+        client.request("kv-fill after 60000"),
+        "stored",
+        "writes resume once the disk has room, with no restart"
+    );
+    assert_eq!(client.request("kv-set kept after"), "stored");
+    let server = server.kill_and_restart();
+    let mut client = server.connect();
+    assert_eq!(client.request("kv-get kept"), "after");
+    assert_eq!(
+        client.request("kv-get k0"),
+        "(none)",
+        "deleted on the full disk"
+    );
+    let last = filled - 1;
+    assert_eq!(client.request(&format!("kv-get k{last}")).len(), 60000);
+}
+
+fn state_file(setup: &Setup) -> std::path::PathBuf {
+    setup
+        .plugin_dir()
+        .parent()
+        .unwrap()
+        .join("plugboard-state/state.redb")
+}
+
+/// Deleting `state_dir` (or the file) under a running server: writes are
+/// refused, never acknowledged into a file nobody will read; reads and
+/// commands that do not write go on.
+#[test]
+fn a_state_file_deleted_under_the_server_refuses_writes() {
+    let setup = Setup::new().plugin("testing_echo", "echo");
+    let file = state_file(&setup);
+    let server = setup.start();
+    let mut client = server.connect();
+    assert_eq!(client.request("kv-set a 1"), "stored");
+    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+    assert_eq!(client.request("kv-set a 2"), "error: state unavailable");
+    assert_eq!(client.request("kv-count n"), "error: state unavailable");
+    assert_eq!(
+        client.request("kv-get a"),
+        "1",
+        "reads go on from the open file"
+    );
+    assert_eq!(client.request("echo hi"), "hi");
+    // Recreating the directory does not make a fresh file the store's.
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    assert_eq!(client.request("kv-set a 3"), "error: state unavailable");
+}
+
+/// A state file replaced under the server (say, a backup restored over it)
+/// is not the file the server writes: writes are refused.
+#[test]
+fn a_state_file_replaced_under_the_server_refuses_writes() {
+    let setup = Setup::new().plugin("testing_echo", "echo");
+    let file = state_file(&setup);
+    let server = setup.start();
+    let mut client = server.connect();
+    assert_eq!(client.request("kv-set a 1"), "stored");
+    let copy = file.with_extension("copy");
+    std::fs::copy(&file, &copy).unwrap();
+    std::fs::rename(&copy, &file).unwrap();
+    assert_eq!(client.request("kv-set a 2"), "error: state unavailable");
+    assert_eq!(client.request("echo hi"), "hi");
+}
+
+/// Damage inside the store's pages, found by a read or a write at run time:
+/// every command still gets a reply (the value, or `error: state
+/// unavailable`), the connection and the server go on. Several kinds of
+/// damage, at several places.
+#[test]
+fn damage_inside_the_store_never_costs_a_reply() {
+    let setup = Setup::new().plugin("testing_echo", "echo");
+    let file = state_file(&setup);
+    let mut server = setup.start();
+    let value = "v".repeat(900);
+    {
+        let mut client = server.connect();
+        for n in 0..200 {
+            assert_eq!(client.request(&format!("kv-set k{n} {value}")), "stored");
+        }
+    }
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    server.wait_exit();
+    let pristine = std::fs::read(&file).unwrap();
+    let pages = pristine.len() / 4096;
+    let mut unavailable = 0;
+    for (kind, damage) in [
+        (
+            "zeroed page",
+            &(|_: usize, _: &mut [u8]| 0u8) as &dyn Fn(usize, &mut [u8]) -> u8,
+        ),
+        ("random page", &|i: usize, _: &mut [u8]| {
+            (i.wrapping_mul(2654435761) >> 13) as u8
+        }),
+        ("ones", &|_: usize, _: &mut [u8]| 0xff),
+    ] {
+        for page in [pages / 3, pages / 2, 2 * pages / 3, pages - 1] {
+            let mut bytes = pristine.clone();
+            let start = page * 4096;
+            for (i, byte) in bytes.iter_mut().enumerate().skip(start).take(4096) {
+                *byte = damage(i, &mut []);
+            }
+            std::fs::write(&file, &bytes).unwrap();
+            server = server.restart_stopped();
+            let mut client = server.connect();
+            for n in 0..200 {
+                let reply = client.request(&format!("kv-get k{n}"));
+                if reply == "error: state unavailable" {
+                    unavailable += 1;
+                }
+            }
+            let reply = client.request("kv-set fresh 1");
+            assert!(
+                reply == "stored" || reply == "error: state unavailable",
+                "{kind} at page {page}: {reply}"
+            );
+            assert_eq!(
+                client.request("echo alive"),
+                "alive",
+                "{kind} at page {page}"
+            );
+            server.signal(nix::sys::signal::Signal::SIGTERM);
+            server.wait_exit();
+        }
+    }
+    eprintln!("{unavailable} reads unavailable");
+    assert!(
+        unavailable > 0,
+        "no damage was ever found: the test damaged nothing read"
     );
 }

@@ -587,3 +587,53 @@ impl Client {
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+/// A small tmpfs of the test's own: a disk that fills up on cue.
+pub struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    /// A tmpfs of `mib` MiB, or `None` (and a note on stderr) where the
+    /// test may not mount one (mounting needs root).
+    pub fn mount(mib: u32) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("mount point");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs (needs root)");
+            return None;
+        }
+        Some(Self { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file of `mib` MiB at `name` (as much as fits).
+    pub fn write_file(&self, name: &str, mib: usize) -> PathBuf {
+        let path = self.path().join(name);
+        let mut file = std::fs::File::create(&path).expect("create");
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..mib {
+            if file.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}

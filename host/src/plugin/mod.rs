@@ -57,11 +57,15 @@ mod bindings {
         // blocking pool, and the plugin's call awaits them. Reads take a
         // microsecond or two and stay synchronous: an async import costs a
         // fiber round trip on every call (a few percent of a warm `on`).
+        // Every kv import is trappable: a store that cannot serve ends the
+        // command with `error: state unavailable` (see `sandbox.rs`).
         imports: {
-            "plugboard:plugin/kv.set": async,
-            "plugboard:plugin/kv.delete": async,
-            "plugboard:plugin/kv.increment": async,
-            "plugboard:plugin/kv.compare-and-swap": async,
+            "plugboard:plugin/kv.get": trappable,
+            "plugboard:plugin/kv.list-keys": trappable,
+            "plugboard:plugin/kv.set": async | trappable,
+            "plugboard:plugin/kv.delete": async | trappable,
+            "plugboard:plugin/kv.increment": async | trappable,
+            "plugboard:plugin/kv.compare-and-swap": async | trappable,
         },
     });
 }
@@ -191,6 +195,10 @@ pub enum CallError {
     /// the plugin's running calls: it never ran.
     #[error("did not get to run within {0:?}: its other calls took every place")]
     NeverRan(Duration),
+    /// The state store failed the plugin's read or write: the store's
+    /// fault, not the plugin's, so the command ends with it.
+    #[error("{0}")]
+    StateUnavailable(crate::store::Unavailable),
 }
 
 impl CallError {
@@ -461,7 +469,12 @@ impl Plugin {
                     budget_bytes: self.compiled.runtime.memory_budget_bytes(),
                 });
             }
-            Some(Err(err)) => return Err(CallError::Trapped(err.into())),
+            Some(Err(err)) => {
+                return Err(match err.downcast::<crate::store::Unavailable>() {
+                    Ok(unavailable) => CallError::StateUnavailable(unavailable),
+                    Err(err) => CallError::Trapped(err.into()),
+                });
+            }
             Some(Ok(returned)) => returned,
         };
         let len = match &reply {

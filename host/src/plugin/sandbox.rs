@@ -20,7 +20,7 @@ use super::epoch::TickingGuard;
 use super::host_wait::HostWait;
 use super::limits::{MemoryBudget, MemoryLimiter};
 use super::log::{PluginLog, PluginOutput};
-use crate::store::{KvError, Namespace};
+use crate::store::{Completion, KvError, Namespace, Write, Written};
 
 /// What the host hands every instance of one plugin (with one setup):
 /// shared by all of them.
@@ -118,74 +118,112 @@ impl config::Host for Sandbox {
     }
 }
 
-/// Runs a write and converts its error for the guest. Writes to a backend
-/// whose writes block (a disk sync) go to the blocking pool, and the time is
-/// the host's, not the plugin's (see `host_wait.rs`), so the call gives its
-/// CPU place up meanwhile (`cpu_share.rs`); in-memory writes take about a
-/// microsecond and run inline, where a thread hop would cost far more than
-/// the operation.
-async fn write<T: Send + 'static>(
-    kv: &Arc<Namespace>,
+/// Waits for a write and converts its result for the guest. A write to a
+/// backend that waits on a device (a disk sync) is the host's time, not the
+/// plugin's (see `host_wait.rs`), so the call gives its CPU place up
+/// meanwhile (`cpu_share.rs`); in-memory writes complete at once.
+async fn write(
+    kv: &Namespace,
     host_wait: &HostWait,
     running: &mut Running,
-    operation: impl FnOnce(&Namespace) -> Result<T, KvError> + Send + 'static,
-) -> Result<T, kv::Error> {
-    let result = if kv.writes_block() {
-        let kv = kv.clone();
-        running.pause();
-        let result = {
-            let _waiting = host_wait.begin();
-            tokio::task::spawn_blocking(move || operation(&kv))
-                .await
-                .unwrap_or_else(|join| Err(KvError::Storage(join.to_string())))
-        };
-        running.resume().await;
-        result
-    } else {
-        operation(kv)
+    key: &str,
+    write: Write,
+) -> wasmtime::Result<Result<Written, kv::Error>> {
+    let result = match kv.write(key, write) {
+        Completion::Ready(result) => result,
+        pending => {
+            running.pause();
+            let result = {
+                let _waiting = host_wait.begin();
+                pending.wait().await
+            };
+            running.resume().await;
+            result
+        }
     };
-    result.map_err(guest_error)
+    for_guest(result)
 }
 
-fn guest_error(err: KvError) -> kv::Error {
-    match err {
-        KvError::KeyTooLarge(max) => kv::Error::KeyTooLarge(max),
-        KvError::ValueTooLarge(max) => kv::Error::ValueTooLarge(max),
-        KvError::TooManyKeys(max) => kv::Error::TooManyKeys(max),
-        KvError::NotANumber => kv::Error::NotANumber,
-        KvError::Storage(message) => kv::Error::Storage(message),
-    }
+/// A plugin's error is the guest's to handle; a store that cannot serve
+/// ends the call (the router answers `error: state unavailable`).
+fn for_guest<T>(result: Result<T, KvError>) -> wasmtime::Result<Result<T, kv::Error>> {
+    Ok(Err(match result {
+        Ok(value) => return Ok(Ok(value)),
+        Err(KvError::Unavailable(unavailable)) => return Err(unavailable.into()),
+        Err(KvError::KeyTooLarge(max)) => kv::Error::KeyTooLarge(max),
+        Err(KvError::ValueTooLarge(max)) => kv::Error::ValueTooLarge(max),
+        Err(KvError::TooManyKeys(max)) => kv::Error::TooManyKeys(max),
+        Err(KvError::NotANumber) => kv::Error::NotANumber,
+        // The WIT has no variant of its own for it (adding one would break
+        // every compiled plugin): the message says which limit.
+        Err(err @ KvError::OverQuota(_)) => kv::Error::Storage(err.to_string()),
+    }))
+}
+
+/// What a write reported, as the import returns it; each import asks for
+/// the kind its write reports.
+fn reported<T>(
+    result: wasmtime::Result<Result<Written, kv::Error>>,
+    kind: impl FnOnce(Written) -> Option<T>,
+) -> wasmtime::Result<Result<T, kv::Error>> {
+    Ok(match result? {
+        Ok(written) => Ok(kind(written).ok_or_else(|| {
+            wasmtime::Error::msg(format!("the store reported {written:?} for another write"))
+        })?),
+        Err(err) => Err(err),
+    })
 }
 
 /// Reads never wait on a sync, so they run inline (and are sync imports).
 impl kv::Host for Sandbox {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::Error> {
-        self.kv.get(&key).map_err(guest_error)
+    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::Error>> {
+        for_guest(self.kv.get(&key))
     }
 
-    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::Error> {
-        write(&self.kv, &self.host_wait, &mut self.running, move |kv| {
-            kv.set(&key, &value)
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), kv::Error>> {
+        let result = write(
+            &self.kv,
+            &self.host_wait,
+            &mut self.running,
+            &key,
+            Write::Set(value),
+        );
+        reported(result.await, |w| (w == Written::Set).then_some(()))
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, kv::Error>> {
+        let result = write(
+            &self.kv,
+            &self.host_wait,
+            &mut self.running,
+            &key,
+            Write::Delete,
+        );
+        reported(result.await, |w| match w {
+            Written::Deleted(existed) => Some(existed),
+            _ => None,
         })
-        .await
     }
 
-    async fn delete(&mut self, key: String) -> Result<bool, kv::Error> {
-        write(&self.kv, &self.host_wait, &mut self.running, move |kv| {
-            kv.delete(&key)
+    fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, kv::Error>> {
+        for_guest(self.kv.list_keys(&prefix))
+    }
+
+    async fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, kv::Error>> {
+        let write = Write::Increment(delta);
+        let result = self::write(&self.kv, &self.host_wait, &mut self.running, &key, write);
+        reported(result.await, |w| match w {
+            Written::Incremented(n) => Some(n),
+            _ => None,
         })
-        .await
-    }
-
-    fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, kv::Error> {
-        self.kv.list_keys(&prefix).map_err(guest_error)
-    }
-
-    async fn increment(&mut self, key: String, delta: i64) -> Result<i64, kv::Error> {
-        write(&self.kv, &self.host_wait, &mut self.running, move |kv| {
-            kv.increment(&key, delta)
-        })
-        .await
     }
 
     async fn compare_and_swap(
@@ -193,10 +231,12 @@ impl kv::Host for Sandbox {
         key: String,
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
-    ) -> Result<bool, kv::Error> {
-        write(&self.kv, &self.host_wait, &mut self.running, move |kv| {
-            kv.compare_and_swap(&key, expected.as_deref(), &new)
+    ) -> wasmtime::Result<Result<bool, kv::Error>> {
+        let write = Write::CompareAndSwap { expected, new };
+        let result = self::write(&self.kv, &self.host_wait, &mut self.running, &key, write);
+        reported(result.await, |w| match w {
+            Written::Swapped(swapped) => Some(swapped),
+            _ => None,
         })
-        .await
     }
 }

@@ -21,6 +21,7 @@ pub fn runtime() -> Arc<Runtime> {
         max_key_bytes: 64,
         max_value_bytes: 1024,
         max_keys: 16,
+        max_bytes: 1 << 20,
     };
     Runtime::new(options, Store::in_memory(limits)).expect("runtime")
 }

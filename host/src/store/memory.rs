@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
 
-use super::{Backend, SetOutcome, Updater};
+use super::{Backend, Change, Completion, KvLimits, Unavailable, Usage, Write};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -14,7 +14,7 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Inner {
     entries: BTreeMap<(String, String), Vec<u8>>,
-    key_counts: HashMap<String, u32>,
+    usage: HashMap<String, Usage>,
 }
 
 impl MemoryStore {
@@ -30,20 +30,11 @@ fn entry(ns: &str, key: &str) -> (String, String) {
 }
 
 impl Backend for MemoryStore {
-    fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+    fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
         Ok(self.lock().entries.get(&entry(ns, key)).cloned())
     }
 
-    fn delete(&self, ns: &str, key: &str) -> Result<bool, String> {
-        let mut inner = self.lock();
-        let existed = inner.entries.remove(&entry(ns, key)).is_some();
-        if existed && let Some(count) = inner.key_counts.get_mut(ns) {
-            *count -= 1;
-        }
-        Ok(existed)
-    }
-
-    fn list_keys(&self, ns: &str, prefix: &str) -> Result<Vec<String>, String> {
+    fn list_keys(&self, ns: &str, prefix: &str) -> Result<Vec<String>, Unavailable> {
         let inner = self.lock();
         let keys = inner
             .entries
@@ -55,32 +46,26 @@ impl Backend for MemoryStore {
         Ok(keys)
     }
 
-    fn update(
-        &self,
-        ns: &str,
-        key: &str,
-        max_keys: u32,
-        update: Updater<'_>,
-    ) -> Result<SetOutcome, String> {
+    /// A microsecond under a lock: answered at once, never a thread hop.
+    fn write(&self, ns: &str, key: &str, write: Write, limits: KvLimits) -> Completion {
         let mut inner = self.lock();
         let entry = entry(ns, key);
-        let current = inner.entries.get(&entry);
-        let is_new = current.is_none();
-        let Some(value) = update(current.map(Vec::as_slice)) else {
-            return Ok(SetOutcome::Unchanged);
+        let usage = inner.usage.get(ns).copied().unwrap_or_default();
+        let plan = match write.plan(
+            key,
+            inner.entries.get(&entry).map(Vec::as_slice),
+            usage,
+            &limits,
+        ) {
+            Ok(plan) => plan,
+            Err(err) => return Completion::Ready(Err(err)),
         };
-        if is_new {
-            let count = inner.key_counts.entry(ns.to_owned()).or_default();
-            if *count >= max_keys {
-                return Ok(SetOutcome::TooManyKeys);
-            }
-            *count += 1;
+        match plan.change {
+            Change::Keep => {}
+            Change::Put(value) => drop(inner.entries.insert(entry, value)),
+            Change::Remove => drop(inner.entries.remove(&entry)),
         }
-        inner.entries.insert(entry, value);
-        Ok(SetOutcome::Written)
-    }
-
-    fn writes_block(&self) -> bool {
-        false
+        inner.usage.insert(ns.to_owned(), plan.usage);
+        Completion::Ready(Ok(plan.written))
     }
 }

@@ -11,40 +11,69 @@ mod memory;
 use std::path::Path;
 use std::sync::Arc;
 
+use tokio::sync::oneshot;
+
 pub use disk::DiskStore;
 pub use memory::MemoryStore;
 
-/// Computes a key's new value from its current one (`None`: absent);
-/// returning `None` leaves the key as it is.
-pub type Updater<'a> = &'a mut dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>>;
-
-/// A backend. Every method is one atomic operation in the namespace `ns`;
-/// writes are durable when they return.
+/// A backend. Reads answer at once; every write is one atomic operation in
+/// the namespace `ns`, within `limits`, and durable when it completes.
 pub trait Backend: Send + Sync + 'static {
-    fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
-    fn delete(&self, ns: &str, key: &str) -> Result<bool, String>;
-    fn list_keys(&self, ns: &str, prefix: &str) -> Result<Vec<String>, String>;
-    /// Replaces the value at `key` with `update(current)`, atomically;
-    /// `update` returning `None` leaves the store unchanged. A new key when
-    /// `ns` already holds `max_keys` keys changes nothing: `TooManyKeys`.
-    fn update(
-        &self,
-        ns: &str,
-        key: &str,
-        max_keys: u32,
-        update: Updater<'_>,
-    ) -> Result<SetOutcome, String>;
-
-    /// Whether writes wait on a device (a disk sync, a network round trip)
-    /// and so must not run on an async worker. Reads are assumed quick.
-    fn writes_block(&self) -> bool;
+    fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, Unavailable>;
+    fn list_keys(&self, ns: &str, prefix: &str) -> Result<Vec<String>, Unavailable>;
+    fn write(&self, ns: &str, key: &str, write: Write, limits: KvLimits) -> Completion;
 }
 
+/// A change to one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Set(Vec<u8>),
+    Delete,
+    Increment(i64),
+    CompareAndSwap {
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    },
+}
+
+/// What a write did, by kind of write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetOutcome {
-    Written,
-    Unchanged,
-    TooManyKeys,
+pub enum Written {
+    Set,
+    Deleted(bool),
+    Incremented(i64),
+    Swapped(bool),
+}
+
+/// A write's result: at once (an in-memory store), or once a backend that
+/// waits on a device (a disk sync, a network round trip) has it durable.
+/// The caller decides how to wait; a backend never blocks an async worker.
+pub enum Completion {
+    Ready(Result<Written, KvError>),
+    Pending(oneshot::Receiver<Result<Written, KvError>>),
+}
+
+impl Completion {
+    pub async fn wait(self) -> Result<Written, KvError> {
+        match self {
+            Self::Ready(result) => result,
+            Self::Pending(receiver) => receiver.await.unwrap_or_else(|_| Err(gone())),
+        }
+    }
+
+    /// For callers outside the async runtime (tests, tools).
+    pub fn wait_blocking(self) -> Result<Written, KvError> {
+        match self {
+            Self::Ready(result) => result,
+            Self::Pending(receiver) => receiver.blocking_recv().unwrap_or_else(|_| Err(gone())),
+        }
+    }
+}
+
+fn gone() -> KvError {
+    KvError::Unavailable(Unavailable(
+        "the store stopped before the write completed".into(),
+    ))
 }
 
 /// Size limits of every namespace, from the config.
@@ -53,9 +82,20 @@ pub struct KvLimits {
     pub max_key_bytes: u32,
     pub max_value_bytes: u32,
     pub max_keys: u32,
+    /// Keys and values together (`max_bytes_per_plugin`).
+    pub max_bytes: u64,
 }
 
-/// Why a plugin's operation failed; mirrors the WIT `kv.error`.
+/// The store cannot serve this operation now (an I/O error, a full disk, a
+/// damaged or vanished file, a backend that is down). Not the plugin's
+/// doing: its command is answered `error: state unavailable`, and the
+/// reason goes to the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("state unavailable: {0}")]
+pub struct Unavailable(pub String);
+
+/// Why a plugin's operation failed; all but `Unavailable` are the plugin's
+/// to handle (the WIT `kv.error`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
     #[error("key longer than {0} bytes")]
@@ -64,10 +104,113 @@ pub enum KvError {
     ValueTooLarge(u32),
     #[error("more than {0} keys")]
     TooManyKeys(u32),
+    #[error("the plugin's keys and values would take more than {0} bytes (max_bytes_per_plugin)")]
+    OverQuota(u64),
     #[error("value is not a decimal integer")]
     NotANumber,
-    #[error("storage failed: {0}")]
-    Storage(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+/// How much one namespace holds, kept beside its entries so that limits
+/// are enforced without scanning them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub keys: u32,
+    pub bytes: u64,
+}
+
+/// What an entry costs against `max_bytes_per_plugin`.
+fn entry_bytes(key: &str, value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
+}
+
+/// The key's next state, as a write decided it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    Keep,
+    Put(Vec<u8>),
+    Remove,
+}
+
+/// A write decided against the key's current value and its namespace's
+/// usage: what to store, the usage after it, and what to report. Every
+/// backend applies writes through this, so all agree on their meaning.
+#[derive(Debug)]
+pub struct Plan {
+    pub change: Change,
+    pub usage: Usage,
+    pub written: Written,
+}
+
+impl Write {
+    pub fn plan(
+        self,
+        key: &str,
+        current: Option<&[u8]>,
+        usage: Usage,
+        limits: &KvLimits,
+    ) -> Result<Plan, KvError> {
+        let (change, written) = self.decide(current)?;
+        let old = current.map(|value| entry_bytes(key, value));
+        let usage = match &change {
+            Change::Keep => usage,
+            Change::Remove => Usage {
+                keys: usage.keys.saturating_sub(1),
+                bytes: usage.bytes.saturating_sub(old.unwrap_or(0)),
+            },
+            Change::Put(value) => grown(usage, old, entry_bytes(key, value), limits)?,
+        };
+        Ok(Plan {
+            change,
+            usage,
+            written,
+        })
+    }
+
+    fn decide(self, current: Option<&[u8]>) -> Result<(Change, Written), KvError> {
+        Ok(match self {
+            Self::Set(value) => (Change::Put(value), Written::Set),
+            Self::Delete if current.is_some() => (Change::Remove, Written::Deleted(true)),
+            Self::Delete => (Change::Keep, Written::Deleted(false)),
+            Self::Increment(delta) => {
+                let current = match current {
+                    None => Some(0),
+                    Some(bytes) => std::str::from_utf8(bytes)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok()),
+                };
+                let next = current
+                    .and_then(|n| n.checked_add(delta))
+                    .ok_or(KvError::NotANumber)?;
+                (
+                    Change::Put(next.to_string().into_bytes()),
+                    Written::Incremented(next),
+                )
+            }
+            Self::CompareAndSwap { expected, new } if current == expected.as_deref() => {
+                (Change::Put(new), Written::Swapped(true))
+            }
+            Self::CompareAndSwap { .. } => (Change::Keep, Written::Swapped(false)),
+        })
+    }
+}
+
+/// The usage after an entry of `old` bytes (`None`: a new key) becomes
+/// `new` bytes, if the limits allow it. Shrinking is always allowed, so a
+/// plugin over a lowered quota can still make room.
+fn grown(usage: Usage, old: Option<u64>, new: u64, limits: &KvLimits) -> Result<Usage, KvError> {
+    let keys = match old {
+        Some(_) => usage.keys,
+        None if usage.keys >= limits.max_keys => return Err(KvError::TooManyKeys(limits.max_keys)),
+        None => usage.keys + 1,
+    };
+    let old = old.unwrap_or(0);
+    let bytes = usage.bytes.saturating_sub(old) + new;
+    if new > old && bytes > limits.max_bytes {
+        return Err(KvError::OverQuota(limits.max_bytes));
+    }
+    Ok(Usage { keys, bytes })
 }
 
 /// The store shared by all plugins: a backend plus the limits.
@@ -109,11 +252,6 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// See [`Backend::writes_block`].
-    pub fn writes_block(&self) -> bool {
-        self.store.backend.writes_block()
-    }
-
     fn check_key(&self, key: &str) -> Result<(), KvError> {
         let max = self.store.limits.max_key_bytes;
         if key.len() > max as usize {
@@ -130,81 +268,28 @@ impl Namespace {
         Ok(())
     }
 
-    fn backend(&self) -> &dyn Backend {
-        &*self.store.backend
-    }
-
-    fn written(&self, outcome: Result<SetOutcome, String>) -> Result<SetOutcome, KvError> {
-        match outcome.map_err(KvError::Storage)? {
-            SetOutcome::TooManyKeys => Err(KvError::TooManyKeys(self.store.limits.max_keys)),
-            outcome => Ok(outcome),
-        }
-    }
-
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(key)?;
-        self.backend().get(&self.ns, key).map_err(KvError::Storage)
-    }
-
-    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.check_key(key)?;
-        self.check_value(value)?;
-        let max_keys = self.store.limits.max_keys;
-        let mut write = |_: Option<&[u8]>| Some(value.to_vec());
-        self.written(self.backend().update(&self.ns, key, max_keys, &mut write))
-            .map(drop)
-    }
-
-    pub fn delete(&self, key: &str) -> Result<bool, KvError> {
-        self.check_key(key)?;
-        self.backend()
-            .delete(&self.ns, key)
-            .map_err(KvError::Storage)
+        Ok(self.store.backend.get(&self.ns, key)?)
     }
 
     pub fn list_keys(&self, prefix: &str) -> Result<Vec<String>, KvError> {
-        self.backend()
-            .list_keys(&self.ns, prefix)
-            .map_err(KvError::Storage)
+        Ok(self.store.backend.list_keys(&self.ns, prefix)?)
     }
 
-    pub fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
-        self.check_key(key)?;
-        let mut result = Err(KvError::NotANumber);
-        let max_keys = self.store.limits.max_keys;
-        self.written(
-            self.backend()
-                .update(&self.ns, key, max_keys, &mut |current| {
-                    let current = match current {
-                        None => Some(0),
-                        Some(bytes) => std::str::from_utf8(bytes)
-                            .ok()
-                            .and_then(|s| s.parse::<i64>().ok()),
-                    };
-                    let next = current.and_then(|n| n.checked_add(delta));
-                    result = next.ok_or(KvError::NotANumber);
-                    next.map(|n| n.to_string().into_bytes())
-                }),
-        )?;
-        result
-    }
-
-    pub fn compare_and_swap(
-        &self,
-        key: &str,
-        expected: Option<&[u8]>,
-        new: &[u8],
-    ) -> Result<bool, KvError> {
-        self.check_key(key)?;
-        self.check_value(new)?;
-        let max_keys = self.store.limits.max_keys;
-        let outcome = self.written(self.backend().update(
-            &self.ns,
-            key,
-            max_keys,
-            &mut |current| (current == expected).then(|| new.to_vec()),
-        ))?;
-        Ok(outcome == SetOutcome::Written)
+    /// Starts `write` on `key`, after the checks that need no backend.
+    pub fn write(&self, key: &str, write: Write) -> Completion {
+        let checked = self.check_key(key).and_then(|()| match &write {
+            Write::Set(value) | Write::CompareAndSwap { new: value, .. } => self.check_value(value),
+            Write::Delete | Write::Increment(_) => Ok(()),
+        });
+        match checked {
+            Err(err) => Completion::Ready(Err(err)),
+            Ok(()) => self
+                .store
+                .backend
+                .write(&self.ns, key, write, self.store.limits),
+        }
     }
 }
 
@@ -217,6 +302,7 @@ mod tests {
             max_key_bytes: 8,
             max_value_bytes: 4,
             max_keys: 2,
+            max_bytes: 8,
         }
     }
 
@@ -230,10 +316,18 @@ mod tests {
         ]
     }
 
+    fn set(ns: &Namespace, key: &str, value: &[u8]) -> Result<Written, KvError> {
+        ns.write(key, Write::Set(value.to_vec())).wait_blocking()
+    }
+
+    fn apply(ns: &Namespace, key: &str, write: Write) -> Written {
+        ns.write(key, write).wait_blocking().unwrap()
+    }
+
     #[test]
     fn namespaces_are_isolated() {
         for (store, _dir) in backends() {
-            store.namespace("a").set("k", b"1").unwrap();
+            set(&store.namespace("a"), "k", b"1").unwrap();
             assert_eq!(store.namespace("b").get("k").unwrap(), None);
             assert_eq!(
                 store.namespace("b").list_keys("").unwrap(),
@@ -247,14 +341,33 @@ mod tests {
     fn limits_are_enforced() {
         for (store, _dir) in backends() {
             let ns = store.namespace("p");
-            assert_eq!(ns.set("123456789", b"v"), Err(KvError::KeyTooLarge(8)));
-            assert_eq!(ns.set("k", b"12345"), Err(KvError::ValueTooLarge(4)));
-            ns.set("a", b"1").unwrap();
-            ns.set("b", b"1").unwrap();
-            assert_eq!(ns.set("c", b"1"), Err(KvError::TooManyKeys(2)));
+            assert_eq!(set(&ns, "123456789", b"v"), Err(KvError::KeyTooLarge(8)));
+            assert_eq!(set(&ns, "k", b"12345"), Err(KvError::ValueTooLarge(4)));
+            set(&ns, "a", b"1").unwrap();
+            set(&ns, "b", b"1").unwrap();
+            assert_eq!(set(&ns, "c", b"1"), Err(KvError::TooManyKeys(2)));
             // Overwriting an existing key is not a new key.
-            ns.set("a", b"2").unwrap();
-            assert_eq!(ns.increment("c", 1), Err(KvError::TooManyKeys(2)));
+            set(&ns, "a", b"2").unwrap();
+            assert_eq!(
+                ns.write("c", Write::Increment(1)).wait_blocking(),
+                Err(KvError::TooManyKeys(2))
+            );
+        }
+    }
+
+    #[test]
+    fn the_byte_quota_counts_keys_and_values_and_lets_a_plugin_shrink() {
+        for (store, _dir) in backends() {
+            let ns = store.namespace("p");
+            set(&ns, "ab", b"1234").unwrap(); // 6 of 8 bytes
+            assert_eq!(set(&ns, "c", b"12"), Err(KvError::OverQuota(8)));
+            set(&ns, "c", b"1").unwrap(); // 8 of 8
+            assert_eq!(set(&ns, "ab", b"12345"), Err(KvError::ValueTooLarge(4)));
+            set(&ns, "ab", b"12").unwrap(); // shrinks: 6 of 8
+            assert_eq!(apply(&ns, "c", Write::Delete), Written::Deleted(true));
+            set(&ns, "ab", b"1234").unwrap(); // 6 of 8 again
+            // Another namespace has its own quota.
+            set(&store.namespace("q"), "abc", b"1234").unwrap();
         }
     }
 
@@ -262,18 +375,60 @@ mod tests {
     fn increment_list_delete_and_cas() {
         for (store, _dir) in backends() {
             let ns = store.namespace("p");
-            assert_eq!(ns.increment("n", 5).unwrap(), 5);
-            assert_eq!(ns.increment("n", -2).unwrap(), 3);
-            ns.set("m", b"x").unwrap();
-            assert_eq!(ns.increment("m", 1), Err(KvError::NotANumber));
+            assert_eq!(
+                apply(&ns, "n", Write::Increment(5)),
+                Written::Incremented(5)
+            );
+            assert_eq!(
+                apply(&ns, "n", Write::Increment(-2)),
+                Written::Incremented(3)
+            );
+            set(&ns, "m", b"x").unwrap();
+            assert_eq!(
+                ns.write("m", Write::Increment(1)).wait_blocking(),
+                Err(KvError::NotANumber)
+            );
             assert_eq!(ns.list_keys("").unwrap(), ["m", "n"]);
             assert_eq!(ns.list_keys("n").unwrap(), ["n"]);
-            assert!(!ns.compare_and_swap("m", Some(b"y"), b"z").unwrap());
-            assert!(ns.compare_and_swap("m", Some(b"x"), b"z").unwrap());
+            let cas = |expected: Option<&[u8]>, new: &[u8]| Write::CompareAndSwap {
+                expected: expected.map(<[u8]>::to_vec),
+                new: new.to_vec(),
+            };
+            assert_eq!(
+                apply(&ns, "m", cas(Some(b"y"), b"z")),
+                Written::Swapped(false)
+            );
+            assert_eq!(
+                apply(&ns, "m", cas(Some(b"x"), b"z")),
+                Written::Swapped(true)
+            );
             assert_eq!(ns.get("m").unwrap(), Some(b"z".to_vec()));
-            assert!(ns.delete("m").unwrap());
-            assert!(!ns.delete("m").unwrap());
-            assert!(ns.compare_and_swap("m", None, b"new").unwrap());
+            assert_eq!(apply(&ns, "m", Write::Delete), Written::Deleted(true));
+            assert_eq!(apply(&ns, "m", Write::Delete), Written::Deleted(false));
+            assert_eq!(apply(&ns, "m", cas(None, b"new")), Written::Swapped(true));
+        }
+    }
+
+    #[test]
+    fn concurrent_writes_each_apply_once() {
+        for (store, _dir) in backends() {
+            let writers: Vec<_> = (0..8)
+                .map(|_| {
+                    let ns = store.namespace("p");
+                    std::thread::spawn(move || {
+                        for _ in 0..50 {
+                            ns.write("n", Write::Increment(1)).wait_blocking().unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for writer in writers {
+                writer.join().unwrap();
+            }
+            assert_eq!(
+                store.namespace("p").get("n").unwrap(),
+                Some(b"400".to_vec())
+            );
         }
     }
 
@@ -282,17 +437,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open_disk(dir.path(), limits()).unwrap();
-            store.namespace("p").set("k", b"v").unwrap();
+            set(&store.namespace("p"), "k", b"v").unwrap();
         }
         let store = Store::open_disk(dir.path(), limits()).unwrap();
         assert_eq!(store.namespace("p").get("k").unwrap(), Some(b"v".to_vec()));
         drop(store);
         let file = dir.path().join(disk::FILE_NAME);
-        std::fs::write(&file, b"garbage, not a database").unwrap();
-        let err = format!(
-            "{:#}",
-            Store::open_disk(dir.path(), limits()).err().unwrap()
-        );
-        assert!(err.contains(&file.display().to_string()), "{err}");
+        for damage in [&b"garbage, not a database"[..], b""] {
+            std::fs::write(&file, damage).unwrap();
+            let err = format!(
+                "{:#}",
+                Store::open_disk(dir.path(), limits()).err().unwrap()
+            );
+            assert!(err.contains(&file.display().to_string()), "{err}");
+        }
     }
 }

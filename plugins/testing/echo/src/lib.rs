@@ -18,6 +18,11 @@ impl Plugin for Echo {
         Command::new("kv-set", "Store the second argument under the first"),
         Command::new("kv-get", "Reply with the value stored under the argument"),
         Command::new("kv-count", "Increment the counter named by the argument"),
+        Command::new("kv-del", "Delete the key named by the argument"),
+        Command::new(
+            "kv-fill",
+            "Store N bytes under a key: `kv-fill KEY N` (fills a disk fast)",
+        ),
     ];
 
     fn handle(request: Request) -> Result<String, String> {
@@ -55,6 +60,16 @@ impl Plugin for Echo {
             "kv-count" => kv::increment(&request.raw_args, 1)
                 .map(|n| n.to_string())
                 .map_err(|err| format!("{err:?}")),
+            "kv-del" => match kv::delete(&request.raw_args).map_err(|err| format!("{err:?}"))? {
+                true => Ok("deleted".into()),
+                false => Ok("(none)".into()),
+            },
+            "kv-fill" => {
+                let (key, len) = request.raw_args.split_once(' ').ok_or("kv-fill KEY N")?;
+                let len: usize = len.parse().map_err(|_| "N is a byte count")?;
+                kv::set(key, &vec![b'x'; len]).map_err(|err| format!("{err:?}"))?;
+                Ok("stored".into())
+            }
             other => Err(format!("unexpected command '{other}'")),
         }
     }
