@@ -13,6 +13,7 @@
 //! is loaded again: a crash loop costs one error reply, not an instance and a
 //! trap per command.
 
+mod cache_check;
 mod cpu_share;
 mod epoch;
 mod health;
@@ -27,8 +28,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use wasmtime::component::Component;
 
 use cpu_share::CpuShare;
 use health::Health;
@@ -276,8 +275,8 @@ impl Plugin {
         let kv = Arc::new(runtime.kv().namespace(&name));
         check_component_header(&bytes)?;
         // Compiling is CPU-bound and can take seconds: keep it off the async workers.
-        let engine = runtime.engine().clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+        let compiling = runtime.clone();
+        let component = tokio::task::spawn_blocking(move || compiling.compile(&bytes))
             .await
             .map_err(|join| LoadError::Compile(join.into()))?
             .map_err(|err| {

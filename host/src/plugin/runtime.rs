@@ -15,6 +15,7 @@ use wasmtime::{
 
 use super::Setup;
 use super::bindings;
+use super::cache_check::CacheCheck;
 use super::epoch::EpochTicker;
 use super::limits::MemoryBudget;
 use super::sandbox::{InstanceHandles, Sandbox};
@@ -27,6 +28,8 @@ pub struct Runtime {
     /// `None` when epoch interruption is off (benchmarks only).
     ticker: Option<Arc<EpochTicker>>,
     cache: Option<Cache>,
+    /// Checksums of the cache's entries, when the cache is on.
+    cache_check: Option<CacheCheck>,
     /// Plugins' key-value state, one namespace each.
     kv: KvStore,
     /// All instances' memory together.
@@ -129,6 +132,7 @@ impl Runtime {
             engine,
             linker,
             ticker,
+            cache_check: options.cache_dir.as_deref().map(CacheCheck::new),
             cache,
             kv,
             memory_budget: MemoryBudget::new(options.max_total_memory_bytes),
@@ -154,6 +158,19 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Compiles a component, or loads it from the compile cache once the
+    /// cache's entries are verified (see `cache_check.rs`). Blocks: CPU-bound.
+    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<wasmtime::component::Component> {
+        if let Some(check) = &self.cache_check {
+            check.verify();
+        }
+        let component = wasmtime::component::Component::new(&self.engine, bytes);
+        if let Some(check) = &self.cache_check {
+            check.record();
+        }
+        component
     }
 
     pub fn linker(&self) -> &Linker<Sandbox> {
