@@ -327,3 +327,139 @@ fn conflicts_are_re_resolved_on_every_change() {
     assert!(server.log.wait_for_count(UPDATED, 2));
     assert_eq!(client.request("on"), "success");
 }
+
+/// The one compile cache entry in `cache`, and its bytes.
+fn only_cache_entry(cache: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
+    let entries: Vec<_> = std::fs::read_dir(cache.join("modules"))
+        .unwrap()
+        .flatten()
+        .flat_map(|compiler| std::fs::read_dir(compiler.path()).unwrap().flatten())
+        .map(|file| file.path())
+        .filter(|path| path.extension().is_none())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let bytes = std::fs::read(&entries[0]).unwrap();
+    (entries[0].clone(), bytes)
+}
+
+/// A damaged, truncated or foreign compile cache entry is never run: it is
+/// found before the engine loads it and compiled afresh, so the server
+/// starts and serves the plugin it was given. The foreign entry is the
+/// sharpest: another plugin's valid code under this plugin's key, which an
+/// unchecked cache runs as this plugin (or crashes on).
+#[test]
+fn damaged_compile_cache_entries_are_recompiled_never_run() {
+    let cache_for = |plugin: &str, name: &str| {
+        let cache = tempfile::tempdir().unwrap();
+        let server = Setup::new()
+            .plugin(plugin, name)
+            .config(&format!("cache_dir = {:?}", cache.path()))
+            .start();
+        drop(server);
+        cache
+    };
+    let echo_cache = cache_for("testing_echo", "echo");
+    let onoff_cache = cache_for("onoff", "onoff");
+    let (entry, pristine) = only_cache_entry(echo_cache.path());
+    let (_, foreign) = only_cache_entry(onoff_cache.path());
+    let mut flipped = pristine.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    for (kind, damaged) in [
+        ("foreign", foreign),
+        ("flipped byte", flipped),
+        ("truncated", pristine[..pristine.len() / 2].to_vec()),
+        ("empty", Vec::new()),
+    ] {
+        std::fs::write(&entry, &damaged).unwrap();
+        let server = Setup::new()
+            .plugin("testing_echo", "echo")
+            .config(&format!("cache_dir = {:?}", echo_cache.path()))
+            .start();
+        let mut client = server.connect();
+        assert_eq!(client.request("echo hi"), "hi", "{kind}");
+        assert_eq!(
+            client.request("on"),
+            "error: unknown command 'on'",
+            "{kind}"
+        );
+        drop(server);
+        assert_eq!(
+            std::fs::read(&entry).unwrap(),
+            pristine,
+            "{kind}: the entry was not compiled afresh"
+        );
+    }
+}
+
+/// `plugin_dir` removed and made again (`rm -rf`, then a deploy): the loaded
+/// plugins serve meanwhile, the new directory is rescanned and watched.
+#[test]
+fn hot_reload_survives_the_plugin_dir_removed_and_recreated() {
+    let server = onoff();
+    let dir = server.plugin_dir.clone();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(server.connect().request("on"), "success", "still serving");
+    std::fs::create_dir(&dir).unwrap();
+    replace(&server, "echo.wasm", &bytes_of("testing_echo"), 1);
+    let mut client = server.connect();
+    assert_eq!(client.request("echo back"), "back");
+    assert_eq!(client.request("on"), "error: unknown command 'on'");
+    // Watched again: a file added to the new directory loads.
+    replace(&server, "onoff.wasm", &bytes_of("onoff"), 2);
+    assert_eq!(client.request("on"), "success");
+}
+
+/// A rename swap (`mv plugins plugins.old; mv plugins.new plugins`): the
+/// directory now at the path is rescanned and watched.
+#[test]
+fn hot_reload_survives_a_rename_swap_of_the_plugin_dir() {
+    let server = onoff();
+    let dir = server.plugin_dir.clone();
+    let new = dir.with_extension("new");
+    std::fs::create_dir(&new).unwrap();
+    std::fs::write(new.join("echo.wasm"), bytes_of("testing_echo")).unwrap();
+    std::fs::rename(&dir, dir.with_extension("old")).unwrap();
+    std::fs::rename(&new, &dir).unwrap();
+    assert!(
+        server.log.wait_for_count(UPDATED, 1),
+        "{}",
+        server.log.text()
+    );
+    let mut client = server.connect();
+    assert_eq!(client.request("echo swapped"), "swapped");
+    assert_eq!(client.request("on"), "error: unknown command 'on'");
+    replace(&server, "onoff.wasm", &bytes_of("onoff"), 2);
+    assert_eq!(client.request("on"), "success");
+}
+
+/// `plugin_dir` a symlink swapped to another release directory (`ln -sfn`,
+/// as deploy tools do); and SIGHUP re-arms the watch in any case.
+#[test]
+fn hot_reload_follows_a_symlink_swap_of_the_plugin_dir() {
+    let setup = Setup::new().plugin("onoff", "onoff");
+    let root = setup.plugin_dir().parent().unwrap().to_owned();
+    std::os::unix::fs::symlink("plugins", root.join("current")).unwrap();
+    let server = setup.config("plugin_dir = \"current\"").start();
+    let release = root.join("release-2");
+    std::fs::create_dir(&release).unwrap();
+    std::fs::write(release.join("echo.wasm"), bytes_of("testing_echo")).unwrap();
+    std::os::unix::fs::symlink("release-2", root.join("current.next")).unwrap();
+    std::fs::rename(root.join("current.next"), root.join("current")).unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        server.log.wait_for_count(UPDATED, 1),
+        "{}",
+        server.log.text()
+    );
+    let mut client = server.connect();
+    assert_eq!(client.request("echo released"), "released");
+    assert_eq!(client.request("on"), "error: unknown command 'on'");
+    std::fs::write(release.join("onoff.wasm"), bytes_of("onoff")).unwrap();
+    assert!(
+        server.log.wait_for_count(UPDATED, 2),
+        "{}",
+        server.log.text()
+    );
+    assert_eq!(client.request("on"), "success");
+}

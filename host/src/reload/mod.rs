@@ -44,6 +44,10 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// before a rescan.
 const QUIET: Duration = Duration::from_secs(1);
 
+/// How often the plugin directory's identity is checked: a directory
+/// replaced (recreated, renamed over, a symlink swapped) is watched anew.
+const DIR_CHECK: Duration = Duration::from_secs(1);
+
 /// What a filesystem event says about a plugin file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Trigger {
@@ -51,6 +55,8 @@ enum Trigger {
     Complete,
     /// Created or modified: the writer may not be done.
     Writing,
+    /// The watched directory itself was removed or moved away.
+    DirGone,
 }
 
 /// The plugin set, what it serves through, and what makes it change.
@@ -62,8 +68,27 @@ pub struct Reloader {
     routes: Arc<Routes>,
     hangup: Signal,
     triggers: mpsc::UnboundedReceiver<Trigger>,
+    /// Where watchers send their triggers; `None` when not watching.
+    events: Option<mpsc::UnboundedSender<Trigger>>,
+    watch: DirWatch,
+}
+
+/// The watch on the plugin directory, and which directory it is on: the
+/// kernel watches a directory, not a path, so a path that names another
+/// directory now must be watched again.
+#[derive(Default)]
+struct DirWatch {
     /// Stops watching when dropped.
     _watcher: Option<RecommendedWatcher>,
+    /// (device, inode) of the directory watched; `None` if there was none.
+    identity: Option<(u64, u64)>,
+}
+
+/// The directory `path` names now (following symlinks).
+fn dir_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    meta.is_dir().then(|| (meta.dev(), meta.ino()))
 }
 
 impl Reloader {
@@ -80,9 +105,11 @@ impl Reloader {
         // Installed at startup: a SIGHUP's default action is to end the process.
         let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         let (events, triggers) = mpsc::unbounded_channel();
-        let watcher = (watch && config.hot_reload)
-            .then(|| watch_dir(&config.plugin_dir, events))
-            .flatten();
+        let events = (watch && config.hot_reload).then_some(events);
+        let watch = match &events {
+            Some(events) => DirWatch::on(&config.plugin_dir, events.clone()),
+            None => DirWatch::default(),
+        };
         let mut plugins = PluginDir::new(config.plugin_dir.clone());
         plugins
             .rescan(&runtime, &|name| config.setup_for(name))
@@ -96,7 +123,8 @@ impl Reloader {
             routes,
             hangup,
             triggers,
-            _watcher: watcher,
+            events,
+            watch,
         })
     }
 
@@ -111,15 +139,44 @@ impl Reloader {
 
     /// Serves reloads until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut dir_check = tokio::time::interval(DIR_CHECK);
+        dir_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 Some(first) = self.triggers.recv() => {
-                    settle(first, &mut self.triggers).await;
+                    if settle(first, &mut self.triggers).await {
+                        self.watch = DirWatch::default();
+                    }
                     self.rescan().await;
                 }
                 _ = self.hangup.recv() => self.reload_config().await,
+                _ = dir_check.tick() => self.follow_replaced_dir().await,
                 () = shutdown.cancelled() => return,
             }
+        }
+    }
+
+    /// Watches the directory `plugin_dir` names now, if that is another one
+    /// than the watched (recreated, renamed over, a symlink swapped), and
+    /// rescans it. While there is none, the loaded plugins keep serving.
+    async fn follow_replaced_dir(&mut self) {
+        let Some(events) = &self.events else { return };
+        let dir = &self.config.plugin_dir;
+        if dir_identity(dir) == self.watch.identity {
+            return;
+        }
+        self.watch = DirWatch::default();
+        self.watch = DirWatch::on(dir, events.clone());
+        match self.watch.identity {
+            Some(_) => {
+                tracing::warn!(dir = %dir.display(), "plugin_dir is another directory now: watching it and rescanning")
+            }
+            None => {
+                tracing::warn!(dir = %dir.display(), "plugin_dir is gone: the loaded plugins keep serving until it is back")
+            }
+        }
+        if self.watch.identity.is_some() {
+            self.rescan().await;
         }
     }
 
@@ -161,6 +218,11 @@ impl Reloader {
         for key in self.config.apply_reload(new) {
             tracing::warn!("`{key}` changed: it takes effect at the next restart");
         }
+        // Watch afresh whatever the directory is now.
+        if let Some(events) = &self.events {
+            self.watch = DirWatch::default();
+            self.watch = DirWatch::on(&self.config.plugin_dir, events.clone());
+        }
         let config = &self.config;
         let limits_changed = self.plugins.apply_limits(&|name| config.setup_for(name));
         let revived = self.plugins.revive_quarantined();
@@ -182,21 +244,35 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 /// Waits until the events that follow `first` settle: a short time after a
-/// "complete" event, a longer quiet period when files are only being written.
-async fn settle(first: Trigger, triggers: &mut mpsc::UnboundedReceiver<Trigger>) {
-    let mut complete = first == Trigger::Complete;
+/// "complete" event, a longer quiet period when files are only being
+/// written. Returns whether the directory itself went away meanwhile.
+async fn settle(first: Trigger, triggers: &mut mpsc::UnboundedReceiver<Trigger>) -> bool {
+    let mut complete = first != Trigger::Writing;
+    let mut dir_gone = first == Trigger::DirGone;
     loop {
         let wait = if complete { SETTLE } else { QUIET };
         match tokio::time::timeout(wait, triggers.recv()).await {
-            Ok(Some(trigger)) => complete |= trigger == Trigger::Complete,
-            Ok(None) | Err(_) => return,
+            Ok(Some(trigger)) => {
+                complete |= trigger != Trigger::Writing;
+                dir_gone |= trigger == Trigger::DirGone;
+            }
+            Ok(None) | Err(_) => return dir_gone,
         }
     }
 }
 
 /// Maps a filesystem event to a trigger, ignoring events about other files
 /// and reads (including the server's own reads of plugin files).
-fn classify(event: &notify::Event) -> Option<Trigger> {
+fn classify(event: &notify::Event, dir: &std::path::Path) -> Option<Trigger> {
+    let about_dir = event.paths.iter().any(|path| path == dir);
+    if about_dir
+        && matches!(
+            event.kind,
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+        )
+    {
+        return Some(Trigger::DirGone);
+    }
     if !event.paths.iter().any(|path| is_plugin_file(path)) {
         return None;
     }
@@ -209,34 +285,41 @@ fn classify(event: &notify::Event) -> Option<Trigger> {
     }
 }
 
-/// Watches `dir`, sending a trigger per relevant event. `None` (and an error
-/// in the log) if the platform refuses: the server still runs, without hot reload.
-fn watch_dir(
-    dir: &std::path::Path,
-    events: mpsc::UnboundedSender<Trigger>,
-) -> Option<RecommendedWatcher> {
-    let dir = dir.to_owned();
-    let handler = move |event: notify::Result<notify::Event>| match event {
-        Ok(event) => {
-            if let Some(trigger) = classify(&event) {
-                let _ = events.send(trigger);
+impl DirWatch {
+    /// Watches the directory `dir` names now, sending a trigger per relevant
+    /// event. Without one (none there, or the platform refuses, logged) the
+    /// server runs on; the directory check tries again.
+    fn on(dir: &std::path::Path, events: mpsc::UnboundedSender<Trigger>) -> Self {
+        let identity = dir_identity(dir);
+        if identity.is_none() {
+            return Self::default();
+        }
+        let watched = dir.to_owned();
+        let handler = move |event: notify::Result<notify::Event>| match event {
+            Ok(event) => {
+                if let Some(trigger) = classify(&event, &watched) {
+                    let _ = events.send(trigger);
+                }
             }
-        }
-        Err(err) => tracing::warn!("plugin directory watch error: {err}"),
-    };
-    let watching = notify::recommended_watcher(handler).and_then(|mut watcher| {
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map(|()| watcher)
-    });
-    match watching {
-        Ok(watcher) => {
-            tracing::info!(dir = %dir.display(), "watching the plugin directory for changes");
-            Some(watcher)
-        }
-        Err(err) => {
-            tracing::error!(dir = %dir.display(), "cannot watch the plugin directory, hot reload is off: {err}");
-            None
+            Err(err) => tracing::warn!("plugin directory watch error: {err}"),
+        };
+        let watching = notify::recommended_watcher(handler).and_then(|mut watcher| {
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .map(|()| watcher)
+        });
+        match watching {
+            Ok(watcher) => {
+                tracing::info!(dir = %dir.display(), "watching the plugin directory for changes");
+                Self {
+                    _watcher: Some(watcher),
+                    identity,
+                }
+            }
+            Err(err) => {
+                tracing::error!(dir = %dir.display(), "cannot watch the plugin directory, hot reload is off: {err}");
+                Self::default()
+            }
         }
     }
 }
