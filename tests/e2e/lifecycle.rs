@@ -107,3 +107,44 @@ fn shutdown_does_not_wait_for_a_compile() {
     );
     assert!(took < std::time::Duration::from_secs(3), "{took:?}");
 }
+
+/// A large `max_connections` (100000 where the machine's hard open-file
+/// limit allows it) starts, the pool being sized to instances rather than
+/// connections, and gets its descriptors: the server starts with a soft
+/// limit of 1024 and serves 1500 clients at once.
+#[test]
+fn a_large_max_connections_starts_and_gets_its_descriptors() {
+    use nix::sys::resource::{Resource, getrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let max_connections = 100_000.min(hard.saturating_sub(300));
+    if max_connections < 2_000 {
+        eprintln!("skipped: the hard open-file limit ({hard}) is too low for this test");
+        return;
+    }
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .config(&format!("max_connections = {max_connections}"))
+        .config("max_connections_per_ip = 2000")
+        .start_with(move || {
+            let mut command = std::process::Command::new("prlimit");
+            command
+                .arg(format!("--nofile=1024:{hard}"))
+                .arg(crate::support::plugboard_path());
+            command
+        });
+    let mut clients: Vec<Client> = (0..1_500).map(|_| server.connect()).collect();
+    assert_eq!(clients[1_499].request("echo last"), "last");
+    assert_eq!(clients[0].request("echo first"), "first");
+}
+
+/// A `max_connections` no open-file limit can honour is refused at
+/// startup, naming the key.
+#[test]
+fn an_impossible_max_connections_is_refused_naming_the_key() {
+    let mut server = Setup::new()
+        .config("max_connections = 100000000")
+        .start_loading();
+    assert!(!server.wait_exit().success());
+    let log = server.log.text();
+    assert!(log.contains("`max_connections` = 100000000"), "{log}");
+}

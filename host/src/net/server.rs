@@ -56,11 +56,44 @@ pub async fn run(
     options: ServeOptions,
     shutdown_signal: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    reserve_descriptors(options.config.max_connections)?;
     let listen = &options.config.listen;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on `listen` = {listen:?}"))?;
     serve(listener, options, shutdown_signal).await
+}
+
+/// Descriptors the server holds besides its connections: the listener, the
+/// log, the state store, plugin and cache files, the metrics listener,
+/// refused clients lingering, the runtime's own.
+const OTHER_DESCRIPTORS: u64 = 256;
+
+/// Makes sure `max_connections` clients can be held: each is a descriptor,
+/// so the soft limit is raised to what is needed (up to the hard limit, or
+/// beyond it where the process may). A value that cannot be honoured is
+/// refused now, naming the key, not found out at the first refused accept.
+fn reserve_descriptors(max_connections: usize) -> anyhow::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let needed = max_connections as u64 + OTHER_DESCRIPTORS;
+    let (soft, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).context("cannot read the descriptor limit")?;
+    if soft >= needed {
+        return Ok(());
+    }
+    if setrlimit(Resource::RLIMIT_NOFILE, needed, hard.max(needed)).is_ok() {
+        tracing::info!(
+            from = soft,
+            to = needed,
+            "raised the open-file limit for `max_connections`"
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "`max_connections` = {max_connections} needs {needed} open files, but the limit is \
+         {soft} (hard {hard}) and cannot be raised: raise it (`ulimit -n`, systemd's \
+         `LimitNOFILE=`) or lower `max_connections`"
+    )
 }
 
 /// Loads the plugins and serves clients of `listener` until
