@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use serde::Deserialize;
 
-use crate::plugin::{Limits, MAX_QUARANTINE_AFTER, RuntimeOptions, Setup};
+use crate::plugin::{DirGrant, Grants, Limits, MAX_QUARANTINE_AFTER, RuntimeOptions, Setup};
 use crate::store::{KvLimits, Store};
 
 /// `config.toml`, field by field. Every field has a default; see the README's
@@ -168,6 +168,55 @@ pub struct PluginSettings {
     #[serde(flatten)]
     pub limits: LimitSettings,
     pub config: BTreeMap<String, String>,
+    /// Outbound TCP it may open: `"IP:port"` each.
+    pub allow_tcp: Vec<String>,
+    /// Directories it may read: guest path = host path.
+    pub dirs: BTreeMap<String, PathBuf>,
+    /// Directories it may read and write: guest path = host path.
+    pub writable_dirs: BTreeMap<String, PathBuf>,
+}
+
+impl PluginSettings {
+    /// The capabilities this table grants; `at` is its key path.
+    fn grants(&self, at: &str) -> anyhow::Result<Grants> {
+        let tcp = self
+            .allow_tcp
+            .iter()
+            .map(|addr| {
+                addr.parse::<std::net::SocketAddr>().map_err(|_| {
+                    anyhow::anyhow!(
+                        "`{at}.allow_tcp`: {addr:?} is not an IP address and port \
+                         (\"127.0.0.1:1883\", \"[::1]:1883\"); names are not granted yet"
+                    )
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let read_only = self.dirs.iter().map(|dir| (dir, false, "dirs"));
+        let writable = self
+            .writable_dirs
+            .iter()
+            .map(|dir| (dir, true, "writable_dirs"));
+        let dirs = read_only
+            .chain(writable)
+            .map(|((guest, host), writable, key)| {
+                ensure!(
+                    guest.starts_with('/'),
+                    "`{at}.{key}`: the guest path {guest:?} must be absolute (\"/data\")"
+                );
+                ensure!(
+                    host.is_dir(),
+                    "`{at}.{key}`: {guest:?} = {} is not a directory",
+                    host.display()
+                );
+                Ok(DirGrant {
+                    guest: guest.clone(),
+                    host: host.clone(),
+                    writable,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Grants { tcp, dirs })
+    }
 }
 
 /// The limits of plugin calls, in the config's units. Declared once for both
@@ -272,6 +321,15 @@ impl Config {
         ] {
             *dir = base.join(&*dir);
         }
+        for plugin in self.plugins.values_mut() {
+            for dir in plugin
+                .dirs
+                .values_mut()
+                .chain(plugin.writable_dirs.values_mut())
+            {
+                *dir = base.join(&*dir);
+            }
+        }
         if let Some(tls) = &mut self.tls {
             for file in [&mut tls.cert, &mut tls.key] {
                 *file = base.join(&*file);
@@ -309,6 +367,7 @@ impl Config {
         self.auth.validate()?;
         for (name, plugin) in &self.plugins {
             plugin.limits.validate(&format!("plugins.{name}."))?;
+            plugin.grants(&format!("plugins.{name}"))?;
         }
         match std::fs::metadata(&self.plugin_dir) {
             Ok(meta) if meta.is_dir() => Ok(()),
@@ -415,9 +474,17 @@ impl Config {
             .get(name)
             .map(|p| p.config.clone())
             .unwrap_or_default();
+        // Validated at load: a grant that fails now (a directory removed
+        // since) is left out, and the plugin goes without it.
+        let grants = self
+            .plugins
+            .get(name)
+            .and_then(|p| p.grants(&format!("plugins.{name}")).ok())
+            .unwrap_or_default();
         Setup {
             limits: self.limits_for(name),
             config: std::sync::Arc::new(config),
+            grants: std::sync::Arc::new(grants),
         }
     }
 

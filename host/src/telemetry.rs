@@ -27,6 +27,7 @@ const RELOADS: &str = "plugboard_reloads_total";
 const PLUGIN_MEMORY: &str = "plugboard_plugin_memory_bytes";
 const QUARANTINES: &str = "plugboard_quarantines_total";
 const LOG_LINES_SUPPRESSED: &str = "plugboard_log_lines_suppressed_total";
+const CAPABILITY_DENIED: &str = "plugboard_capability_denied_total";
 const STATE_STORE_ERRORS: &str = "plugboard_state_store_errors_total";
 const STATE_STORE_REOPENS: &str = "plugboard_state_store_reopens_total";
 
@@ -94,6 +95,10 @@ fn describe() {
         "Log lines not written because their source was over its rate, by source"
     );
     describe_counter!(
+        CAPABILITY_DENIED,
+        "Uses of a capability the plugin was not granted, by plugin and kind (tcp)"
+    );
+    describe_counter!(
         STATE_STORE_ERRORS,
         "Commits of the state store that failed (I/O error, full disk, damage, a state file gone)"
     );
@@ -141,6 +146,12 @@ pub fn permission_denied(token: &str) {
 /// Counts a connection the server closed, by why (a fixed set of words).
 pub fn closed_by(reason: &'static str) {
     metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+}
+
+/// The counter of `plugin`'s denied uses of `kind`: looked up once per
+/// setup, not per attempt.
+pub fn capability_denied(plugin: &str, kind: &'static str) -> Counter {
+    metrics::counter!(CAPABILITY_DENIED, "plugin" => plugin.to_owned(), "kind" => kind)
 }
 
 pub fn state_store_error() {

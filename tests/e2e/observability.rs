@@ -261,3 +261,21 @@ fn debug_logs_trace_each_command_with_plugin_outcome_and_duration() {
     assert!(command["fields"]["elapsed_us"].is_u64(), "{command}");
     assert_eq!(command["span"]["outcome"], "ok", "recorded on the span too");
 }
+
+/// A capability used without a grant is counted per plugin and kind.
+#[test]
+fn denied_capabilities_are_counted() {
+    let (setup, port) = with_metrics();
+    let server = setup.plugin("testing_hostile", "hostile").start();
+    let mut client = server.connect();
+    for _ in 0..3 {
+        let reply = client.request(&format!("connect {}", server.addr));
+        assert!(reply.starts_with("error: denied:"), "{reply}");
+    }
+    let scrape = Scrape::from(port);
+    let labels = [("plugin", "hostile"), ("kind", "tcp")];
+    assert_eq!(
+        scrape.count("plugboard_capability_denied_total", &labels),
+        3.0
+    );
+}

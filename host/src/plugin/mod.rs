@@ -16,6 +16,7 @@
 mod cache_check;
 mod cpu_share;
 mod epoch;
+mod grants;
 mod health;
 mod host_wait;
 mod limits;
@@ -30,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cpu_share::CpuShare;
+pub use grants::{DirGrant, Grants};
 use health::Health;
 pub use health::MAX_WINDOW as MAX_QUARANTINE_AFTER;
 pub use limits::Limits;
@@ -75,6 +77,8 @@ mod bindings {
 pub struct Setup {
     pub limits: Limits,
     pub config: Arc<std::collections::BTreeMap<String, String>>,
+    /// What it may reach beyond the sandbox (nothing by default).
+    pub grants: Arc<Grants>,
 }
 
 /// A command a plugin serves, as it declared it.
@@ -227,6 +231,10 @@ fn instance_handles(
             limits.max_log_lines_per_sec,
             limits.max_log_line_bytes,
         )),
+        denials: grants::Denials {
+            plugin: name.clone(),
+            tcp: crate::telemetry::capability_denied(name, "tcp"),
+        },
     }
 }
 

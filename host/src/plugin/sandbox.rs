@@ -32,6 +32,8 @@ pub struct InstanceHandles {
     pub memory: metrics::Gauge,
     /// Its lines in the host's log.
     pub log: Arc<PluginLog>,
+    /// Where its use of capabilities it was not granted is counted.
+    pub denials: super::grants::Denials,
 }
 
 /// Host resources (WASI handles) one instance may hold at once: a plugin
@@ -65,13 +67,11 @@ impl Sandbox {
         budget: &Arc<MemoryBudget>,
         ticking: Option<TickingGuard>,
     ) -> Self {
-        let wasi = WasiCtx::builder()
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .stdout(PluginOutput::new(&handles.log, "stdout"))
-            .stderr(PluginOutput::new(&handles.log, "stderr"))
-            .build();
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(PluginOutput::new(&handles.log, "stdout"))
+            .stderr(PluginOutput::new(&handles.log, "stderr"));
+        setup.grants.apply(&mut wasi, &handles.denials);
+        let wasi = wasi.build();
         // Handles the host keeps for the instance (WASI streams, sockets'
         // futures...) are host memory: bounded, and freed with the instance.
         let mut table = ResourceTable::new();

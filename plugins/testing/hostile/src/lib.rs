@@ -25,6 +25,10 @@ impl Plugin for Hostile {
         Command::new("huge-reply", "Reply with N bytes"),
         Command::new("open-file", "Try to read a file given as argument"),
         Command::new("connect", "Try to open a TCP connection to an address"),
+        Command::new(
+            "write-file",
+            "Try to write the text after the path to a file",
+        ),
         Command::new("remember", "Keep the argument in the instance's memory"),
         Command::new("recall", "Reply with what `remember` kept in this instance"),
         Command::new(
@@ -87,6 +91,16 @@ impl Plugin for Hostile {
                 Ok(text) => Ok(format!("read {} bytes", text.len())),
                 Err(err) => Err(format!("denied: {err}")),
             },
+            "write-file" => {
+                let (path, text) = request
+                    .raw_args
+                    .split_once(' ')
+                    .unwrap_or((&request.raw_args, ""));
+                match std::fs::write(path, text) {
+                    Ok(()) => Ok(format!("wrote {} bytes", text.len())),
+                    Err(err) => Err(format!("denied: {err}")),
+                }
+            }
             "connect" => match std::net::TcpStream::connect(&request.raw_args) {
                 Ok(_) => Ok("connected".into()),
                 Err(err) => Err(format!("denied: {err}")),

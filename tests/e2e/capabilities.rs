@@ -1,0 +1,112 @@
+//! Capabilities granted per plugin in its `[plugins.<name>]` table: outbound
+//! TCP to listed addresses, directories read-only or read-write. Without a
+//! grant, nothing (see `sandbox.rs`).
+
+use std::net::TcpListener;
+
+use crate::support::Setup;
+
+fn hostile() -> Setup {
+    Setup::new().plugin("testing_hostile", "hostile")
+}
+
+/// A granted address connects; any other (even the server's own) is an
+/// error the plugin handles: it replies with it.
+#[test]
+fn tcp_reaches_granted_addresses_only() {
+    let granted = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let granted = granted.local_addr().unwrap();
+    let server = hostile()
+        .plugin_config("hostile", &format!("allow_tcp = [\"{granted}\"]"))
+        .start();
+    let mut client = server.connect();
+    assert_eq!(client.request(&format!("connect {granted}")), "connected");
+    let denied = client.request(&format!("connect {}", other.local_addr().unwrap()));
+    assert!(denied.starts_with("error: denied:"), "{denied}");
+    let own = client.request(&format!("connect {}", server.addr));
+    assert!(own.starts_with("error: denied:"), "{own}");
+}
+
+/// The same plugin under another name, with no table: no TCP at all.
+#[test]
+fn another_plugins_grant_is_not_usable() {
+    let granted = TcpListener::bind("127.0.0.1:0").unwrap();
+    let granted = granted.local_addr().unwrap();
+    let server = hostile()
+        .plugin_config("someone-else", &format!("allow_tcp = [\"{granted}\"]"))
+        .start();
+    let reply = server.connect().request(&format!("connect {granted}"));
+    assert!(reply.starts_with("error: denied:"), "{reply}");
+}
+
+/// A read-only directory: its files read, writes refused, and neither `..`
+/// nor a symlink inside it leads out of it.
+#[test]
+fn a_read_only_directory_is_readable_and_nothing_beyond() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("hello.txt"), "hello").unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "secret").unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), data.path().join("link")).unwrap();
+    let server = hostile()
+        .tables(&format!(
+            "[plugins.hostile.dirs]\n\"/data\" = {:?}",
+            data.path()
+        ))
+        .start();
+    let mut client = server.connect();
+    assert_eq!(client.request("open-file /data/hello.txt"), "read 5 bytes");
+    for path in ["/data/link", "/data/../etc/passwd", "/etc/passwd"] {
+        let reply = client.request(&format!("open-file {path}"));
+        assert!(reply.starts_with("error: denied:"), "{path}: {reply}");
+    }
+    let write = client.request("write-file /data/new.txt x");
+    assert!(write.starts_with("error: denied:"), "{write}");
+    assert!(!data.path().join("new.txt").exists());
+}
+
+/// A writable directory takes new files, which land on the host.
+#[test]
+fn a_writable_directory_takes_writes() {
+    let out = tempfile::tempdir().unwrap();
+    let server = hostile()
+        .tables(&format!(
+            "[plugins.hostile.writable_dirs]\n\"/out\" = {:?}",
+            out.path()
+        ))
+        .start();
+    let mut client = server.connect();
+    assert_eq!(
+        client.request("write-file /out/state.txt on"),
+        "wrote 2 bytes"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("state.txt")).unwrap(),
+        "on"
+    );
+    assert_eq!(client.request("open-file /out/state.txt"), "read 2 bytes");
+    let escape = client.request("write-file /out/../escaped.txt x");
+    assert!(escape.starts_with("error: denied:"), "{escape}");
+}
+
+/// A grant naming what cannot be granted is a startup error naming the key.
+#[test]
+fn bad_grants_are_config_errors_naming_the_key() {
+    for (table, key) in [
+        (
+            "allow_tcp = [\"example.com:80\"]",
+            "plugins.hostile.allow_tcp",
+        ),
+        (
+            "dirs = { \"/data\" = \"/no/such/dir\" }",
+            "plugins.hostile.dirs",
+        ),
+        ("dirs = { \"data\" = \"/tmp\" }", "plugins.hostile.dirs"),
+    ] {
+        let mut server = hostile().plugin_config("hostile", table).start_loading();
+        assert!(!server.wait_exit().success(), "{table}");
+        let log = server.log.text();
+        assert!(log.contains(key), "{table}: {log}");
+    }
+}
