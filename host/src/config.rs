@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use serde::Deserialize;
 
-use crate::plugin::{DirGrant, Grants, Limits, MAX_QUARANTINE_AFTER, RuntimeOptions, Setup};
+use crate::plugin::{
+    DirGrant, Grants, Limits, MAX_QUARANTINE_AFTER, Origin, RuntimeOptions, Setup,
+};
 use crate::store::{KvLimits, Store};
 
 /// `config.toml`, field by field. Every field has a default; see the README's
@@ -168,6 +170,8 @@ pub struct PluginSettings {
     #[serde(flatten)]
     pub limits: LimitSettings,
     pub config: BTreeMap<String, String>,
+    /// Origins it may send HTTP(S) requests to: `"https://api.example.com"`.
+    pub allow_http: Vec<String>,
     /// Outbound TCP it may open: `"IP:port"` each.
     pub allow_tcp: Vec<String>,
     /// Directories it may read: guest path = host path.
@@ -179,6 +183,15 @@ pub struct PluginSettings {
 impl PluginSettings {
     /// The capabilities this table grants; `at` is its key path.
     fn grants(&self, at: &str) -> anyhow::Result<Grants> {
+        let http = self
+            .allow_http
+            .iter()
+            .map(|origin| {
+                origin
+                    .parse::<Origin>()
+                    .map_err(|err| anyhow::anyhow!("`{at}.allow_http`: {err}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
         let tcp = self
             .allow_tcp
             .iter()
@@ -215,7 +228,7 @@ impl PluginSettings {
                 })
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Grants { tcp, dirs })
+        Ok(Grants { http, tcp, dirs })
     }
 }
 

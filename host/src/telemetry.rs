@@ -96,7 +96,7 @@ fn describe() {
     );
     describe_counter!(
         CAPABILITY_DENIED,
-        "Uses of a capability the plugin was not granted, by plugin and kind (tcp)"
+        "Uses of a capability the plugin was not granted, by plugin and kind (http, tcp)"
     );
     describe_counter!(
         STATE_STORE_ERRORS,

@@ -110,3 +110,79 @@ fn bad_grants_are_config_errors_naming_the_key() {
         assert!(log.contains(key), "{table}: {log}");
     }
 }
+
+/// A one-request-at-a-time HTTP server on loopback that answers `body` and
+/// reports each request line it got.
+fn http_server(body: &'static str) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen, requests) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let mut header = String::new();
+            while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                header.clear();
+            }
+            let _ = seen.send(line.trim_end().to_owned());
+            let mut stream = reader.into_inner();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, requests)
+}
+
+/// HTTP to a granted origin goes out and its answer comes back; another
+/// origin (another port, the same host by name) is denied inside the plugin
+/// and never reaches the network.
+#[test]
+fn http_reaches_granted_origins_only() {
+    let (granted, requests) = http_server("on");
+    let (other, other_requests) = http_server("nope");
+    let server = hostile()
+        .plugin_config("hostile", &format!("allow_http = [\"http://{granted}\"]"))
+        .start();
+    let mut client = server.connect();
+    assert_eq!(
+        client.request(&format!("http-get http://{granted}/cm?cmnd=Power%20On")),
+        "200 on"
+    );
+    assert_eq!(
+        requests.recv_timeout(crate::support::TIMEOUT).unwrap(),
+        "GET /cm?cmnd=Power%20On HTTP/1.1"
+    );
+    for url in [
+        format!("http://{other}/"),
+        format!("http://localhost:{}/", granted.port()),
+        format!("https://{granted}/"),
+    ] {
+        let reply = client.request(&format!("http-get {url}"));
+        assert!(
+            reply.starts_with("error: denied:") && reply.contains("Denied"),
+            "{url}: {reply}"
+        );
+    }
+    assert!(
+        other_requests.try_recv().is_err(),
+        "a denied request went out"
+    );
+}
+
+/// Without a grant, no HTTP at all.
+#[test]
+fn http_without_a_grant_is_denied() {
+    let (addr, requests) = http_server("on");
+    let server = hostile().start();
+    let reply = server
+        .connect()
+        .request(&format!("http-get http://{addr}/"));
+    assert!(reply.starts_with("error: denied:"), "{reply}");
+    assert!(requests.try_recv().is_err());
+}

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cpu_share::CpuShare;
-pub use grants::{DirGrant, Grants};
+pub use grants::{DirGrant, Grants, Origin};
 use health::Health;
 pub use health::MAX_WINDOW as MAX_QUARANTINE_AFTER;
 pub use limits::Limits;
@@ -234,6 +234,7 @@ fn instance_handles(
         denials: grants::Denials {
             plugin: name.clone(),
             tcp: crate::telemetry::capability_denied(name, "tcp"),
+            http: crate::telemetry::capability_denied(name, "http"),
         },
     }
 }

@@ -122,6 +122,9 @@ impl Runtime {
         // Rust's std (and other languages' runtimes) import WASI even when the
         // plugin uses none of it; the sandbox decides what those imports can reach.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // wasi:http for plugins granted `allow_http`; others are denied by
+        // their hooks (see `grants.rs`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |sandbox| sandbox)?;
 
         let ticker = options

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::Setup;
 use super::bindings::plugboard::plugin::{config, host, kv, types};
@@ -50,6 +51,8 @@ pub struct Sandbox {
     /// This instance's place under the plugin's `max_instances`.
     pub instance_permit: Option<tokio::sync::OwnedSemaphorePermit>,
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    http_hooks: super::grants::HttpHooks,
     table: ResourceTable,
     pub limiter: MemoryLimiter,
     /// The plugin's `[plugins.<name>.config]` table.
@@ -82,6 +85,8 @@ impl Sandbox {
             running: Running::default(),
             instance_permit: None,
             wasi,
+            http: WasiHttpCtx::new(),
+            http_hooks: setup.grants.http_hooks(&handles.denials),
             table,
             limiter: MemoryLimiter::new(
                 setup.limits.max_memory_bytes,
@@ -100,6 +105,16 @@ impl WasiView for Sandbox {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Sandbox {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
         }
     }
 }
