@@ -7,7 +7,7 @@ CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
 WASM_OUT := target/$(WASM_TARGET)/release
 # The plugins the default config serves (test plugins stay out of it).
-SHIPPED_PLUGINS := onoff
+SHIPPED_PLUGINS := onoff relay
 PLUGIN_DIR := target/plugins
 # Plugins in other languages are built into GUEST_OUT.
 GUEST_OUT := target/guest

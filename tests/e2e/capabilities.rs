@@ -186,3 +186,87 @@ fn http_without_a_grant_is_denied() {
     assert!(reply.starts_with("error: denied:"), "{reply}");
     assert!(requests.try_recv().is_err());
 }
+
+/// A device on loopback speaking Tasmota's or Shelly's HTTP API, with a
+/// relay that remembers its state; it reports each request line.
+fn fake_device(shelly: bool) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen, requests) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut on = false;
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let mut header = String::new();
+            while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                header.clear();
+            }
+            if line.contains("Power%20On") || line.contains("turn=on") {
+                on = true;
+            } else if line.contains("Power%20Off") || line.contains("turn=off") {
+                on = false;
+            }
+            let body = match (shelly, on) {
+                (false, true) => r#"{"POWER":"ON"}"#.to_owned(),
+                (false, false) => r#"{"POWER":"OFF"}"#.to_owned(),
+                (true, on) => format!(r#"{{"ison": {on}, "source": "http"}}"#),
+            };
+            let _ = seen.send(line.split_whitespace().nth(1).unwrap_or("").to_owned());
+            let mut stream = reader.into_inner();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, requests)
+}
+
+/// The shipped relay plugin drives a real (loopback) device through its
+/// HTTP API, with the origin granted and the URL in its config.
+#[test]
+fn the_relay_plugin_switches_a_device_over_http() {
+    for (firmware, shelly, on_path) in [
+        ("tasmota", false, "/cm?cmnd=Power%20On"),
+        ("shelly", true, "/relay/0?turn=on"),
+    ] {
+        let (device, requests) = fake_device(shelly);
+        let server = Setup::new()
+            .plugin("relay", "relay")
+            .plugin_config("relay", &format!("allow_http = [\"http://{device}\"]"))
+            .tables(&format!(
+                "[plugins.relay.config]\nurl = \"http://{device}\"\nfirmware = \"{firmware}\""
+            ))
+            .start();
+        let mut client = server.connect();
+        assert_eq!(client.request("relay-status"), "off", "{firmware}");
+        assert_eq!(client.request("relay-on"), "on", "{firmware}");
+        assert_eq!(client.request("relay-status"), "on", "{firmware}");
+        assert_eq!(client.request("relay-off"), "off", "{firmware}");
+        let paths: Vec<String> = requests.try_iter().collect();
+        assert_eq!(paths.len(), 4, "{firmware}: {paths:?}");
+        assert_eq!(paths[1], on_path, "{firmware}");
+    }
+}
+
+/// Without the grant, the relay says why instead of reaching the device.
+#[test]
+fn the_relay_plugin_without_a_grant_reaches_nothing() {
+    let (device, requests) = fake_device(false);
+    let server = Setup::new()
+        .plugin("relay", "relay")
+        .tables(&format!(
+            "[plugins.relay.config]\nurl = \"http://{device}\""
+        ))
+        .start();
+    let reply = server.connect().request("relay-on");
+    assert!(
+        reply.starts_with("error: device unreachable") && reply.contains("Denied"),
+        "{reply}"
+    );
+    assert!(requests.try_recv().is_err());
+}

@@ -140,6 +140,108 @@ pub mod kv {
     }
 }
 
+/// Outbound HTTP(S) through `wasi:http`, for a plugin the operator granted
+/// `allow_http` in its `[plugins.<name>]` table (say `allow_http =
+/// ["http://192.168.1.40"]`). A request to any other origin fails with an
+/// error naming `HttpRequestDenied`; the call's `call_timeout_ms` bounds the
+/// whole exchange.
+pub mod http {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+    use wasip2::io::streams::StreamError;
+
+    /// A response: its status and whole body.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Response {
+        pub status: u16,
+        pub body: Vec<u8>,
+    }
+
+    impl Response {
+        /// The body as text (lossy for bytes that are not UTF-8).
+        pub fn text(&self) -> String {
+            String::from_utf8_lossy(&self.body).into_owned()
+        }
+    }
+
+    /// `GET url` with `headers`.
+    pub fn get(url: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
+        send(Method::Get, url, headers, None)
+    }
+
+    /// `POST url` with `headers` and `body`.
+    pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response, String> {
+        send(Method::Post, url, headers, Some(body))
+    }
+
+    fn send(
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Response, String> {
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (Scheme::Https, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (Scheme::Http, rest)
+        } else {
+            return Err(format!("not an http:// or https:// URL: {url}"));
+        };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if path.is_empty() { "/" } else { path };
+        let fields: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+            .collect();
+        let fields = Fields::from_list(&fields).map_err(|err| format!("bad header: {err:?}"))?;
+        let request = OutgoingRequest::new(fields);
+        let invalid = |what: &str| format!("invalid {what} in {url}");
+        request
+            .set_method(&method)
+            .map_err(|()| invalid("method"))?;
+        request
+            .set_scheme(Some(&scheme))
+            .map_err(|()| invalid("scheme"))?;
+        request
+            .set_authority(Some(authority))
+            .map_err(|()| invalid("host"))?;
+        request
+            .set_path_with_query(Some(path))
+            .map_err(|()| invalid("path"))?;
+        let outgoing = request.body().map_err(|()| "request body taken")?;
+        let pending = outgoing_handler::handle(request, None).map_err(|err| format!("{err:?}"))?;
+        if let Some(body) = body {
+            let stream = outgoing.write().map_err(|()| "request body stream taken")?;
+            for chunk in body.chunks(4096) {
+                stream
+                    .blocking_write_and_flush(chunk)
+                    .map_err(|err| format!("sending the body: {err:?}"))?;
+            }
+        }
+        OutgoingBody::finish(outgoing, None).map_err(|err| format!("{err:?}"))?;
+        pending.subscribe().block();
+        let response = pending
+            .get()
+            .ok_or("no response")?
+            .map_err(|()| "response taken")?
+            .map_err(|err| format!("{err:?}"))?;
+        let status = response.status();
+        let incoming = response.consume().map_err(|()| "response body taken")?;
+        let stream = incoming
+            .stream()
+            .map_err(|()| "response body stream taken")?;
+        let mut body = Vec::new();
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(chunk) => body.extend(chunk),
+                Err(StreamError::Closed) => break,
+                Err(err) => return Err(format!("reading the body: {err:?}")),
+            }
+        }
+        Ok(Response { status, body })
+    }
+}
+
 #[doc(hidden)]
 pub fn __commands<P: Plugin>() -> Vec<bindings::CommandInfo> {
     P::COMMANDS
