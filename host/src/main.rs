@@ -103,7 +103,7 @@ enum Command {
     Check {
         /// The plugin (`.wasm` component).
         file: PathBuf,
-        /// Config whose limits apply [default: built-in defaults]
+        /// Config whose limits and grants apply [default: built-in defaults]
         #[arg(long, short)]
         config: Option<PathBuf>,
     },

@@ -270,3 +270,27 @@ fn the_relay_plugin_without_a_grant_reaches_nothing() {
     );
     assert!(requests.try_recv().is_err());
 }
+
+/// A SIGHUP that grants an origin applies to the plugin's next instances:
+/// the same connection reaches the device after it.
+#[test]
+fn a_sighup_applies_changed_grants() {
+    let (device, _requests) = fake_device(false);
+    let config = format!("[plugins.relay.config]\nurl = \"http://{device}\"");
+    let server = Setup::new()
+        .plugin("relay", "relay")
+        .tables(&config)
+        .start();
+    let mut client = server.connect();
+    let denied = client.request("relay-on");
+    assert!(denied.contains("Denied"), "{denied}");
+    let text = std::fs::read_to_string(&server.config_path).unwrap();
+    let granted = text.replace(
+        "[plugins.relay.config]",
+        &format!("[plugins.relay]\nallow_http = [\"http://{device}\"]\n[plugins.relay.config]"),
+    );
+    std::fs::write(&server.config_path, granted).unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(server.log.wait_for("config reloaded").is_some());
+    assert_eq!(client.request("relay-on"), "on");
+}

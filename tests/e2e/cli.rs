@@ -329,3 +329,66 @@ fn new_js_plugin_builds_checks_and_serves() {
     make_build(&project);
     assert_checks_and_serves(&project.join("greeter.wasm"));
 }
+
+/// `check --config` says which capabilities a plugin imports and whether
+/// the config grants them; `call --config` runs it with those grants.
+#[test]
+fn check_and_call_report_and_use_the_configs_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = crate::support::built_plugin("relay");
+    let config = dir.path().join("config.toml");
+    let check = |config_text: &str| {
+        std::fs::write(&config, config_text).unwrap();
+        let output = plugin_tool(&[
+            "check",
+            "--config",
+            config.to_str().unwrap(),
+            relay.to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output)
+    };
+    let report = check("plugin_dir = \".\"\n");
+    assert!(
+        report.contains("http  imported, none granted (add `allow_http` to [plugins.relay])"),
+        "{report}"
+    );
+    assert!(report.contains("tcp   not used"), "{report}");
+    let report =
+        check("plugin_dir = \".\"\n[plugins.relay]\nallow_http = [\"http://127.0.0.1:9\"]\n");
+    assert!(report.contains("http  imported, 1 granted"), "{report}");
+
+    // `call` with the grant reaches the granted origin (nothing listens on
+    // port 9, the discard port: unreachable, not denied); without, denied.
+    std::fs::write(
+        &config,
+        "plugin_dir = \".\"\n[plugins.relay]\nallow_http = [\"http://127.0.0.1:9\"]\n\
+         [plugins.relay.config]\nurl = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let call = |args: &[&str]| stdout(&plugin_tool(args));
+    let granted = call(&[
+        "call",
+        "--config",
+        config.to_str().unwrap(),
+        relay.to_str().unwrap(),
+        "relay-status",
+    ]);
+    assert!(
+        granted.contains("device unreachable") && !granted.contains("Denied"),
+        "{granted}"
+    );
+    std::fs::write(
+        &config,
+        "plugin_dir = \".\"\n[plugins.relay.config]\nurl = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let denied = call(&[
+        "call",
+        "--config",
+        config.to_str().unwrap(),
+        relay.to_str().unwrap(),
+        "relay-status",
+    ]);
+    assert!(denied.contains("Denied"), "{denied}");
+}

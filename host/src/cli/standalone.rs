@@ -56,6 +56,35 @@ pub async fn check(file: &Path, config: &Config) -> anyhow::Result<ExitCode> {
     for import in plugin.imports() {
         writeln!(out, "  {import}")?;
     }
+    writeln!(out, "capabilities:")?;
+    let grants = config.setup_for(plugin.name()).grants;
+    for (kind, interface, granted, key) in [
+        (
+            "http",
+            "wasi:http/outgoing-handler",
+            grants.http.len(),
+            "allow_http",
+        ),
+        ("tcp", "wasi:sockets/tcp", grants.tcp.len(), "allow_tcp"),
+        (
+            "dirs",
+            "wasi:filesystem/preopens",
+            grants.dirs.len(),
+            "dirs",
+        ),
+    ] {
+        let imported = plugin.imports().iter().any(|i| i.starts_with(interface));
+        let status = match (imported, granted) {
+            (false, 0) => "not used".to_owned(),
+            (false, n) => format!("{n} granted, but the plugin does not import {interface}"),
+            (true, 0) => format!(
+                "imported, none granted (add `{key}` to [plugins.{}])",
+                plugin.name()
+            ),
+            (true, n) => format!("imported, {n} granted"),
+        };
+        writeln!(out, "  {kind:<5} {status}")?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
