@@ -73,6 +73,14 @@ struct Shared {
     queued: AtomicUsize,
 }
 
+impl Shared {
+    /// The database as it is now, held open while the guard lives (a reopen
+    /// waits for it).
+    fn database(&self) -> std::sync::RwLockReadGuard<'_, Option<Database>> {
+        self.db.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 enum Job {
     Write(WriteJob),
     /// Sent by a read that found the database failing.
@@ -145,11 +153,7 @@ impl DiskStore {
         &self,
         read: impl FnOnce(&Database) -> Result<T, redb::Error>,
     ) -> Result<T, Unavailable> {
-        let slot = self
-            .shared
-            .db
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let slot = self.shared.database();
         let Some(db) = slot.as_ref() else {
             return Err(Unavailable("the state store could not be reopened".into()));
         };
@@ -591,11 +595,7 @@ impl Writer {
         &self,
         writes: Vec<(String, String, Write, KvLimits)>,
     ) -> Result<Vec<Result<Written, KvError>>, Fault> {
-        let slot = self
-            .shared
-            .db
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let slot = self.shared.database();
         let Some(db) = slot.as_ref() else {
             return Err(Fault {
                 reason: "the state store is closed".into(),

@@ -95,7 +95,9 @@ impl Plugin for Hostile {
                 Ok(text) => Ok(format!("read {} bytes", text.len())),
                 Err(err) => Err(format!("denied: {err}")),
             },
-            "http-get" => http_get(&request.raw_args).map_err(|err| format!("denied: {err}")),
+            "http-get" => plugboard_plugin::http::get(&request.raw_args, &[])
+                .map(|response| format!("{} {}", response.status, response.text()))
+                .map_err(|err| format!("denied: {err}")),
             "write-file" => {
                 let (path, text) = request
                     .raw_args
@@ -186,47 +188,3 @@ fn depth(levels: u64) -> u64 {
 }
 
 plugboard_plugin::export!(Hostile);
-
-/// A GET through raw `wasi:http`, as a plugin without an SDK helper would.
-fn http_get(url: &str) -> Result<String, String> {
-    use wasip2::http::outgoing_handler;
-    use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
-    use wasip2::io::streams::StreamError;
-
-    let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
-        (Scheme::Https, rest)
-    } else if let Some(rest) = url.strip_prefix("http://") {
-        (Scheme::Http, rest)
-    } else {
-        return Err(format!("not an http(s) URL: {url}"));
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = if path.is_empty() { "/" } else { path };
-    let request = OutgoingRequest::new(Fields::new());
-    request.set_scheme(Some(&scheme)).map_err(|()| "scheme")?;
-    request
-        .set_authority(Some(authority))
-        .map_err(|()| "authority")?;
-    request
-        .set_path_with_query(Some(path))
-        .map_err(|()| "path")?;
-    let pending = outgoing_handler::handle(request, None).map_err(|err| format!("{err:?}"))?;
-    pending.subscribe().block();
-    let response = pending
-        .get()
-        .ok_or("no response")?
-        .map_err(|()| "response taken")?
-        .map_err(|err| format!("{err:?}"))?;
-    let status = response.status();
-    let body = response.consume().map_err(|()| "body taken")?;
-    let stream = body.stream().map_err(|()| "stream taken")?;
-    let mut bytes = Vec::new();
-    loop {
-        match stream.blocking_read(64 * 1024) {
-            Ok(chunk) => bytes.extend(chunk),
-            Err(StreamError::Closed) => break,
-            Err(err) => return Err(format!("{err:?}")),
-        }
-    }
-    Ok(format!("{status} {}", String::from_utf8_lossy(&bytes)))
-}
