@@ -216,11 +216,6 @@ impl PluginSettings {
                     guest.starts_with('/'),
                     "`{at}.{key}`: the guest path {guest:?} must be absolute (\"/data\")"
                 );
-                ensure!(
-                    host.is_dir(),
-                    "`{at}.{key}`: {guest:?} = {} is not a directory",
-                    host.display()
-                );
                 Ok(DirGrant {
                     guest: guest.clone(),
                     host: host.clone(),
@@ -380,7 +375,20 @@ impl Config {
         self.auth.validate()?;
         for (name, plugin) in &self.plugins {
             plugin.limits.validate(&format!("plugins.{name}."))?;
-            plugin.grants(&format!("plugins.{name}"))?;
+            let at = format!("plugins.{name}");
+            for dir in plugin.grants(&at)?.dirs {
+                let key = if dir.writable {
+                    "writable_dirs"
+                } else {
+                    "dirs"
+                };
+                ensure!(
+                    dir.host.is_dir(),
+                    "`{at}.{key}`: {:?} = {} is not a directory",
+                    dir.guest,
+                    dir.host.display()
+                );
+            }
         }
         match std::fs::metadata(&self.plugin_dir) {
             Ok(meta) if meta.is_dir() => Ok(()),
@@ -487,8 +495,8 @@ impl Config {
             .get(name)
             .map(|p| p.config.clone())
             .unwrap_or_default();
-        // Validated at load: a grant that fails now (a directory removed
-        // since) is left out, and the plugin goes without it.
+        // Validated at load, so this cannot fail; a directory removed since
+        // is left out when an instance is made (see `grants.rs`).
         let grants = self
             .plugins
             .get(name)

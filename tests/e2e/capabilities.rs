@@ -277,3 +277,32 @@ fn a_sighup_applies_changed_grants() {
     assert!(server.log.wait_for("config reloaded").is_some());
     assert_eq!(client.request("relay-on"), "on");
 }
+
+/// A granted directory removed while the server runs, then the plugin
+/// reloaded: its instances go without the directory, and its other grants
+/// hold.
+#[test]
+fn a_granted_directory_gone_leaves_the_other_grants() {
+    let data = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let granted = listener.local_addr().unwrap();
+    let server = hostile()
+        .plugin_config("hostile", &format!("allow_tcp = [\"{granted}\"]"))
+        .tables(&format!(
+            "[plugins.hostile.dirs]\n\"/data\" = {:?}",
+            data.path()
+        ))
+        .start();
+    let path = data.path().to_owned();
+    drop(data);
+    assert!(!path.exists());
+    // Other bytes, same plugin: reloaded, its setup made anew.
+    let wasm = server.plugin_dir.join("hostile.wasm");
+    let changed = crate::reload::with_custom_section(std::fs::read(&wasm).unwrap());
+    std::fs::write(&wasm, changed).unwrap();
+    assert!(server.log.wait_for("plugin set updated").is_some());
+    let mut client = server.connect();
+    let reply = client.request("open-file /data/anything");
+    assert!(reply.starts_with("error: denied:"), "{reply}");
+    assert_eq!(client.request(&format!("connect {granted}")), "connected");
+}

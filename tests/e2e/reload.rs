@@ -128,7 +128,7 @@ fn an_atomic_rename_into_place_is_loaded() {
 }
 
 /// A component with a custom section appended: the same plugin, other bytes.
-fn with_custom_section(mut component: Vec<u8>) -> Vec<u8> {
+pub(crate) fn with_custom_section(mut component: Vec<u8>) -> Vec<u8> {
     // Section id 0 (custom), size 5, name of length 4 "test", no payload.
     component.extend_from_slice(&[0, 5, 4, b't', b'e', b's', b't']);
     component
