@@ -73,7 +73,13 @@ enum Command {
         /// The client certificate's private key (PEM)
         #[arg(long, value_name = "FILE", requires = "cert")]
         key: Option<PathBuf>,
-        /// Commands to send, each one message (quote a command with arguments).
+        /// One command to send, made of these words (like redis-cli:
+        /// `send echo hello world` sends `echo hello world`).
+        #[arg(conflicts_with = "commands")]
+        words: Vec<String>,
+        /// A whole command to send; repeat for several, sent in order on one
+        /// connection.
+        #[arg(long = "command", short = 'c', value_name = "CMD")]
         commands: Vec<String>,
     },
     /// Make a new random auth token; print it, then the config lines that
@@ -184,8 +190,15 @@ async fn run(cli: Cli, log: &mut Option<LogGuard>) -> anyhow::Result<ExitCode> {
             ca,
             cert,
             key,
+            words,
             commands,
         } => {
+            // No words and no -c: commands come from stdin (a pipe or a prompt).
+            let commands = if words.is_empty() {
+                commands
+            } else {
+                vec![words.join(" ")]
+            };
             let identity = cert.as_deref().zip(key.as_deref());
             let tls = (tls || ca.is_some() || identity.is_some())
                 .then(|| ClientTls::new(ca.as_deref(), identity))

@@ -12,7 +12,7 @@ fn onoff() -> Server {
 #[test]
 fn send_prints_one_reply_per_command() {
     let server = onoff();
-    let output = server.send(&["on", "off"]);
+    let output = server.send(&["-c", "on", "-c", "off"]);
     assert_eq!(stdout(&output), "success\nsuccess\n");
     assert!(output.status.success());
 }
@@ -20,9 +20,23 @@ fn send_prints_one_reply_per_command() {
 #[test]
 fn send_exits_non_zero_when_a_reply_is_an_error() {
     let server = onoff();
-    let output = server.send(&["on", "dance"]);
+    let output = server.send(&["-c", "on", "--command", "dance"]);
     assert_eq!(stdout(&output), "success\nerror: unknown command 'dance'\n");
     assert!(!output.status.success());
+}
+
+/// Like redis-cli, the words form one command.
+#[test]
+fn send_joins_its_words_into_one_command() {
+    let server = Setup::new().plugin("testing_echo", "echo").start();
+    let output = server.send(&["echo", "hello", "world"]);
+    assert_eq!(stdout(&output), "hello world\n");
+    assert!(output.status.success());
+    let both = server.send(&["echo", "hi", "-c", "echo there"]);
+    assert!(
+        !both.status.success(),
+        "words and -c together are ambiguous"
+    );
 }
 
 #[test]

@@ -199,7 +199,9 @@ fn send_authenticates_with_a_token_from_the_flag_or_the_environment() {
     let (server, token) = with_token(&["*"]);
     let addr = server.addr.to_string();
     let flag = crate::support::plugboard()
-        .args(["send", "--addr", &addr, "--token", &token, "on", "status"])
+        .args([
+            "send", "--addr", &addr, "--token", &token, "-c", "on", "-c", "status",
+        ])
         .output()
         .unwrap();
     assert!(flag.status.success(), "{flag:?}");

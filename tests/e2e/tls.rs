@@ -89,7 +89,15 @@ fn send_as(server: &Server, pki: &Pki, identity: &str, commands: &[&str]) -> Out
 fn send_over_tls_verifies_the_server_against_the_given_ca() {
     let pki = Pki::new();
     let server = pki.server(onoff(), false);
-    let ok = server.send(&["--tls", "--ca", &pki.arg("ca.pem"), "on", "status"]);
+    let ok = server.send(&[
+        "--tls",
+        "--ca",
+        &pki.arg("ca.pem"),
+        "-c",
+        "on",
+        "-c",
+        "status",
+    ]);
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert_eq!(stdout(&ok), "success\non\n");
 }
@@ -147,7 +155,7 @@ fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     let stranger = send_as(&server, &pki, "stranger", &["on"]);
     assert!(!stranger.status.success());
     assert!(stranger.stdout.is_empty(), "{}", stdout(&stranger));
-    let client = send_as(&server, &pki, "client", &["on", "status"]);
+    let client = send_as(&server, &pki, "client", &["-c", "on", "-c", "status"]);
     assert!(client.status.success(), "{}", stderr(&client));
     assert_eq!(stdout(&client), "success\non\n");
 }
