@@ -106,8 +106,12 @@ fn bad_grants_are_config_errors_naming_the_key() {
     ] {
         let mut server = hostile().plugin_config("hostile", table).start_loading();
         assert!(!server.wait_exit().success(), "{table}");
-        let log = server.log.text();
-        assert!(log.contains(key), "{table}: {log}");
+        // The log is read by a thread of its own: await the line.
+        assert!(
+            server.log.wait_for(key).is_some(),
+            "{table}: {}",
+            server.log.text()
+        );
     }
 }
 

@@ -145,6 +145,13 @@ fn an_impossible_max_connections_is_refused_naming_the_key() {
         .config("max_connections = 100000000")
         .start_loading();
     assert!(!server.wait_exit().success());
-    let log = server.log.text();
-    assert!(log.contains("`max_connections` = 100000000"), "{log}");
+    // The log is read by a thread of its own: await the line.
+    assert!(
+        server
+            .log
+            .wait_for("`max_connections` = 100000000")
+            .is_some(),
+        "{}",
+        server.log.text()
+    );
 }
