@@ -21,9 +21,10 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
     /// `allow_http`: origins it may send HTTP(S) requests to.
-    pub http: Vec<Origin>,
+    /// Shared, not copied, by every instance's hooks and checks.
+    pub http: Arc<[Origin]>,
     /// `allow_tcp`: addresses it may connect to.
-    pub tcp: Vec<SocketAddr>,
+    pub tcp: Arc<[SocketAddr]>,
     /// `dirs` and `writable_dirs`.
     pub dirs: Vec<DirGrant>,
 }
@@ -166,7 +167,7 @@ impl Grants {
     /// The `wasi:http` hooks of a new instance.
     pub fn http_hooks(&self, denials: &Denials) -> HttpHooks {
         HttpHooks {
-            origins: self.http.clone().into(),
+            origins: self.http.clone(),
             denials: denials.clone(),
         }
     }
@@ -174,7 +175,7 @@ impl Grants {
     /// Builds what is granted into a new instance's WASI context.
     pub fn apply(&self, wasi: &mut WasiCtxBuilder, denials: &Denials) {
         wasi.allow_udp(false).allow_ip_name_lookup(false);
-        let allowed: Arc<[SocketAddr]> = self.tcp.clone().into();
+        let allowed = self.tcp.clone();
         let counted = denials.clone();
         // TCP is on for every plugin, so that each denied connect is counted;
         // the check admits granted connects only.

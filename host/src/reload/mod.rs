@@ -160,23 +160,25 @@ impl Reloader {
     /// than the watched (recreated, renamed over, a symlink swapped), and
     /// rescans it. While there is none, the loaded plugins keep serving.
     async fn follow_replaced_dir(&mut self) {
-        let Some(events) = &self.events else { return };
-        let dir = &self.config.plugin_dir;
-        if dir_identity(dir) == self.watch.identity {
+        if self.events.is_none() || dir_identity(&self.config.plugin_dir) == self.watch.identity {
             return;
         }
-        self.watch = DirWatch::default();
-        self.watch = DirWatch::on(dir, events.clone());
-        match self.watch.identity {
-            Some(_) => {
-                tracing::warn!(dir = %dir.display(), "plugin_dir is another directory now: watching it and rescanning")
-            }
-            None => {
-                tracing::warn!(dir = %dir.display(), "plugin_dir is gone: the loaded plugins keep serving until it is back")
-            }
-        }
+        self.rewatch();
+        let dir = self.config.plugin_dir.display();
         if self.watch.identity.is_some() {
+            tracing::warn!(%dir, "plugin_dir is another directory now: watching it and rescanning");
             self.rescan().await;
+        } else {
+            tracing::warn!(%dir, "plugin_dir is gone: the loaded plugins keep serving until it is back");
+        }
+    }
+
+    /// Watches whatever directory `plugin_dir` names now (if watching at
+    /// all). The old watch goes first: one watch on the path at a time.
+    fn rewatch(&mut self) {
+        if let Some(events) = &self.events {
+            self.watch = DirWatch::default();
+            self.watch = DirWatch::on(&self.config.plugin_dir, events.clone());
         }
     }
 
@@ -218,11 +220,7 @@ impl Reloader {
         for key in self.config.apply_reload(new) {
             tracing::warn!("`{key}` changed: it takes effect at the next restart");
         }
-        // Watch afresh whatever the directory is now.
-        if let Some(events) = &self.events {
-            self.watch = DirWatch::default();
-            self.watch = DirWatch::on(&self.config.plugin_dir, events.clone());
-        }
+        self.rewatch();
         let config = &self.config;
         let limits_changed = self.plugins.apply_limits(&|name| config.setup_for(name));
         let revived = self.plugins.revive_quarantined();

@@ -87,12 +87,15 @@ enum Job {
     Reopen,
 }
 
+/// Where a write's result goes.
+type Reply = oneshot::Sender<Result<Written, KvError>>;
+
 struct WriteJob {
     ns: String,
     key: String,
     write: Write,
     limits: KvLimits,
-    reply: oneshot::Sender<Result<Written, KvError>>,
+    reply: Reply,
 }
 
 impl DiskStore {
@@ -410,7 +413,8 @@ struct Writer {
     failing: bool,
     needs_reopen: bool,
     next_reopen: Instant,
-    /// The reserve is given up: only deletes are committed.
+    /// The reserve is given up: deletes are committed, other writes only
+    /// while its room is still free (see `admit_on_full_disk`).
     disk_full: bool,
 }
 
@@ -437,7 +441,7 @@ impl Writer {
 
     fn serve(&mut self, batch: Vec<WriteJob>) {
         if let Err(reason) = self.ready() {
-            return refuse(batch, &reason);
+            return refuse(batch.into_iter().map(|job| job.reply), &reason);
         }
         let batch = self.admit_on_full_disk(batch);
         if batch.is_empty() {
@@ -448,11 +452,7 @@ impl Writer {
             .map(|job| ((job.ns, job.key, job.write, job.limits), job.reply))
             .unzip();
         match self.commit(writes) {
-            Ok(_) if let Err(reason) = self.still_attached() => {
-                for reply in replies {
-                    let _ = reply.send(Err(Unavailable(reason.clone()).into()));
-                }
-            }
+            Ok(_) if let Err(reason) = self.still_attached() => refuse(replies, &reason),
             Ok(results) => {
                 if std::mem::take(&mut self.failing) {
                     tracing::info!(file = %self.shared.path.display(), "state store writes work again");
@@ -462,9 +462,7 @@ impl Writer {
                 }
             }
             Err(fault) => {
-                for reply in replies {
-                    let _ = reply.send(Err(Unavailable(fault.reason.clone()).into()));
-                }
+                refuse(replies, &fault.reason);
                 self.failed(fault);
             }
         }
@@ -563,6 +561,7 @@ impl Writer {
                 .map(|left| allowance = left)
                 .is_some()
         });
+        let refused = refused.into_iter().map(|job| job.reply);
         refuse(refused, "the disk is full (deletes still work)");
         admitted
     }
@@ -695,9 +694,10 @@ fn batch_up(batch: &mut Vec<WriteJob>, queue: &mpsc::Receiver<Job>, last: &Gathe
     }
 }
 
-fn refuse(batch: Vec<WriteJob>, reason: &str) {
-    for job in batch {
-        let _ = job.reply.send(Err(Unavailable(reason.to_owned()).into()));
+/// Answers each of `replies` that the store cannot serve, and why.
+fn refuse(replies: impl IntoIterator<Item = Reply>, reason: &str) {
+    for reply in replies {
+        let _ = reply.send(Err(Unavailable(reason.to_owned()).into()));
     }
 }
 
