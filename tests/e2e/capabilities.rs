@@ -195,6 +195,32 @@ fn http_without_a_grant_is_denied() {
     assert!(requests.try_recv().is_err());
 }
 
+/// A call waiting on a slow peer gives its CPU place up: with one place,
+/// the plugin's other commands run while it waits, and its answer still
+/// comes back once the peer replies.
+#[test]
+fn a_call_waiting_on_http_leaves_its_place_to_others() {
+    let (arrived, arrival) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (addr, _requests) = http_server(move |_| {
+        let _ = arrived.send(());
+        let _ = released.recv();
+        "late".into()
+    });
+    let server = hostile()
+        .plugin_config("hostile", &format!("allow_http = [\"http://{addr}\"]"))
+        .plugin_config("hostile", "max_concurrent_calls = 1")
+        .plugin_config("hostile", "call_timeout_ms = 20000")
+        .start();
+    let mut waiter = server.connect();
+    waiter.send(format!("http-get http://{addr}/slow<EOF>").as_bytes());
+    arrival.recv_timeout(crate::support::TIMEOUT).unwrap();
+    let mut other = server.connect();
+    assert_eq!(other.request("depth 10"), "reached 10");
+    release.send(()).unwrap();
+    assert_eq!(waiter.reply().unwrap(), "200 late");
+}
+
 /// A device on loopback speaking Tasmota's or Shelly's HTTP API, with a
 /// relay that remembers its state; it reports each request's target.
 fn fake_device(shelly: bool) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {

@@ -3,8 +3,9 @@
 //! plugin's command once waited 1.7 s behind them; now the rest wait for a
 //! place (FIFO, their deadline running) and use no CPU meanwhile, and the
 //! worker threads stay free for everyone else. A call gives its place up
-//! while it waits on the host (a blocking store write), so the bound is on
-//! CPU, not on I/O.
+//! while it waits on the host (a blocking store write) or on I/O (an HTTP
+//! response, a TCP peer, a timer: `io_waits.rs`), so the bound is on CPU,
+//! not on I/O.
 
 use std::sync::Arc;
 

@@ -19,6 +19,7 @@ mod epoch;
 mod grants;
 mod health;
 mod host_wait;
+mod io_waits;
 mod limits;
 mod log;
 mod runtime;

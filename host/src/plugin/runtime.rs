@@ -125,6 +125,8 @@ impl Runtime {
         // wasi:http for plugins granted `allow_http`; others are denied by
         // their hooks (see `grants.rs`).
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        // Waits on I/O give the call's CPU place up (see `io_waits.rs`).
+        super::io_waits::add_to_linker(&mut linker)?;
         bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |sandbox| sandbox)?;
 
         let ticker = options

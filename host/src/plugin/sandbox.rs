@@ -100,6 +100,13 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// What the `wasi:io` imports that may wait reach (see `io_waits.rs`).
+    pub fn io_waits(&mut self) -> super::io_waits::Waits<'_> {
+        super::io_waits::Waits::new(&mut self.table, &mut self.running)
+    }
+}
+
 impl WasiView for Sandbox {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
