@@ -30,7 +30,7 @@ wasm-target:
 
 # Every guest, shipped and test-only alike: the workspace's Rust crates and
 # the plugins in other languages.
-plugins: wasm-target $(GUEST_OUT)/stats.wasm $(GUEST_OUT)/text.wasm
+plugins: wasm-target $(GUEST_OUT)/stats.wasm $(GUEST_OUT)/notify.wasm $(GUEST_OUT)/text.wasm
 	$(CARGO) build --release --locked --target $(WASM_TARGET) --workspace --exclude plugboard
 	mkdir -p $(PLUGIN_DIR)
 	for p in $(SHIPPED_PLUGINS); do cp $(WASM_OUT)/$$p.wasm $(PLUGIN_DIR)/; done
@@ -73,6 +73,14 @@ bench-reload: plugins
 # Cost of each key-value store operation, in memory and on disk.
 bench-kv:
 	$(CARGO) bench --locked -p plugboard --bench kv
+
+# The notify example (outbound HTTP, so not served without a grant): the
+# http-plugin world adds wasi:http's outgoing handler to the plugin world.
+$(GUEST_OUT)/notify.wasm: plugins/python/notify/app.py wit/plugin.wit wit/http.wit
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
+	mkdir -p $(GUEST_OUT)
+	cd plugins/python/notify && "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/componentize-py" \
+		-d ../../../wit -w http-plugin componentize app -o ../../../$@
 
 # JavaScript: componentize-js, pinned by package-lock.json, through its API
 # (build.mjs); rebuilt when the source, the lock or the contract changes.

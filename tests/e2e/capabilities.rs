@@ -116,12 +116,12 @@ fn bad_grants_are_config_errors_naming_the_key() {
 }
 
 /// An HTTP server on loopback, one request at a time: `respond` turns each
-/// request line into a body (answered 200, JSON); each request's target is
-/// reported.
+/// request line and body (read by `content-length`) into a body (answered
+/// 200, JSON); each request's target is reported.
 fn http_server(
-    mut respond: impl FnMut(&str) -> String + Send + 'static,
+    mut respond: impl FnMut(&str, &str) -> String + Send + 'static,
 ) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, BufReader, Read, Write};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (seen, requests) = std::sync::mpsc::channel();
@@ -131,10 +131,18 @@ fn http_server(
             let mut line = String::new();
             let _ = reader.read_line(&mut line);
             let mut header = String::new();
+            let mut length = 0;
             while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                if let Some((name, value)) = header.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
                 header.clear();
             }
-            let body = respond(&line);
+            let mut request_body = vec![0; length];
+            let _ = reader.read_exact(&mut request_body);
+            let body = respond(&line, &String::from_utf8_lossy(&request_body));
             let _ = seen.send(line.split_whitespace().nth(1).unwrap_or("").to_owned());
             let mut stream = reader.into_inner();
             let _ = write!(
@@ -152,8 +160,8 @@ fn http_server(
 /// and never reaches the network.
 #[test]
 fn http_reaches_granted_origins_only() {
-    let (granted, requests) = http_server(|_| "on".into());
-    let (other, other_requests) = http_server(|_| "nope".into());
+    let (granted, requests) = http_server(|_, _| "on".into());
+    let (other, other_requests) = http_server(|_, _| "nope".into());
     let server = hostile()
         .plugin_config("hostile", &format!("allow_http = [\"http://{granted}\"]"))
         .start();
@@ -183,10 +191,70 @@ fn http_reaches_granted_origins_only() {
     );
 }
 
+/// A POST carries its body (with its length) to a granted origin; to any
+/// other it is denied before a byte is sent, and the plugin is told so.
+#[test]
+fn http_post_sends_its_body_to_granted_origins_only() {
+    let (granted, _) =
+        http_server(|line, body| format!("{} {body}", line.split(' ').next().unwrap()));
+    let (other, other_requests) = http_server(|_, _| "nope".into());
+    let server = hostile()
+        .plugin_config("hostile", &format!("allow_http = [\"http://{granted}\"]"))
+        .start();
+    let mut client = server.connect();
+    assert_eq!(
+        client.request(&format!("http-post http://{granted}/hook the door is open")),
+        "200 POST the door is open"
+    );
+    let denied = client.request(&format!("http-post http://{other}/hook secret"));
+    assert!(denied.contains("HttpRequestDenied"), "{denied}");
+    assert!(
+        other_requests.try_recv().is_err(),
+        "a denied request went out"
+    );
+}
+
+/// The Python example (componentize-py, `http-plugin` world) posts JSON to
+/// its webhook once granted; without the grant it says what to grant, and
+/// nothing leaves the sandbox.
+#[test]
+fn the_python_notify_plugin_posts_to_a_granted_webhook() {
+    let (posted, posts) = std::sync::mpsc::channel();
+    let (hook, _) = http_server(move |line, body| {
+        let _ = posted.send(format!("{} {body}", line.trim_end()));
+        "{}".into()
+    });
+    let url = format!("http://{hook}/api/webhook/door");
+    let notify = |grant: bool| {
+        let setup = Setup::new()
+            .guest("notify", "notify")
+            .tables(&format!("[plugins.notify.config]\nurl = \"{url}\""));
+        match grant {
+            true => setup.plugin_config("notify", &format!("allow_http = [\"http://{hook}\"]")),
+            false => setup,
+        }
+        .start()
+    };
+    let server = notify(true);
+    let mut client = server.connect();
+    assert_eq!(client.request("notify the door is open"), "sent (HTTP 200)");
+    assert_eq!(
+        posts.recv_timeout(crate::support::TIMEOUT).unwrap(),
+        r#"POST /api/webhook/door HTTP/1.1 {"text": "the door is open"}"#
+    );
+    drop(server);
+    let reply = notify(false).connect().request("notify hello");
+    assert_eq!(
+        reply,
+        format!("error: denied: {url} is not granted (add its origin to allow_http)")
+    );
+    assert!(posts.try_recv().is_err(), "a denied request went out");
+}
+
 /// Without a grant, no HTTP at all.
 #[test]
 fn http_without_a_grant_is_denied() {
-    let (addr, requests) = http_server(|_| "on".into());
+    let (addr, requests) = http_server(|_, _| "on".into());
     let server = hostile().start();
     let reply = server
         .connect()
@@ -202,7 +270,7 @@ fn http_without_a_grant_is_denied() {
 fn a_call_waiting_on_http_leaves_its_place_to_others() {
     let (arrived, arrival) = std::sync::mpsc::channel();
     let (release, released) = std::sync::mpsc::channel::<()>();
-    let (addr, _requests) = http_server(move |_| {
+    let (addr, _requests) = http_server(move |_, _| {
         let _ = arrived.send(());
         let _ = released.recv();
         "late".into()
@@ -225,7 +293,7 @@ fn a_call_waiting_on_http_leaves_its_place_to_others() {
 /// relay that remembers its state; it reports each request's target.
 fn fake_device(shelly: bool) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
     let mut on = false;
-    http_server(move |line| {
+    http_server(move |line, _| {
         if line.contains("Power%20On") || line.contains("turn=on") {
             on = true;
         } else if line.contains("Power%20Off") || line.contains("turn=off") {

@@ -189,10 +189,15 @@ pub mod http {
         };
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let path = if path.is_empty() { "/" } else { path };
-        let fields: Vec<(String, Vec<u8>)> = headers
+        let mut fields: Vec<(String, Vec<u8>)> = headers
             .iter()
             .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
             .collect();
+        // A length rather than a chunked body: small device firmwares and
+        // webhook receivers often read only `content-length`.
+        if let Some(body) = body {
+            fields.push(("content-length".into(), body.len().to_string().into_bytes()));
+        }
         let fields = Fields::from_list(&fields).map_err(|err| format!("bad header: {err:?}"))?;
         let request = OutgoingRequest::new(fields);
         let invalid = |what: &str| format!("invalid {what} in {url}");
@@ -210,15 +215,10 @@ pub mod http {
             .map_err(|()| invalid("path"))?;
         let outgoing = request.body().map_err(|()| "request body taken")?;
         let pending = outgoing_handler::handle(request, None).map_err(|err| format!("{err:?}"))?;
-        if let Some(body) = body {
-            let stream = outgoing.write().map_err(|()| "request body stream taken")?;
-            for chunk in body.chunks(4096) {
-                stream
-                    .blocking_write_and_flush(chunk)
-                    .map_err(|err| format!("sending the body: {err:?}"))?;
-            }
-        }
-        OutgoingBody::finish(outgoing, None).map_err(|err| format!("{err:?}"))?;
+        // A request that ended before its body went out (denied, refused)
+        // closes the body: the response's error says why, so it is the one
+        // reported.
+        let sent = write_body(outgoing, body.unwrap_or_default());
         pending.subscribe().block();
         let response = pending
             .get()
@@ -238,7 +238,20 @@ pub mod http {
                 Err(err) => return Err(format!("reading the body: {err:?}")),
             }
         }
+        sent?;
         Ok(Response { status, body })
+    }
+
+    fn write_body(outgoing: OutgoingBody, body: &[u8]) -> Result<(), String> {
+        {
+            let stream = outgoing.write().map_err(|()| "request body stream taken")?;
+            for chunk in body.chunks(4096) {
+                stream
+                    .blocking_write_and_flush(chunk)
+                    .map_err(|err| format!("sending the body: {err:?}"))?;
+            }
+        }
+        OutgoingBody::finish(outgoing, None).map_err(|err| format!("{err:?}"))
     }
 }
 

@@ -33,6 +33,10 @@ impl Plugin for Hostile {
             "http-get",
             "Try an HTTP GET; reply with the status and body",
         ),
+        Command::new(
+            "http-post",
+            "Try an HTTP POST of the text after the URL; reply with the status and body",
+        ),
         Command::new("remember", "Keep the argument in the instance's memory"),
         Command::new("recall", "Reply with what `remember` kept in this instance"),
         Command::new(
@@ -98,6 +102,19 @@ impl Plugin for Hostile {
             "http-get" => plugboard_plugin::http::get(&request.raw_args, &[])
                 .map(|response| format!("{} {}", response.status, response.text()))
                 .map_err(|err| format!("denied: {err}")),
+            "http-post" => {
+                let (url, body) = request
+                    .raw_args
+                    .split_once(' ')
+                    .ok_or("http-post takes a URL and a body")?;
+                plugboard_plugin::http::post(
+                    url,
+                    &[("content-type", "text/plain")],
+                    body.as_bytes(),
+                )
+                .map(|response| format!("{} {}", response.status, response.text()))
+                .map_err(|err| format!("denied: {err}"))
+            }
             "write-file" => {
                 let (path, text) = request
                     .raw_args
