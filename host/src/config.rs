@@ -14,7 +14,7 @@ use anyhow::{Context, bail, ensure};
 use serde::Deserialize;
 
 use crate::plugin::{
-    DirGrant, Grants, Limits, MAX_QUARANTINE_AFTER, Origin, RuntimeOptions, Setup,
+    DirGrant, Grants, Limits, MAX_QUARANTINE_AFTER, Origin, RuntimeOptions, Setup, TcpGrant,
 };
 use crate::store::{KvLimits, Store};
 
@@ -172,7 +172,7 @@ pub struct PluginSettings {
     pub config: BTreeMap<String, String>,
     /// Origins it may send HTTP(S) requests to: `"https://api.example.com"`.
     pub allow_http: Vec<String>,
-    /// Outbound TCP it may open: `"IP:port"` each.
+    /// Outbound TCP it may open: `"IP:port"` or `"name:port"` each.
     pub allow_tcp: Vec<String>,
     /// Directories it may read: guest path = host path.
     pub dirs: BTreeMap<String, PathBuf>,
@@ -192,18 +192,15 @@ impl PluginSettings {
                     .map_err(|err| anyhow::anyhow!("`{at}.allow_http`: {err}"))
             })
             .collect::<anyhow::Result<_>>()?;
-        let tcp = self
-            .allow_tcp
-            .iter()
-            .map(|addr| {
-                addr.parse::<std::net::SocketAddr>().map_err(|_| {
-                    anyhow::anyhow!(
-                        "`{at}.allow_tcp`: {addr:?} is not an IP address and port \
-                         (\"127.0.0.1:1883\", \"[::1]:1883\"); names are not granted yet"
-                    )
-                })
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let mut tcp = Vec::new();
+        let mut tcp_names = Vec::new();
+        for target in &self.allow_tcp {
+            match target.parse::<TcpGrant>() {
+                Ok(TcpGrant::Address(addr)) => tcp.push(addr),
+                Ok(TcpGrant::Name(name)) => tcp_names.push(name),
+                Err(err) => bail!("`{at}.allow_tcp`: {err}"),
+            }
+        }
         let read_only = self.dirs.iter().map(|dir| (dir, false, "dirs"));
         let writable = self
             .writable_dirs
@@ -223,7 +220,12 @@ impl PluginSettings {
                 })
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Grants { http, tcp, dirs })
+        Ok(Grants {
+            http,
+            tcp: tcp.into(),
+            tcp_names: tcp_names.into(),
+            dirs,
+        })
     }
 }
 

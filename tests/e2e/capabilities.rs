@@ -28,6 +28,29 @@ fn tcp_reaches_granted_addresses_only() {
     assert!(own.starts_with("error: denied:"), "{own}");
 }
 
+/// A granted name is looked up, and what it resolves to connects at the
+/// granted port only; a name not granted is refused before it is resolved.
+#[test]
+fn tcp_names_resolve_only_when_granted() {
+    let granted = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = granted.local_addr().unwrap().port();
+    let server = hostile()
+        .plugin_config("hostile", &format!("allow_tcp = [\"LocalHost.:{port}\"]"))
+        .start();
+    let mut client = server.connect();
+    assert_eq!(
+        client.request(&format!("connect localhost:{port}")),
+        "connected"
+    );
+    let other_port = other.local_addr().unwrap().port();
+    let reply = client.request(&format!("connect localhost:{other_port}"));
+    assert!(reply.starts_with("error: denied:"), "{reply}");
+    // Refused by the host, not by a resolver that found nothing.
+    let reply = client.request(&format!("connect not-granted.invalid:{port}"));
+    assert!(reply.contains("Permission denied"), "{reply}");
+}
+
 /// The same plugin under another name, with no table: no TCP at all.
 #[test]
 fn another_plugins_grant_is_not_usable() {
@@ -95,7 +118,7 @@ fn a_writable_directory_takes_writes() {
 fn bad_grants_are_config_errors_naming_the_key() {
     for (table, key) in [
         (
-            "allow_tcp = [\"example.com:80\"]",
+            "allow_tcp = [\"example.com:http\"]",
             "plugins.hostile.allow_tcp",
         ),
         (

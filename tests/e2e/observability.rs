@@ -272,10 +272,15 @@ fn denied_capabilities_are_counted() {
         let reply = client.request(&format!("connect {}", server.addr));
         assert!(reply.starts_with("error: denied:"), "{reply}");
     }
+    let reply = client.request("connect broker.invalid:1883");
+    assert!(reply.starts_with("error: denied:"), "{reply}");
     let scrape = Scrape::from(port);
-    let labels = [("plugin", "hostile"), ("kind", "tcp")];
-    assert_eq!(
-        scrape.count("plugboard_capability_denied_total", &labels),
-        3.0
-    );
+    for (kind, count) in [("tcp", 3.0), ("lookup", 1.0)] {
+        let labels = [("plugin", "hostile"), ("kind", kind)];
+        assert_eq!(
+            scrape.count("plugboard_capability_denied_total", &labels),
+            count,
+            "{kind}"
+        );
+    }
 }

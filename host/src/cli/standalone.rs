@@ -65,7 +65,12 @@ pub async fn check(file: &Path, config: &Config) -> anyhow::Result<ExitCode> {
             grants.http.len(),
             "allow_http",
         ),
-        ("tcp", "wasi:sockets/tcp", grants.tcp.len(), "allow_tcp"),
+        (
+            "tcp",
+            "wasi:sockets/tcp",
+            grants.tcp.len() + grants.tcp_names.len(),
+            "allow_tcp",
+        ),
         (
             "dirs",
             "wasi:filesystem/preopens",

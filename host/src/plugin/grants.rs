@@ -6,13 +6,16 @@
 //!
 //! What WASI offers is narrowed, never widened: TCP may connect to a granted
 //! address and do nothing else (no listening; the only bind allowed is the
-//! implicit one a connect makes); UDP and name lookups stay off.
+//! implicit one a connect makes); names are looked up only when granted, and
+//! what they resolve to is connectable only at their port
+//! (`name_lookup.rs`); UDP stays off.
 //! Directories are WASI preopens, so `..` and symlinks cannot leave them
 //! (cap-std resolves every path beneath the granted directory).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -25,6 +28,8 @@ pub struct Grants {
     pub http: Arc<[Origin]>,
     /// `allow_tcp`: addresses it may connect to.
     pub tcp: Arc<[SocketAddr]>,
+    /// `allow_tcp`: names it may look up, and connect to at their port.
+    pub tcp_names: Arc<[TcpName]>,
     /// `dirs` and `writable_dirs`.
     pub dirs: Vec<DirGrant>,
 }
@@ -37,6 +42,53 @@ pub struct DirGrant {
     pub writable: bool,
 }
 
+/// One `allow_tcp` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TcpGrant {
+    Address(SocketAddr),
+    Name(TcpName),
+}
+
+/// A host name granted for TCP at one port (`broker.lan:1883`): the plugin
+/// may look the name up, and connect to what it resolved to at that port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpName {
+    /// Lowercase, without a trailing dot.
+    pub name: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for TcpGrant {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Ok(addr) = text.parse() {
+            return Ok(Self::Address(addr));
+        }
+        let malformed = || {
+            format!(
+                "{text:?} is not an address and port (\"127.0.0.1:1883\", \"[::1]:1883\") \
+                 nor a host name and port (\"broker.lan:1883\")"
+            )
+        };
+        let (name, port) = text.rsplit_once(':').ok_or_else(malformed)?;
+        let port: u16 = port.parse().map_err(|_| malformed())?;
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+        };
+        if port == 0 || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(malformed());
+        }
+        Ok(Self::Name(TcpName { name, port }))
+    }
+}
+
 /// A capability a plugin used without a grant: counted, and logged at DEBUG
 /// (a plugin probing in a loop must not flood the log).
 #[derive(Clone)]
@@ -44,6 +96,8 @@ pub struct Denials {
     pub plugin: Arc<str>,
     pub tcp: metrics::Counter,
     pub http: metrics::Counter,
+    /// Name lookups of names not granted.
+    pub lookup: metrics::Counter,
 }
 
 /// An origin granted for HTTP: `http://127.0.0.1:8080`, or
@@ -172,16 +226,27 @@ impl Grants {
         }
     }
 
-    /// Builds what is granted into a new instance's WASI context.
-    pub fn apply(&self, wasi: &mut WasiCtxBuilder, denials: &Denials) {
-        wasi.allow_udp(false).allow_ip_name_lookup(false);
+    /// Builds what is granted into a new instance's WASI context; returns
+    /// the instance's name lookups, which widen its TCP grant by what its
+    /// granted names resolve to.
+    pub fn apply(&self, wasi: &mut WasiCtxBuilder, denials: &Denials) -> NameLookups {
+        let lookups = NameLookups {
+            names: self.tcp_names.clone(),
+            resolved: Arc::default(),
+            denials: denials.clone(),
+        };
+        wasi.allow_udp(false)
+            .allow_ip_name_lookup(!self.tcp_names.is_empty());
         let allowed = self.tcp.clone();
+        let resolved = lookups.resolved.clone();
         let counted = denials.clone();
         // TCP is on for every plugin, so that each denied connect is counted;
         // the check admits granted connects only.
         wasi.allow_tcp(true).socket_addr_check(move |addr, using| {
             let granted = match using {
-                SocketAddrUse::TcpConnect => allowed.contains(&addr),
+                SocketAddrUse::TcpConnect => {
+                    allowed.contains(&addr) || lock(&resolved).contains(&addr)
+                }
                 // The implicit bind of a connect: no address of its own.
                 SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
                 _ => false,
@@ -205,6 +270,56 @@ impl Grants {
                     dir = %dir.host.display(),
                     "granted directory cannot be opened, the plugin goes without it: {err:#}"
                 );
+            }
+        }
+        lookups
+    }
+}
+
+/// One instance's name lookups: which names it may resolve (`allow_tcp`
+/// names), and the addresses they resolved to, at their granted ports,
+/// which its connects may reach. Kept per instance, so a grant follows the
+/// plugin's own lookups, not whatever a name resolves to later.
+pub struct NameLookups {
+    names: Arc<[TcpName]>,
+    resolved: Arc<Mutex<HashSet<SocketAddr>>>,
+    denials: Denials,
+}
+
+fn lock(resolved: &Mutex<HashSet<SocketAddr>>) -> MutexGuard<'_, HashSet<SocketAddr>> {
+    resolved.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Addresses one instance may learn through lookups: a plugin resolving
+/// names in a loop cannot grow the host's memory without bound.
+const MAX_RESOLVED: usize = 1024;
+
+impl NameLookups {
+    /// The ports `name` is granted at, or `None` (then the lookup is denied,
+    /// counted and logged).
+    pub fn ports(&self, name: &str) -> Option<Vec<u16>> {
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        let ports: Vec<u16> = self
+            .names
+            .iter()
+            .filter(|granted| granted.name == name)
+            .map(|granted| granted.port)
+            .collect();
+        if ports.is_empty() {
+            self.denials.lookup.increment(1);
+            tracing::debug!(plugin = %self.denials.plugin, %name, "capability denied: name lookup");
+            return None;
+        }
+        Some(ports)
+    }
+
+    /// A granted name resolved to `ip`: connects to it at `ports` are
+    /// granted from now on.
+    pub fn admit(&self, ip: std::net::IpAddr, ports: &[u16]) {
+        let mut resolved = lock(&self.resolved);
+        for &port in ports {
+            if resolved.len() < MAX_RESOLVED {
+                resolved.insert(SocketAddr::new(ip, port));
             }
         }
     }
@@ -246,6 +361,34 @@ mod tests {
         assert!(admits("https://*.example.com", "https://a.b.example.com/"));
         assert!(!admits("https://*.example.com", "https://example.com/"));
         assert!(!admits("https://*.example.com", "https://badexample.com/"));
+    }
+
+    #[test]
+    fn tcp_grants_are_addresses_or_names_with_a_port() {
+        let name = |name: &str, port| {
+            TcpGrant::Name(TcpName {
+                name: name.into(),
+                port,
+            })
+        };
+        assert_eq!(
+            "[::1]:1883".parse(),
+            Ok(TcpGrant::Address("[::1]:1883".parse().unwrap()))
+        );
+        assert_eq!("Broker.LAN.:1883".parse(), Ok(name("broker.lan", 1883)));
+        assert_eq!("mqtt-1:8883".parse(), Ok(name("mqtt-1", 8883)));
+        for bad in [
+            "broker.lan",
+            "broker.lan:0",
+            "broker.lan:mqtt",
+            "::1:1883",
+            "*.lan:1883",
+            "a..b:1",
+            "-x:1",
+            ":1883",
+        ] {
+            assert!(bad.parse::<TcpGrant>().is_err(), "{bad}");
+        }
     }
 
     #[test]

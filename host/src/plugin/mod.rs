@@ -22,6 +22,7 @@ mod host_wait;
 mod io_waits;
 mod limits;
 mod log;
+mod name_lookup;
 mod runtime;
 mod sandbox;
 mod session;
@@ -32,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cpu_share::CpuShare;
-pub use grants::{DirGrant, Grants, Origin};
+pub use grants::{DirGrant, Grants, Origin, TcpGrant};
 use health::Health;
 pub use health::MAX_WINDOW as MAX_QUARANTINE_AFTER;
 pub use limits::Limits;
@@ -236,6 +237,7 @@ fn instance_handles(
             plugin: name.clone(),
             tcp: crate::telemetry::capability_denied(name, "tcp"),
             http: crate::telemetry::capability_denied(name, "http"),
+            lookup: crate::telemetry::capability_denied(name, "lookup"),
         },
     }
 }

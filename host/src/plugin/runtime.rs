@@ -127,6 +127,8 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         // Waits on I/O give the call's CPU place up (see `io_waits.rs`).
         super::io_waits::add_to_linker(&mut linker)?;
+        // Names are looked up only when granted (see `name_lookup.rs`).
+        super::name_lookup::add_to_linker(&mut linker)?;
         bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |sandbox| sandbox)?;
 
         let ticker = options

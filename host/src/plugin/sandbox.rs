@@ -53,6 +53,10 @@ pub struct Sandbox {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     http_hooks: super::grants::HttpHooks,
+    /// Its `allow_tcp` names, and the addresses they resolved to.
+    names: super::grants::NameLookups,
+    /// The granted ports of the name each open lookup resolves.
+    lookup_streams: std::collections::HashMap<u32, Vec<u16>>,
     table: ResourceTable,
     pub limiter: MemoryLimiter,
     /// The plugin's `[plugins.<name>.config]` table.
@@ -73,7 +77,7 @@ impl Sandbox {
         let mut wasi = WasiCtx::builder();
         wasi.stdout(PluginOutput::new(&handles.log, "stdout"))
             .stderr(PluginOutput::new(&handles.log, "stderr"));
-        setup.grants.apply(&mut wasi, &handles.denials);
+        let names = setup.grants.apply(&mut wasi, &handles.denials);
         let wasi = wasi.build();
         // Handles the host keeps for the instance (WASI streams, sockets'
         // futures...) are host memory: bounded, and freed with the instance.
@@ -87,6 +91,8 @@ impl Sandbox {
             wasi,
             http: WasiHttpCtx::new(),
             http_hooks: setup.grants.http_hooks(&handles.denials),
+            names,
+            lookup_streams: std::collections::HashMap::new(),
             table,
             limiter: MemoryLimiter::new(
                 setup.limits.max_memory_bytes,
@@ -101,6 +107,15 @@ impl Sandbox {
 }
 
 impl Sandbox {
+    /// What `wasi:sockets/ip-name-lookup` reaches (see `name_lookup.rs`).
+    pub fn lookups(&mut self) -> super::name_lookup::Lookups<'_> {
+        let sockets = wasmtime_wasi::sockets::WasiSocketsCtxView {
+            ctx: self.wasi.sockets(),
+            table: &mut self.table,
+        };
+        super::name_lookup::Lookups::new(sockets, &self.names, &mut self.lookup_streams)
+    }
+
     /// What the `wasi:io` imports that may wait reach (see `io_waits.rs`).
     pub fn io_waits(&mut self) -> super::io_waits::Waits<'_> {
         super::io_waits::Waits::new(&mut self.table, &mut self.running)
