@@ -11,7 +11,7 @@
 //! Prints figures; asserts nothing about time. `make bench` runs it (with the
 //! other benchmarks); `PLUGBOARD_BENCH_SECS` sets each run's length (default
 //! 3), `PLUGBOARD_BENCH_ONLY` one section (`native`, `languages`, `tls`,
-//! `cpu`, `attacks`, `memory`, `writes`).
+//! `cpu`, `attacks`, `memory`, `writes`, `http`).
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -684,6 +684,124 @@ fn durable_writes(window: Duration) {
     }
 }
 
+/// A granted HTTP GET through a plugin (`hostile`'s `http-get`, the SDK's
+/// helper, as `relay` does it) against the same GET sent straight from the
+/// load generator, a connection per request like wasmtime's sender, to one
+/// local device.
+fn http_calls(window: Duration) {
+    let device = spawn_device();
+    let server = start(
+        Setup::new()
+            .plugin("testing_hostile", "hostile")
+            .plugin_config("hostile", &format!("allow_http = [\"http://{device}\"]")),
+        false,
+    );
+    let command: &'static str = format!("http-get http://{device}/cm?cmnd=Power%20On").leak();
+    for connections in [1, 16] {
+        let direct = direct_http(device, connections, window);
+        let through = run(server.addr, Load::shape(connections, 1, command), window);
+        let label = format!("{connections}x1");
+        println!("{label:<6} GET direct        {}", direct.summary());
+        println!(
+            "{label:<6} GET through plugin {} (p50 +{:.0} us, {:.2} of direct)",
+            through.summary(),
+            through.percentile_us(0.5) - direct.percentile_us(0.5),
+            through.per_sec() / direct.per_sec()
+        );
+    }
+}
+
+/// A device's HTTP API on loopback: every request answered `200 on`, then
+/// the connection closed. Runs on a thread of its own for the whole bench.
+fn spawn_device() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let reply =
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\non";
+                    let _ = stream.write_all(reply).await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// `connections` clients, each sending the device's GET and awaiting the
+/// whole answer, a connection per request, from the load generator's core.
+fn direct_http(device: SocketAddr, connections: usize, window: Duration) -> Figures {
+    std::thread::spawn(move || {
+        if cores() > 1 {
+            pin_to(CLIENT_CORE);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let start = Instant::now();
+            let clock = Clock {
+                measure_from: start + WARMUP,
+                stop_at: start + WARMUP + window,
+            };
+            let clients: Vec<_> = (0..connections)
+                .map(|_| tokio::spawn(direct_http_client(device, clock)))
+                .collect();
+            let mut total = Figures {
+                replies: 0,
+                errors: 0,
+                window,
+                latency: new_histogram(),
+            };
+            for client in clients {
+                let tally = client.await.expect("client task");
+                total.replies += tally.replies;
+                total.errors += tally.errors;
+                total.latency.add(&tally.latency).unwrap();
+            }
+            total
+        })
+    })
+    .join()
+    .expect("direct HTTP client")
+}
+
+async fn direct_http_client(device: SocketAddr, clock: Clock) -> Tally {
+    let mut tally = Tally::new();
+    let request = format!("GET /cm?cmnd=Power%20On HTTP/1.1\r\nHost: {device}\r\n\r\n");
+    while Instant::now() < clock.stop_at {
+        let sent = Instant::now();
+        let mut stream = TcpStream::connect(device).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let ok: &[u8] = if answer.ends_with(b"on") {
+            b"on"
+        } else {
+            b"error"
+        };
+        tally.record(ok, sent, Instant::now(), clock);
+    }
+    tally
+}
+
 fn main() {
     let window = measure_secs();
     println!(
@@ -714,5 +832,8 @@ fn main() {
     }
     if run("writes") {
         durable_writes(window);
+    }
+    if run("http") {
+        http_calls(window);
     }
 }

@@ -312,6 +312,26 @@ fn a_call_waiting_on_http_leaves_its_place_to_others() {
     assert_eq!(waiter.reply().unwrap(), "200 late");
 }
 
+/// A granted peer that accepts and never answers: the call ends at its
+/// deadline (wasmtime's own connect and first-byte timeouts are 600 s), and
+/// the plugin serves the next command.
+#[test]
+fn a_peer_that_never_answers_ends_at_the_call_deadline() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let server = hostile()
+        .plugin_config("hostile", &format!("allow_http = [\"http://{addr}\"]"))
+        .plugin_config("hostile", "call_timeout_ms = 300")
+        .start();
+    let mut client = server.connect();
+    assert_eq!(
+        client.request(&format!("http-get http://{addr}/")),
+        "error: plugin 'hostile' timed out"
+    );
+    let (_held, _) = silent.accept().unwrap();
+    assert_eq!(client.request("depth 3"), "reached 3");
+}
+
 /// A device on loopback speaking Tasmota's or Shelly's HTTP API, with a
 /// relay that remembers its state; it reports each request's target.
 fn fake_device(shelly: bool) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
