@@ -109,7 +109,7 @@ enum Command {
     Check {
         /// The plugin (`.wasm` component).
         file: PathBuf,
-        /// Config whose limits and grants apply [default: built-in defaults]
+        /// Config whose limits and grants apply [default: built-in defaults, compile cache in $XDG_CACHE_HOME/plugboard or ~/.cache/plugboard]
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -121,7 +121,7 @@ enum Command {
         /// The command and its arguments.
         #[arg(required = true, num_args = 1..)]
         words: Vec<String>,
-        /// Config whose limits and plugin settings apply [default: built-in defaults]
+        /// Config whose limits and plugin settings apply [default: built-in defaults, compile cache in $XDG_CACHE_HOME/plugboard or ~/.cache/plugboard]
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -249,14 +249,20 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<(Config, Option<PathBuf>
 
 /// `check` and `call` use a config only when given one: their plugin is a
 /// file on the command line, not the config's plugin directory. Without one,
-/// they compile without a cache rather than leave one in the working directory.
+/// they compile into the user's cache (`plugboard::cli::standalone::
+/// user_cache_dir`), never the working directory: a Python plugin's second
+/// `call` then takes a fraction of a second instead of 8.
 fn tool_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
     match path {
         Some(path) => Config::load(&path),
-        None => Ok(Config {
-            compile_cache: false,
-            ..Config::default()
-        }),
+        None => {
+            let cache = plugboard::cli::standalone::user_cache_dir();
+            Ok(Config {
+                compile_cache: cache.is_some(),
+                cache_dir: cache.unwrap_or_default(),
+                ..Config::default()
+            })
+        }
     }
 }
 

@@ -170,6 +170,49 @@ fn plugin_tool(args: &[&str]) -> Output {
     plugboard().args(args).output().expect("run plugboard")
 }
 
+/// Without a config, `check` and `call` compile into the user's cache
+/// (`$XDG_CACHE_HOME/plugboard`, else `~/.cache/plugboard`), from any
+/// directory: the second run loads the plugin from there.
+#[test]
+fn check_and_call_keep_compiled_plugins_in_the_users_cache() {
+    let onoff = crate::support::built_plugin("onoff");
+    let onoff = onoff.to_str().unwrap();
+    for xdg in [true, false] {
+        let home = tempfile::tempdir().unwrap();
+        let cache = match xdg {
+            true => home.path().join("plugboard"),
+            false => home.path().join(".cache/plugboard"),
+        };
+        let run = |args: &[&str]| {
+            let mut command = plugboard();
+            match xdg {
+                true => command.env("XDG_CACHE_HOME", home.path()),
+                false => command
+                    .env_remove("XDG_CACHE_HOME")
+                    .env("HOME", home.path()),
+            };
+            let output = command
+                .args(args)
+                .current_dir(home.path())
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{}", stderr(&output));
+            stdout(&output)
+        };
+        let first = run(&["check", onoff]);
+        assert!(
+            first.contains(&format!("cached in {}", cache.display())),
+            "{first}"
+        );
+        let second = run(&["check", onoff]);
+        assert!(
+            second.contains(&format!("compiled: from the cache in {}", cache.display())),
+            "{second}"
+        );
+        assert_eq!(run(&["call", onoff, "on"]), "success\n");
+    }
+}
+
 #[test]
 fn check_lists_commands_and_imports_of_a_valid_plugin() {
     let onoff = crate::support::built_plugin("onoff");

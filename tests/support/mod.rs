@@ -75,8 +75,12 @@ pub fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// The binary, with the user's compile cache (`check`, `call`) in the
+/// tests' shared cache rather than the home directory.
 pub fn plugboard() -> Command {
-    Command::new(plugboard_path())
+    let mut command = Command::new(plugboard_path());
+    command.env("XDG_CACHE_HOME", shared_cache_dir());
+    command
 }
 
 pub fn plugboard_path() -> &'static str {

@@ -7,7 +7,7 @@
 //! State goes to an in-memory store: a test run never touches a server's data.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -19,24 +19,73 @@ use crate::protocol::request::Request;
 use crate::reload::plugin_dir::plugin_name;
 use crate::router::Router;
 
+/// Where `check` and `call` keep compiled plugins when no config says:
+/// `$XDG_CACHE_HOME/plugboard`, else `~/.cache/plugboard`; none if neither
+/// is set or it cannot be created (then they compile every time).
+pub fn user_cache_dir() -> Option<PathBuf> {
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|path| path.is_absolute())
+    };
+    let dir = absolute("XDG_CACHE_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".cache")))?
+        .join("plugboard");
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir)
+}
+
+/// A plugin loaded as the server would load it, and how its compile went.
+struct Loaded {
+    plugin: Plugin,
+    compile: Compile,
+}
+
+enum Compile {
+    FromCache(PathBuf),
+    Compiled(std::time::Duration, Option<PathBuf>),
+}
+
 /// Loads `file` as the server would; the error says why it would be rejected.
-async fn load(file: &Path, config: &Config) -> anyhow::Result<Plugin> {
+async fn load(file: &Path, config: &Config) -> anyhow::Result<Loaded> {
     let mut config = config.clone();
     config.state_store = StateStore::Memory;
-    let runtime = Runtime::new(config.runtime_options(), config.open_store()?)
+    let options = config.runtime_options();
+    let cache_dir = options.cache_dir.clone();
+    let runtime = Runtime::new(options, config.open_store()?)
         .context("cannot start the WebAssembly runtime")?;
     let name = plugin_name(file);
-    Plugin::load(&runtime, &name, file, config.setup_for(&name))
+    let started = std::time::Instant::now();
+    let plugin = Plugin::load(&runtime, &name, file, config.setup_for(&name))
         .await
-        .with_context(|| format!("{} would be rejected", file.display()))
+        .with_context(|| format!("{} would be rejected", file.display()))?;
+    let compile = match (runtime.cache_stats(), cache_dir) {
+        (Some((hits, 0)), Some(dir)) if hits > 0 => Compile::FromCache(dir),
+        (_, dir) => Compile::Compiled(started.elapsed(), dir),
+    };
+    Ok(Loaded { plugin, compile })
 }
 
 /// `plugboard check FILE`: validates the plugin and lists what it serves and
 /// what it needs.
 pub async fn check(file: &Path, config: &Config) -> anyhow::Result<ExitCode> {
-    let plugin = load(file, config).await?;
+    let Loaded { plugin, compile } = load(file, config).await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}: ok, plugin '{}'", file.display(), plugin.name())?;
+    match compile {
+        Compile::FromCache(dir) => {
+            writeln!(out, "compiled: from the cache in {}", dir.display())?;
+        }
+        Compile::Compiled(took, Some(dir)) => writeln!(
+            out,
+            "compiled: in {:.1} s, cached in {}",
+            took.as_secs_f64(),
+            dir.display()
+        )?,
+        Compile::Compiled(took, None) => {
+            writeln!(out, "compiled: in {:.1} s (no cache)", took.as_secs_f64())?;
+        }
+    }
     writeln!(out, "commands:")?;
     let width = plugin
         .commands()
@@ -96,7 +145,7 @@ pub async fn check(file: &Path, config: &Config) -> anyhow::Result<ExitCode> {
 /// `plugboard call FILE COMMAND [ARGS...]`: runs one command under the
 /// plugin's limits and prints the reply as `send` would.
 pub async fn call(file: &Path, words: &[String], config: &Config) -> anyhow::Result<ExitCode> {
-    let plugin = load(file, config).await?;
+    let plugin = load(file, config).await?.plugin;
     let request = Request::parse(words.join(" ").as_bytes())?;
     let reply = Router::new([Arc::new(plugin)])
         .dispatch(request, &mut Session::default(), &|_| true)
