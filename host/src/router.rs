@@ -160,6 +160,9 @@ fn reply_for(
         Answer::Failure(err) => {
             if let Some(unwritten) = warn() {
                 tracing::warn!(plugin, %command, unwritten, "plugin call failed: {err}");
+                if let CallError::Trapped(trap) = &err {
+                    tracing::debug!(plugin, %command, "trap in detail: {:#}", trap.error);
+                }
             }
             (failure_reply(plugin, &err), failure_outcome(&err))
         }

@@ -262,6 +262,43 @@ fn debug_logs_trace_each_command_with_plugin_outcome_and_duration() {
     assert_eq!(command["span"]["outcome"], "ok", "recorded on the span too");
 }
 
+/// A panic's log line starts with what the plugin said as it died, for its
+/// author; the wasm backtrace only at DEBUG; the client gets no details.
+#[test]
+fn a_trap_is_logged_with_the_plugins_own_message_first() {
+    for (filter, backtrace) in [(None, false), (Some("plugboard=debug"), true)] {
+        let mut setup = Setup::new().plugin("testing_echo", "echo");
+        if let Some(filter) = filter {
+            setup = setup.log_filter(filter);
+        }
+        let server = setup.start();
+        let mut client = server.connect();
+        assert_eq!(client.request("panic"), "error: plugin 'echo' failed");
+        let line = server.log.wait_for("plugin call failed").unwrap();
+        let message = line.split("plugin call failed: trapped: ").nth(1).unwrap();
+        assert!(message.contains("panicked at"), "{line}");
+        assert!(
+            message.contains("deliberate panic for a test (wasm trap:"),
+            "{line}"
+        );
+        assert!(
+            !message.contains("RUST_BACKTRACE") && !message.contains("0x"),
+            "{line}"
+        );
+        assert_eq!(client.request("echo still here"), "still here");
+        // A second trap's line comes after any detail of the first.
+        assert_eq!(client.request("panic"), "error: plugin 'echo' failed");
+        assert!(server.log.wait_for_count("plugin call failed", 2));
+        let text = server.log.text();
+        let detail = text.lines().find(|line| line.contains("trap in detail"));
+        assert_eq!(
+            detail.is_some_and(|line| line.contains("wasm backtrace")),
+            backtrace,
+            "{text}"
+        );
+    }
+}
+
 /// A capability used without a grant is counted per plugin and kind.
 #[test]
 fn denied_capabilities_are_counted() {

@@ -9,8 +9,9 @@
 //! a metric and summed up in the next line written. The writer behind
 //! `tracing` never blocks a worker either (see `main.rs`).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
@@ -87,10 +88,49 @@ fn cut_at(line: &str, max: usize) -> (&str, usize) {
     (&line[..end], line.len() - end)
 }
 
+/// The last lines one instance wrote on stderr during its current call:
+/// what a plugin said as it died (a Rust panic's message, a Python
+/// traceback's last line) leads the log line of its trap.
+#[derive(Clone, Default)]
+pub struct StderrTail(Arc<Mutex<VecDeque<String>>>);
+
+/// Lines of a call's stderr kept for its trap's log line.
+const TAIL_LINES: usize = 4;
+
+impl StderrTail {
+    fn lines(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, line: &str) {
+        // Rust's hint about RUST_BACKTRACE says nothing about the plugin.
+        if line.is_empty() || line.starts_with("note: run with `RUST_BACKTRACE") {
+            return;
+        }
+        let mut lines = self.lines();
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line.to_owned());
+    }
+
+    /// Starts a new call's tail.
+    pub fn clear(&self) {
+        self.lines().clear();
+    }
+
+    /// The tail as one line, if the call wrote anything on stderr.
+    pub fn take(&self) -> Option<String> {
+        let lines = std::mem::take(&mut *self.lines());
+        (!lines.is_empty()).then(|| Vec::from(lines).join(" "))
+    }
+}
+
 /// A plugin's stdout or stderr, forwarded line by line to its [`PluginLog`].
 pub struct PluginOutput {
     log: Arc<PluginLog>,
     stream: &'static str,
+    tail: Option<StderrTail>,
 }
 
 impl PluginOutput {
@@ -98,7 +138,14 @@ impl PluginOutput {
         Self {
             log: log.clone(),
             stream,
+            tail: None,
         }
+    }
+
+    /// Also keeps the lines of the current call in `tail`.
+    pub fn keeping_tail(mut self, tail: &StderrTail) -> Self {
+        self.tail = Some(tail.clone());
+        self
     }
 }
 
@@ -113,6 +160,7 @@ impl StdoutStream for PluginOutput {
         Box::new(LineWriter {
             log: self.log.clone(),
             stream: self.stream,
+            tail: self.tail.clone(),
             pending: Vec::new(),
             dropped: 0,
         })
@@ -125,6 +173,7 @@ impl StdoutStream for PluginOutput {
 struct LineWriter {
     log: Arc<PluginLog>,
     stream: &'static str,
+    tail: Option<StderrTail>,
     pending: Vec<u8>,
     /// Bytes of the line being collected that were not kept.
     dropped: usize,
@@ -141,6 +190,9 @@ impl LineWriter {
     fn emit(&mut self) {
         let line = String::from_utf8_lossy(&self.pending);
         let level = self.level();
+        if let Some(tail) = &self.tail {
+            tail.push(line.trim());
+        }
         self.log
             .write_cut(level, Some(self.stream), line.trim_end(), self.dropped);
         self.pending.clear();

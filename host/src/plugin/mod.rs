@@ -174,8 +174,8 @@ pub enum LoadError {
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The plugin trapped: a panic, an out-of-bounds access, stack overflow...
-    #[error("trapped: {0:#}")]
-    Trapped(anyhow::Error),
+    #[error("trapped: {0}")]
+    Trapped(Trap),
     #[error("did not finish within {0:?}")]
     TimedOut(Duration),
     #[error("tried to grow its memory past {limit_bytes} bytes")]
@@ -204,6 +204,28 @@ pub enum CallError {
     /// fault, not the plugin's, so the command ends with it.
     #[error("{0}")]
     StateUnavailable(crate::store::Unavailable),
+}
+
+/// A trap, as the plugin's author reads it: what the plugin wrote on stderr
+/// as it died (a panic's message), then the trap itself; the wasm backtrace
+/// is kept for a DEBUG line.
+#[derive(Debug)]
+pub struct Trap {
+    pub said: Option<String>,
+    pub error: wasmtime::Error,
+}
+
+impl std::fmt::Display for Trap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let trap = match self.error.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => trap.to_string(),
+            None => self.error.root_cause().to_string(),
+        };
+        match &self.said {
+            Some(said) => write!(f, "{said} ({trap})"),
+            None => write!(f, "{trap}"),
+        }
+    }
 }
 
 impl CallError {
@@ -446,6 +468,7 @@ impl Plugin {
         self.compiled.runtime.arm_deadline(&mut store);
         let host_wait = store.data().host_wait.clone();
         host_wait.reset();
+        store.data().stderr_tail.clear();
         // Boxed: wasmtime's call futures are kilobytes, and unboxed they would
         // be part of every connection task, busy or idle.
         let call = Box::pin(async {
@@ -483,7 +506,10 @@ impl Plugin {
             Some(Err(err)) => {
                 return Err(match err.downcast::<crate::store::Unavailable>() {
                     Ok(unavailable) => CallError::StateUnavailable(unavailable),
-                    Err(err) => CallError::Trapped(err.into()),
+                    Err(error) => CallError::Trapped(Trap {
+                        said: store.data().stderr_tail.take(),
+                        error,
+                    }),
                 });
             }
             Some(Ok(returned)) => returned,

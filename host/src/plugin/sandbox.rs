@@ -20,7 +20,7 @@ use super::cpu_share::Running;
 use super::epoch::TickingGuard;
 use super::host_wait::HostWait;
 use super::limits::{MemoryBudget, MemoryLimiter};
-use super::log::{PluginLog, PluginOutput};
+use super::log::{PluginLog, PluginOutput, StderrTail};
 use crate::store::{Completion, KvError, Namespace, Write, Written};
 
 /// What the host hands every instance of one plugin (with one setup):
@@ -48,6 +48,8 @@ pub struct Sandbox {
     pub host_wait: HostWait,
     /// The current call's place among the plugin's running calls.
     pub running: Running,
+    /// What the current call wrote on stderr, for the log line of a trap.
+    pub stderr_tail: StderrTail,
     /// This instance's place under the plugin's `max_instances`.
     pub instance_permit: Option<tokio::sync::OwnedSemaphorePermit>,
     wasi: WasiCtx,
@@ -75,8 +77,9 @@ impl Sandbox {
         ticking: Option<TickingGuard>,
     ) -> Self {
         let mut wasi = WasiCtx::builder();
+        let stderr_tail = StderrTail::default();
         wasi.stdout(PluginOutput::new(&handles.log, "stdout"))
-            .stderr(PluginOutput::new(&handles.log, "stderr"));
+            .stderr(PluginOutput::new(&handles.log, "stderr").keeping_tail(&stderr_tail));
         let names = setup.grants.apply(&mut wasi, &handles.denials);
         let wasi = wasi.build();
         // Handles the host keeps for the instance (WASI streams, sockets'
@@ -87,6 +90,7 @@ impl Sandbox {
             log: handles.log.clone(),
             host_wait: HostWait::default(),
             running: Running::default(),
+            stderr_tail,
             instance_permit: None,
             wasi,
             http: WasiHttpCtx::new(),
