@@ -1,5 +1,5 @@
 //! Prometheus metrics for operators, served on the optional `metrics_listen`
-//! address (`GET /metrics`).
+//! address (`GET /metrics`, by `net/status.rs`).
 //!
 //! Built on the `metrics` facade and its Prometheus exporter. Handles are
 //! registered when a routing table is built (one set per command) or once per
@@ -7,13 +7,12 @@
 //! add. Without `metrics_listen` no recorder is installed, every handle is a
 //! no-op, and commands are not even timed.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use metrics::{Counter, Gauge, Histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 const CONNECTIONS_OPEN: &str = "plugboard_connections_open";
 const CONNECTIONS_ACCEPTED: &str = "plugboard_connections_accepted_total";
@@ -40,18 +39,17 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
-/// Starts the exporter on `listen`. Call before anything registers a handle
+/// Installs the recorder; the returned handle renders what it recorded
+/// (`net/status.rs` serves it). Call before anything registers a handle
 /// (plugins, the listener): handles made earlier stay no-ops.
-pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
-    PrometheusBuilder::new()
-        .with_http_listener(listen)
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(COMMAND_SECONDS.into()), LATENCY_BUCKETS)?
-        .install()
-        .with_context(|| format!("cannot serve metrics on `metrics_listen` = {listen}"))?;
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
     describe();
     ENABLED.store(true, Ordering::Relaxed);
-    tracing::info!("metrics on http://{listen}/metrics");
-    Ok(())
+    Ok(handle)
 }
 
 fn describe() {
@@ -69,7 +67,7 @@ fn describe() {
     );
     describe_counter!(
         CONNECTIONS_CLOSED,
-        "Client connections closed by the server, by reason (idle_timeout, frame_timeout)"
+        "Client connections closed by the server, by reason (idle_timeout, frame_timeout, frame_too_large, truncated, tls_handshake_failed, tls_handshake_timeout)"
     );
     describe_counter!(
         COMMANDS,
@@ -96,7 +94,7 @@ fn describe() {
     );
     describe_counter!(
         CAPABILITY_DENIED,
-        "Uses of a capability the plugin was not granted, by plugin and kind (http, tcp)"
+        "Uses of a capability the plugin was not granted, by plugin and kind (http, tcp, lookup)"
     );
     describe_counter!(
         STATE_STORE_ERRORS,
@@ -222,30 +220,45 @@ impl Outcome {
     }
 }
 
-/// The counters of one command of one plugin, one per outcome, and the
-/// plugin's latency histogram.
+/// The counters of one command of one plugin, by outcome, and the plugin's
+/// latency histogram. `ok` and `error` are registered up front (so a rate
+/// starts at zero); a failure's series appears when it first happens, and
+/// `unknown` and `invalid` never do for a routed command: /metrics once
+/// listed a hundred zero series for outcomes that had not or could not
+/// happen.
 pub struct CommandMetrics {
-    outcomes: [Counter; Outcome::ALL.len()],
+    plugin: String,
+    command: String,
+    outcomes: [std::sync::OnceLock<Counter>; Outcome::ALL.len()],
     latency: Histogram,
 }
 
 impl CommandMetrics {
     pub fn new(plugin: &str, command: &str) -> Self {
-        Self {
-            outcomes: Outcome::ALL.map(|outcome| {
-                metrics::counter!(
-                    COMMANDS,
-                    "plugin" => plugin.to_owned(),
-                    "command" => command.to_owned(),
-                    "outcome" => outcome.as_str(),
-                )
-            }),
+        let metrics = Self {
+            plugin: plugin.to_owned(),
+            command: command.to_owned(),
+            outcomes: Default::default(),
             latency: metrics::histogram!(COMMAND_SECONDS, "plugin" => plugin.to_owned()),
-        }
+        };
+        metrics.counter(Outcome::Ok);
+        metrics.counter(Outcome::Error);
+        metrics
+    }
+
+    fn counter(&self, outcome: Outcome) -> &Counter {
+        self.outcomes[outcome as usize].get_or_init(|| {
+            metrics::counter!(
+                COMMANDS,
+                "plugin" => self.plugin.clone(),
+                "command" => self.command.clone(),
+                "outcome" => outcome.as_str(),
+            )
+        })
     }
 
     pub fn record(&self, outcome: Outcome, elapsed: Option<Duration>) {
-        self.outcomes[outcome as usize].increment(1);
+        self.counter(outcome).increment(1);
         if let Some(elapsed) = elapsed {
             self.latency.record(elapsed.as_secs_f64());
         }

@@ -24,22 +24,86 @@ fn with_metrics() -> (Setup, u16) {
     (setup, port)
 }
 
+/// `GET path` from the operator's endpoint over a real HTTP/1.1
+/// connection: the status code and the body.
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect metrics");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok());
+    (status.expect("a status code"), body.to_owned())
+}
+
+/// `/healthz` says `starting` while the first load compiles (a cold Python
+/// plugin: seconds), `ready` once the plugins serve, `stopping` once
+/// shutdown begins, so a balancer sends clients only to a host that serves.
+#[test]
+fn healthz_is_ready_only_while_plugins_serve() {
+    let port = free_port();
+    let cold_cache = tempfile::tempdir().unwrap();
+    let mut server = Setup::new()
+        .guest("stats", "stats")
+        .plugin("testing_hostile", "hostile")
+        .config(&format!("metrics_listen = \"127.0.0.1:{port}\""))
+        .config(&format!("cache_dir = {:?}", cold_cache.path()))
+        .config("shutdown_timeout_ms = 20000")
+        .plugin_config("hostile", "call_timeout_ms = 10000")
+        .start_loading();
+    assert!(
+        server
+            .log
+            .wait_for("loading plugins before serving")
+            .is_some()
+    );
+    assert_eq!(
+        get(port, "/healthz"),
+        (503, "starting: plugins loading\n".into())
+    );
+    let listening = server
+        .log
+        .wait_for_within("listening on ", crate::support::COMPILE_TIMEOUT);
+    assert!(listening.is_some(), "{}", server.log.text());
+    assert_eq!(get(port, "/healthz"), (200, "ready\n".into()));
+    assert_eq!(get(port, "/elsewhere").0, 404);
+    let addr = listening.unwrap();
+    let addr = addr
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let mut busy = crate::support::Client::connect(addr.parse().unwrap());
+    busy.send(b"spin 1500<EOF>");
+    assert!(server.log.wait_for("spin: started").is_some());
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        server
+            .log
+            .wait_for("finishing in-flight commands")
+            .is_some()
+    );
+    assert_eq!(get(port, "/healthz"), (503, "stopping\n".into()));
+    assert_eq!(busy.reply().unwrap(), "spun 1500");
+    assert!(server.wait_exit().success());
+}
+
 /// The scraped exposition text.
 struct Scrape(String);
 
 impl Scrape {
     /// `GET /metrics` over a real HTTP/1.1 connection.
     fn from(port: u16) -> Self {
-        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect metrics");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read response");
-        let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        Self(body.to_owned())
+        let (status, body) = get(port, "/metrics");
+        assert_eq!(status, 200, "{body}");
+        Self(body)
     }
 
     /// The value of the series `name` whose labels include every one of `labels`.
@@ -79,6 +143,19 @@ fn metrics_count_commands_by_plugin_command_and_outcome() {
     let server = setup.start();
     let before = Scrape::from(port);
     assert_eq!(before.commands("onoff", "on", "ok"), 0.0);
+    assert_eq!(before.commands("echo", "fail", "error"), 0.0);
+    // Only outcomes that happened, or may (ok, error), have a series: a
+    // routed command is never `unknown`, and nothing has trapped yet.
+    let series = |plugin, command, outcome| {
+        let labels = [
+            ("plugin", plugin),
+            ("command", command),
+            ("outcome", outcome),
+        ];
+        before.value("plugboard_commands_total", &labels)
+    };
+    assert_eq!(series("onoff", "on", "unknown"), None);
+    assert_eq!(series("echo", "panic", "trap"), None);
 
     let mut client = server.connect();
     for _ in 0..3 {
@@ -124,6 +201,20 @@ fn metrics_follow_connections_and_timeouts() {
     assert_eq!(second.request("echo hi"), "hi");
     let scrape = Scrape::from(port);
     assert_eq!(scrape.commands("echo", "sleep", "timeout"), 1.0);
+    let mut oversized = server.connect();
+    oversized.send(&vec![b'x'; 70 * 1024]);
+    assert!(
+        oversized
+            .reply()
+            .unwrap()
+            .starts_with("error: frame too large")
+    );
+    eventually(port, "the oversized frame counted", |scrape| {
+        scrape.value(
+            "plugboard_connections_closed_total",
+            &[("reason", "frame_too_large")],
+        ) == Some(1.0)
+    });
     assert_eq!(
         scrape.count("plugboard_connections_accepted_total", &[]),
         2.0

@@ -144,9 +144,17 @@ impl<S: Stream> Connection<S> {
                 tracing::debug!("connection lost: {err}");
             }
             Err(closing) => {
-                if let Closing::Idle(_) | Closing::SlowMessage(_) = closing {
-                    tracing::debug!("{closing}");
+                match &closing {
+                    Closing::Frame(FrameError::TooLarge) => {
+                        crate::telemetry::closed_by("frame_too_large");
+                    }
+                    Closing::Frame(FrameError::Truncated) => {
+                        crate::telemetry::closed_by("truncated");
+                    }
+                    // Counted where they expire, or by the auth gate.
+                    _ => {}
                 }
+                tracing::debug!("closing the connection: {closing}");
                 if let Err(lost) = self.reply_and_close(Reply::error(&closing)).await {
                     tracing::debug!("connection lost while reporting {closing:?}: {lost}");
                 }

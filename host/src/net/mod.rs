@@ -9,5 +9,6 @@ pub mod auth;
 pub mod connection;
 pub mod per_address;
 pub mod server;
+pub mod status;
 pub mod timeouts;
 pub mod tls;

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::net::auth::{self, Auth};
 use crate::net::connection::{self, Connection, Settings};
 use crate::net::per_address::{AddressPermit, PerAddress};
+use crate::net::status::Readiness;
 use crate::net::timeouts::Timeouts;
 use crate::net::tls;
 use crate::plugin::Runtime;
@@ -110,9 +111,20 @@ pub async fn serve(
         config_path,
         watch,
     } = options;
+    let readiness = Readiness::default();
+    // The operator's endpoint outlives the drain (it says `stopping` then)
+    // and ends with this function.
+    let status_ends = CancellationToken::new();
+    let _end_status = status_ends.clone().drop_guard();
     if let Some(listen) = config.metrics_listen {
-        crate::telemetry::install(listen)?;
+        serve_status(listen, &readiness, &status_ends).await?;
     }
+    // Clients that connect now wait (the listener is bound: the kernel
+    // queues them) until the plugins are loaded.
+    tracing::info!(
+        "bound {}; loading plugins before serving",
+        listener.local_addr()?
+    );
     let store = config.open_store()?;
     let runtime = Runtime::new(config.runtime_options(), store)
         .context("cannot start the WebAssembly runtime")?;
@@ -138,6 +150,7 @@ pub async fn serve(
     // Tests and scripts using port 0 read the real address from this line,
     // which also says that the plugins are loaded.
     tracing::info!("listening on {local}");
+    readiness.ready();
     let server = Listener {
         listener,
         routes,
@@ -163,6 +176,7 @@ pub async fn serve(
         () = server.accept_loop() => {}
         () = &mut shutdown_signal => {}
     }
+    readiness.stopping();
     let stopping = std::time::Instant::now();
     server.drain(config.shutdown_timeout()).await;
     // The reloader stops between rescans; one compiling a plugin gets what
@@ -172,6 +186,30 @@ pub async fn serve(
     if tokio::time::timeout(left, reloading).await.is_err() {
         tracing::warn!("shutdown timeout reached: abandoning a plugin load in progress");
     }
+    Ok(())
+}
+
+/// Starts the operator's endpoint (/metrics, /healthz) on `listen`, with
+/// the metrics recorder it renders: before any handle is registered, so
+/// none stays a no-op.
+async fn serve_status(
+    listen: SocketAddr,
+    readiness: &Readiness,
+    ends: &CancellationToken,
+) -> anyhow::Result<()> {
+    let cannot = || format!("cannot serve metrics on `metrics_listen` = {listen}");
+    let listener = TcpListener::bind(listen).await.with_context(cannot)?;
+    let metrics = crate::telemetry::install().with_context(cannot)?;
+    tracing::info!(
+        "metrics on http://{0}/metrics, health on http://{0}/healthz",
+        listener.local_addr()?
+    );
+    tokio::spawn(super::status::serve(
+        listener,
+        metrics,
+        readiness.clone(),
+        ends.clone(),
+    ));
     Ok(())
 }
 
