@@ -15,7 +15,7 @@ PYTHON ?= python3
 COMPONENTIZE_PY_VERSION := 0.25.1
 NPM ?= npm
 
-.PHONY: run build plugins test lint wasm-target bench bench-load bench-call bench-reload bench-kv
+.PHONY: run build plugins test lint wasm-target install bench bench-load bench-call bench-reload bench-kv
 
 run: build
 	./target/release/plugboard serve --config config.toml
@@ -24,6 +24,14 @@ run: build
 # included), so `make run` and `make test` share one build of wasmtime instead of two.
 build: plugins
 	$(CARGO) build --release --locked -p plugboard --all-targets
+
+# Puts the plugboard binary on PATH: $(PREFIX)/bin (default ~/.local/bin).
+# The plugin projects `plugboard new` makes call the binary that made them.
+PREFIX ?= $(HOME)/.local
+install:
+	$(CARGO) build --release --locked -p plugboard
+	install -D -m 755 target/release/plugboard $(DESTDIR)$(PREFIX)/bin/plugboard
+	@echo "installed $(DESTDIR)$(PREFIX)/bin/plugboard"
 
 wasm-target:
 	rustup target add $(WASM_TARGET)
@@ -84,6 +92,10 @@ $(GUEST_OUT)/notify.wasm: plugins/python/notify/app.py wit/plugin.wit wit/http.w
 
 # JavaScript: componentize-js, pinned by package-lock.json, through its API
 # (build.mjs); rebuilt when the source, the lock or the contract changes.
-$(GUEST_OUT)/text.wasm: plugins/js/text/plugin.js plugins/js/text/build.mjs plugins/js/text/package-lock.json wit/plugin.wit
+# The build script is the one `plugboard new --lang js` writes into a project
+# (thrown Errors become error replies), filled in for this directory.
+JS_BUILD := host/src/cli/templates/js/build.mjs
+$(GUEST_OUT)/text.wasm: plugins/js/text/plugin.js $(JS_BUILD) plugins/js/text/package-lock.json wit/plugin.wit
 	mkdir -p $(GUEST_OUT)
-	cd plugins/js/text && $(NPM) ci --silent --no-audit --no-fund && node build.mjs ../../../$@
+	sed -e 's|{{file}}|text|' -e 's|{{wit}}|../../../wit|' $(JS_BUILD) > plugins/js/text/.build.mjs
+	cd plugins/js/text && $(NPM) ci --silent --no-audit --no-fund && node .build.mjs ../../../$@

@@ -306,7 +306,7 @@ fn assert_checks_and_serves(wasm: &std::path::Path) {
     let check = plugin_tool(&["check", wasm.to_str().unwrap()]);
     assert!(check.status.success(), "{}", stderr(&check));
     assert!(
-        stdout(&check).contains("hello  Greet"),
+        stdout(&check).contains("greeter  Greet"),
         "{}",
         stdout(&check)
     );
@@ -317,7 +317,7 @@ fn assert_checks_and_serves(wasm: &std::path::Path) {
         .wait_for_within("plugin set updated", crate::support::COMPILE_TIMEOUT);
     assert!(updated.is_some(), "not loaded:\n{}", server.log.text());
     assert_eq!(
-        server.connect().request("hello plugboard"),
+        server.connect().request("greeter plugboard"),
         "hello, plugboard"
     );
 }
@@ -380,11 +380,100 @@ fn new_python_plugin_builds_checks_and_serves() {
     assert_checks_and_serves(&project.join("greeter.wasm"));
 }
 
+/// A JavaScript project's own build turns a thrown `Error` into an error
+/// reply with its message (the stack, with plugin.js lines, in the log),
+/// fails on a syntax error naming its line, and `make try` runs a command
+/// through the `plugboard` that generated the project.
 #[test]
 fn new_js_plugin_builds_checks_and_serves() {
     let (_projects, project) = scaffold("js");
+    let source = project.join("plugin.js");
+    let plugin = std::fs::read_to_string(&source).unwrap();
+    let broken = plugin.replace("return `hello, ${who}`;", "return `hello, ${who}` +;");
+    assert_ne!(broken, plugin);
+    std::fs::write(&source, broken).unwrap();
+    let build = std::process::Command::new("make")
+        .arg("build")
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(!build.status.success());
+    assert!(
+        stderr(&build).contains("plugin.js:21:"),
+        "{}",
+        stderr(&build)
+    );
+    let throwing = plugin.replace(
+        "  const who",
+        "  if (request.args[0] === 'boom') throw new Error('boom went the plugin');\n  const who",
+    );
+    std::fs::write(&source, throwing).unwrap();
     make_build(&project);
-    assert_checks_and_serves(&project.join("greeter.wasm"));
+    let wasm = project.join("greeter.wasm");
+    assert_checks_and_serves(&wasm);
+    let server = onoff();
+    std::fs::copy(&wasm, server.plugin_dir.join("greeter.wasm")).unwrap();
+    let loaded = server
+        .log
+        .wait_for_within("plugin set updated", crate::support::COMPILE_TIMEOUT);
+    assert!(loaded.is_some(), "{}", server.log.text());
+    assert_eq!(
+        server.connect().request("greeter boom"),
+        "error: boom went the plugin"
+    );
+    let logged = server.log.wait_for("Error: boom went the plugin").unwrap();
+    assert!(logged.contains("greeter: Error"), "{logged}");
+    assert!(server.log.wait_for("at handle@plugin.js:").is_some());
+    let tried = std::process::Command::new("make")
+        .args(["try", "ARGS=greeter Ada"])
+        .env_remove("PLUGBOARD")
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(tried.status.success(), "{}", stderr(&tried));
+    assert!(
+        stdout(&tried).ends_with("hello, Ada\n"),
+        "{}",
+        stdout(&tried)
+    );
+}
+
+/// Every template serves one command, named after the plugin and written
+/// literally in its source (a hyphen kept): new plugins never fight over a
+/// command.
+#[test]
+fn new_plugins_serve_a_command_named_after_them() {
+    let projects = tempfile::tempdir().unwrap();
+    let name = "motion-sensor";
+    for (lang, source, literal) in [
+        ("rust", "src/lib.rs", "\"motion-sensor\","),
+        ("python", "app.py", "COMMAND = \"motion-sensor\""),
+        ("js", "plugin.js", "const COMMAND = 'motion-sensor';"),
+    ] {
+        let parent = projects.path().join(lang);
+        std::fs::create_dir(&parent).unwrap();
+        let created = plugin_tool(&[
+            "new",
+            name,
+            "--lang",
+            lang,
+            "--dir",
+            parent.to_str().unwrap(),
+        ]);
+        assert!(created.status.success(), "{}", stderr(&created));
+        let text = std::fs::read_to_string(parent.join(name).join(source)).unwrap();
+        assert!(text.contains(literal), "{lang}: {text}");
+        assert!(!text.contains("hello\""), "{lang}: {text}");
+        let makefile = std::fs::read_to_string(parent.join(name).join("Makefile")).unwrap();
+        assert!(
+            makefile.contains(&format!(
+                "PLUGBOARD ?= {}",
+                crate::support::plugboard_path()
+            )),
+            "{makefile}"
+        );
+    }
 }
 
 /// `check --config` says which capabilities a plugin imports and whether

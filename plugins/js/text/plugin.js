@@ -1,7 +1,8 @@
 // The text plugin: `upper TEXT` and `json-get PATH JSON`, written in
 // JavaScript against plugboard's WIT contract and built with componentize-js.
 //
-// A returned string is the reply; a thrown string is an error reply.
+// A returned string is the reply; a thrown Error (or string) is an error
+// reply with its message.
 
 import { log } from 'plugboard:plugin/host@0.1.1';
 
@@ -19,7 +20,7 @@ export function handle(request) {
     case 'json-get':
       return jsonGet(request.rawArgs);
     default:
-      throw `unexpected command '${request.command}'`;
+      throw new Error(`unexpected command '${request.command}'`);
   }
 }
 
@@ -27,18 +28,18 @@ export function handle(request) {
 function jsonGet(rawArgs) {
   const space = rawArgs.search(/\s/);
   if (space < 0) {
-    throw 'usage: json-get PATH JSON';
+    throw new Error('usage: json-get PATH JSON');
   }
   const path = rawArgs.slice(0, space);
   let value;
   try {
     value = JSON.parse(rawArgs.slice(space + 1));
   } catch (err) {
-    throw `invalid JSON: ${err.message}`;
+    throw new Error(`invalid JSON: ${err.message}`);
   }
   for (const key of path.split('.')) {
     if (value === null || typeof value !== 'object' || !(key in value)) {
-      throw `no value at '${path}'`;
+      throw new Error(`no value at '${path}'`);
     }
     value = value[key];
   }

@@ -1,4 +1,10 @@
 // Builds plugin.js into a component: node build.mjs OUTPUT.wasm
+//
+// The component's entry is a small module (written next to plugin.js as
+// .plugboard-entry.js) that calls plugin.js and turns whatever handle()
+// throws into an error reply: componentize-js itself takes only a thrown
+// string, and aborts the call on an Error, losing its message. The Error's
+// stack goes to the server's log. A syntax error is reported with its line.
 import { writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { componentize } from '@bytecodealliance/componentize-js';
@@ -6,12 +12,40 @@ import { componentize } from '@bytecodealliance/componentize-js';
 const here = (path) => fileURLToPath(new URL(path, import.meta.url));
 const output = process.argv[2] ?? '{{file}}.wasm';
 
-const { component } = await componentize({
-  sourcePath: here('./plugin.js'),
-  witPath: here('./wit'),
-  worldName: 'plugin',
-  // The default features import wasi:http; plugboard offers plugins no network.
-  disableFeatures: ['http', 'fetch-event'],
-});
-await writeFile(output, component);
-console.log(`built ${output}`);
+const entry = `import * as plugin from './plugin.js';
+import { log } from 'plugboard:plugin/host@0.1.1';
+
+export function commands() {
+  return plugin.commands();
+}
+
+export function handle(request) {
+  try {
+    return plugin.handle(request);
+  } catch (thrown) {
+    if (thrown instanceof Error) {
+      const stack = (thrown.stack ?? '').split('\\n').filter((line) => line && !line.includes('plugboard-entry.js') && !line.includes('initializer.js'));
+      log('warn', [\`\${request.command}: \${thrown.name}: \${thrown.message}\`, ...stack].join('\\n    at '));
+      throw thrown.message;
+    }
+    throw String(thrown);
+  }
+}
+`;
+await writeFile(here('./.plugboard-entry.js'), entry);
+
+try {
+  const { component } = await componentize({
+    sourcePath: here('./.plugboard-entry.js'),
+    witPath: here('{{wit}}'),
+    worldName: 'plugin',
+    // wasi:http and fetch are left out; the component stays smaller.
+    disableFeatures: ['http', 'fetch-event'],
+  });
+  await writeFile(output, component);
+  console.log(`built ${output} (${component.length} bytes)`);
+} catch (err) {
+  // componentize-js's message names the file, line and column.
+  console.error(`cannot build ${output}:\n${err.message}`);
+  process.exit(1);
+}

@@ -1,17 +1,20 @@
 // The {{name}} plugboard plugin.
 //
-// A returned string is the reply (`text<EOF>`); a thrown string is an error
-// reply (`error: message<EOF>`).
+// A returned string is the reply (`text<EOF>`). A thrown Error (or string)
+// is an error reply (`error: <its message><EOF>`), its stack in the server's
+// log: see build.mjs.
 
 import { log } from 'plugboard:plugin/host@0.1.1';
 
+const COMMAND = '{{name}}';
+
 export function commands() {
-  return [{ name: 'hello', summary: 'Greet the first argument (or the world)' }];
+  return [{ name: COMMAND, summary: 'Greet the first argument (or the world)' }];
 }
 
 export function handle(request) {
-  if (request.command !== 'hello') {
-    throw `{{name}} does not handle '${request.command}'`;
+  if (request.command !== COMMAND) {
+    throw new Error(`${COMMAND} does not handle '${request.command}'`);
   }
   const who = request.args[0] ?? 'world';
   log('info', `greeting ${who}`);

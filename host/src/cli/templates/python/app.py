@@ -4,16 +4,18 @@ import wit_world
 from componentize_py_types import Err
 from wit_world.imports import host, types
 
+COMMAND = "{{name}}"
+
 
 class WitWorld(wit_world.WitWorld):
     def commands(self) -> list[types.CommandInfo]:
         """The commands this plugin serves; the server routes them here."""
-        return [types.CommandInfo("hello", "Greet the first argument (or the world)")]
+        return [types.CommandInfo(COMMAND, "Greet the first argument (or the world)")]
 
     def handle(self, request: types.Request) -> str:
         """Return the reply (`text<EOF>`); raise Err(message) for `error: message<EOF>`."""
-        if request.command != "hello":
-            raise Err(f"{{name}} does not handle '{request.command}'")
+        if request.command != COMMAND:
+            raise Err(f"{COMMAND} does not handle '{request.command}'")
         who = request.args[0] if request.args else "world"
         host.log(host.Level.INFO, f"greeting {who}")
         return f"hello, {who}"
