@@ -93,7 +93,21 @@ enum Command {
         #[arg(long = "command", short = 'c', value_delimiter = ',')]
         commands: Vec<String>,
     },
-    /// Create a plugin project that builds and loads as is, answering `hello`.
+    /// Build plugin projects, serve them, and rebuild and reload each one
+    /// whenever its sources change.
+    Dev {
+        /// Plugin project directories (made by `plugboard new`).
+        #[arg(default_value = ".")]
+        projects: Vec<PathBuf>,
+        /// Config for limits and grants (its plugin_dir is replaced) [default: built-in defaults, state in memory]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Address to serve on [default: the config's, 127.0.0.1:1100]
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Create a plugin project that builds and loads as is, answering a
+    /// command named after it.
     New {
         /// The plugin's name (lowercase letters, digits, '-').
         name: String,
@@ -134,8 +148,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Dropped last, after the runtime: it flushes the log's last lines.
     let mut log = None;
-    // `serve` logs as its config says, once it has read it.
-    if !matches!(cli.command, Command::Serve { .. }) {
+    // `serve` and `dev` log as their config says, once they have read it.
+    if !matches!(cli.command, Command::Serve { .. } | Command::Dev { .. }) {
         log = Some(init_logging(LogFormat::Text));
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -206,19 +220,37 @@ async fn run(cli: Cli, log: &mut Option<LogGuard>) -> anyhow::Result<ExitCode> {
             let target = Target { addr, token, tls };
             plugboard::cli::client::send(&target, commands).await
         }
+        Command::Dev {
+            projects,
+            config,
+            listen,
+        } => {
+            let base = match &config {
+                Some(path) => Config::load(path)?,
+                None => plugboard::cli::dev::default_config(),
+            };
+            *log = Some(init_logging(base.log_format));
+            let options = plugboard::cli::dev::DevOptions {
+                projects,
+                config,
+                listen,
+            };
+            plugboard::cli::dev::run(options, base, shutdown_signal()?).await
+        }
         Command::Token { name, commands } => {
             print!("{}", plugboard::cli::token::new_entry(&name, &commands)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::New { name, lang, dir } => {
             let root = plugboard::cli::scaffold::new_plugin(&name, &dir, lang)?;
-            // `make check` runs `plugboard`, which need not be on PATH.
+            // This binary need not be on PATH: say where it is.
             let me = std::env::current_exe().context("cannot locate this binary")?;
             println!("created {}", root.display());
+            println!("build and check it: make -C {} check", root.display());
             println!(
-                "build and check it: make -C {} check PLUGBOARD={}",
-                root.display(),
-                me.display()
+                "serve it, rebuilt on every edit: {} dev {}",
+                me.display(),
+                root.display()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -2,6 +2,7 @@
 
 mod capabilities;
 mod cli;
+mod dev;
 mod languages;
 mod lifecycle;
 mod observability;

@@ -306,7 +306,7 @@ struct LogState {
 }
 
 impl Log {
-    fn capture(stderr: impl Read + Send + 'static) -> Self {
+    pub fn capture(stderr: impl Read + Send + 'static) -> Self {
         let log = Self(Arc::default());
         let writer = log.clone();
         std::thread::spawn(move || {
@@ -362,7 +362,11 @@ impl Log {
 
     /// Waits until `needle` has appeared on `count` lines.
     pub fn wait_for_count(&self, needle: &str, count: usize) -> bool {
-        self.wait_until(TIMEOUT, |text| {
+        self.wait_for_count_within(needle, count, TIMEOUT)
+    }
+
+    pub fn wait_for_count_within(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, |text| {
             (count_lines(text, needle) >= count).then_some(())
         })
         .is_some()

@@ -3,6 +3,7 @@
 //! `call`, and [`token`] behind `token`. `main.rs` parses the command line and calls into these.
 
 pub mod client;
+pub mod dev;
 pub mod scaffold;
 pub mod standalone;
 pub mod token;
