@@ -142,28 +142,116 @@ fn serve_names_a_missing_config_file() {
     );
 }
 
+/// What a program shows on a pseudo-terminal, collected by a thread that
+/// also answers the terminal's cursor-position query as a real one would.
+struct Screen {
+    shown: std::sync::Arc<(std::sync::Mutex<String>, std::sync::Condvar)>,
+    keys: std::fs::File,
+}
+
+impl Screen {
+    fn attach(master: std::fs::File) -> Self {
+        use std::io::Read;
+        let shown = std::sync::Arc::new((
+            std::sync::Mutex::new(String::new()),
+            std::sync::Condvar::new(),
+        ));
+        let mut reader = master.try_clone().unwrap();
+        let mut answer = master.try_clone().unwrap();
+        let collected = shown.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let chunk = String::from_utf8_lossy(&buf[..n]);
+                if chunk.contains("\x1b[6n") {
+                    let _ = answer.write_all(b"\x1b[1;1R");
+                }
+                let (text, changed) = &*collected;
+                text.lock().unwrap().push_str(&chunk);
+                changed.notify_all();
+            }
+        });
+        Self {
+            shown,
+            keys: master,
+        }
+    }
+
+    /// Waits until `needle` has been shown `count` times.
+    fn wait_for(&self, needle: &str, count: usize) {
+        let (text, changed) = &*self.shown;
+        let (text, timeout) = changed
+            .wait_timeout_while(text.lock().unwrap(), crate::support::TIMEOUT, |text| {
+                text.matches(needle).count() < count
+            })
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "{needle:?} x{count} never shown:\n{text}"
+        );
+    }
+
+    fn type_keys(&mut self, keys: &str) {
+        self.keys.write_all(keys.as_bytes()).unwrap();
+    }
+}
+
+/// On a terminal, `send` is a prompt: a hint at start, line editing with
+/// history (an up arrow recalls the last command), a connection that comes
+/// back when the server restarts, history kept for the next session.
 #[test]
-fn send_prompts_on_a_terminal() {
-    let server = onoff();
+fn send_prompts_on_a_terminal_with_history_and_reconnects() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Setup::new()
+        .plugin("onoff", "onoff")
+        .config(&format!("listen = \"127.0.0.1:{port}\""))
+        .start();
+    let state = tempfile::tempdir().unwrap();
     let pty = nix::pty::openpty(None, None).expect("open a pseudo-terminal");
-    let child = plugboard()
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = plugboard()
         .args(["send", "--addr", &server.addr.to_string()])
-        .stdin(Stdio::from(pty.slave))
-        .stdout(Stdio::piped())
+        .env("TERM", "xterm")
+        .env("XDG_STATE_HOME", state.path())
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
         .spawn()
         .expect("spawn plugboard send");
-    let mut terminal = std::fs::File::from(pty.master);
-    // Two commands, then Ctrl-D (end of input on a terminal).
-    terminal.write_all(b"on\ndance\n\x04").unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(
-        stdout(&output),
-        "plugboard> success\nplugboard> error: unknown command 'dance'\nplugboard> \n"
-    );
+    let mut screen = Screen::attach(std::fs::File::from(pty.master));
+    screen.wait_for("`help` lists them", 1);
+    screen.wait_for("plugboard> ", 1);
+    screen.type_keys("on\r");
+    screen.wait_for("success", 1);
+    screen.wait_for("plugboard> ", 2);
+    // Up arrow: the last command again.
+    screen.type_keys("\x1b[A\r");
+    screen.wait_for("success", 2);
+    screen.wait_for("plugboard> ", 3);
+    let server = server.kill_and_restart();
+    screen.type_keys("dance\r");
+    screen.wait_for("reconnected to", 1);
+    screen.wait_for("error: unknown command 'dance'", 1);
+    screen.wait_for("plugboard> ", 4);
+    screen.type_keys("\x04");
+    let status = child.wait().unwrap();
     assert!(
-        !output.status.success(),
+        !status.success(),
         "an error reply makes the exit status non-zero"
     );
+    let history = std::fs::read_to_string(state.path().join("plugboard/history")).unwrap();
+    assert!(
+        history.contains("on\n") && history.contains("dance"),
+        "{history}"
+    );
+    drop(server);
 }
 
 fn plugin_tool(args: &[&str]) -> Output {

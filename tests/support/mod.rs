@@ -76,10 +76,14 @@ pub fn stderr(output: &std::process::Output) -> String {
 }
 
 /// The binary, with the user's compile cache (`check`, `call`) in the
-/// tests' shared cache rather than the home directory.
+/// tests' shared cache and the prompt's history in the tests' own place,
+/// never the home directory.
 pub fn plugboard() -> Command {
     let mut command = Command::new(plugboard_path());
-    command.env("XDG_CACHE_HOME", shared_cache_dir());
+    command.env("XDG_CACHE_HOME", shared_cache_dir()).env(
+        "XDG_STATE_HOME",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("state-home"),
+    );
     command
 }
 

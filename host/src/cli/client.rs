@@ -21,7 +21,7 @@ use crate::protocol::reply::ERROR_PREFIX;
 
 /// Replies can be far larger than requests; this only guards against a
 /// misbehaving peer that never sends a delimiter.
-const MAX_REPLY_BYTES: usize = 64 << 20;
+pub(crate) const MAX_REPLY_BYTES: usize = 64 << 20;
 
 /// Where `send` connects, and how it secures and authenticates the connection.
 pub struct Target {
@@ -35,16 +35,31 @@ pub struct Target {
 /// Sends `commands`, or the lines of stdin when there are none (one command per
 /// line from a pipe, an interactive prompt on a terminal).
 pub async fn send(target: &Target, commands: Vec<String>) -> anyhow::Result<ExitCode> {
+    if commands.is_empty() && std::io::stdin().is_terminal() {
+        return super::prompt::run(target).await;
+    }
+    let stream = open(target).await?;
+    if !commands.is_empty() {
+        return pipeline(stream, futures::stream::iter(commands.into_iter().map(Ok))).await;
+    }
+    let lines = FramedRead::new(tokio::io::stdin(), LinesCodec::new())
+        .map_err(|err| anyhow::anyhow!("cannot read stdin: {err}"));
+    pipeline(stream, lines).await
+}
+
+/// A connection to `target`, secured and authenticated as it says.
+pub(crate) async fn open(target: &Target) -> anyhow::Result<Box<dyn Stream>> {
     let addr = &target.addr;
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
-    match &target.tls {
-        None => send_over(stream, target.token.as_deref(), commands).await,
-        Some(tls) => {
-            let stream = tls.connect(host_of(addr), stream).await?;
-            send_over(stream, target.token.as_deref(), commands).await
-        }
+    let stream: Box<dyn Stream> = match &target.tls {
+        None => Box::new(stream),
+        Some(tls) => Box::new(tls.connect(host_of(addr), stream).await?),
+    };
+    match &target.token {
+        Some(token) => authenticate(stream, token).await,
+        None => Ok(stream),
     }
 }
 
@@ -53,26 +68,6 @@ pub async fn send(target: &Target, commands: Vec<String>) -> anyhow::Result<Exit
 fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     host.trim_start_matches('[').trim_end_matches(']')
-}
-
-async fn send_over<S: Stream>(
-    stream: S,
-    token: Option<&str>,
-    commands: Vec<String>,
-) -> anyhow::Result<ExitCode> {
-    let stream = match token {
-        Some(token) => authenticate(stream, token).await?,
-        None => stream,
-    };
-    if !commands.is_empty() {
-        return pipeline(stream, futures::stream::iter(commands.into_iter().map(Ok))).await;
-    }
-    if std::io::stdin().is_terminal() {
-        return interactive(stream).await;
-    }
-    let lines = FramedRead::new(tokio::io::stdin(), LinesCodec::new())
-        .map_err(|err| anyhow::anyhow!("cannot read stdin: {err}"));
-    pipeline(stream, lines).await
 }
 
 /// Sends `auth <token>` and waits for its reply: the server runs nothing
@@ -137,38 +132,7 @@ async fn pipeline(
     Ok(exit_code(failed))
 }
 
-async fn interactive(stream: impl Stream) -> anyhow::Result<ExitCode> {
-    let (read, write) = tokio::io::split(stream);
-    let mut requests = FramedWrite::new(write, EofCodec::new(usize::MAX));
-    let mut replies = reply_stream(read);
-    let mut lines = FramedRead::new(tokio::io::stdin(), LinesCodec::new());
-    let mut failed = false;
-    loop {
-        print!("plugboard> ");
-        std::io::stdout().flush()?;
-        let Some(line) = lines.next().await else {
-            println!();
-            break;
-        };
-        let command = line.context("cannot read stdin")?;
-        if command.trim().is_empty() {
-            continue;
-        }
-        if let Err(err) = check_command(&command) {
-            eprintln!("{err}");
-            continue;
-        }
-        requests.send(command.into()).await?;
-        let reply = replies
-            .next()
-            .await
-            .context("the server closed the connection")??;
-        failed |= print_reply(&reply)?;
-    }
-    Ok(exit_code(failed))
-}
-
-fn reply_stream(
+pub(crate) fn reply_stream(
     read: impl AsyncRead + Unpin,
 ) -> impl futures::Stream<Item = anyhow::Result<bytes::BytesMut>> + Unpin {
     FramedRead::new(read, EofCodec::new(MAX_REPLY_BYTES))
@@ -176,7 +140,7 @@ fn reply_stream(
 }
 
 /// A command containing the delimiter would be sent as two messages.
-fn check_command(command: &str) -> anyhow::Result<()> {
+pub(crate) fn check_command(command: &str) -> anyhow::Result<()> {
     if find_delimiter(command.as_bytes()).is_some() {
         bail!("a command cannot contain the delimiter <EOF>: {command:?}");
     }
@@ -184,13 +148,13 @@ fn check_command(command: &str) -> anyhow::Result<()> {
 }
 
 /// Prints one reply on its own line; returns whether it was an error.
-fn print_reply(reply: &[u8]) -> anyhow::Result<bool> {
+pub(crate) fn print_reply(reply: &[u8]) -> anyhow::Result<bool> {
     let text = String::from_utf8_lossy(reply);
     writeln!(std::io::stdout().lock(), "{text}")?;
     Ok(text.starts_with(ERROR_PREFIX))
 }
 
-fn exit_code(failed: bool) -> ExitCode {
+pub(crate) fn exit_code(failed: bool) -> ExitCode {
     if failed {
         ExitCode::FAILURE
     } else {

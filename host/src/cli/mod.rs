@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod dev;
+mod prompt;
 pub mod scaffold;
 pub mod standalone;
 pub mod token;
