@@ -1,6 +1,8 @@
 //! Throughput and latency over real TCP: plugboard answering commands from
 //! WASM plugins, against its native baseline (the same binary serving with
-//! `--native-baseline`: every plugin call replaced by a plain Rust function).
+//! `--native-baseline`: every plugin call replaced by a plain Rust function)
+//! and a minimal native Tokio server sharing no code with plugboard (the
+//! reference of issue 15's goals).
 //!
 //! Server and load generator are pinned to separate cores (`taskset -c 0`
 //! with one Tokio worker; the generator's thread on core 1), so the ratio
@@ -367,15 +369,78 @@ fn compare_with_native(window: Duration) {
             .map(|load| run(server.addr, *load, window))
             .collect()
     };
-    for ((load, wasm), native) in loads.iter().zip(&plugboard).zip(&native) {
+    let minimal: Vec<Figures> = {
+        let reference = spawn_minimal_reference();
+        loads
+            .iter()
+            .map(|load| run(reference, *load, window))
+            .collect()
+    };
+    for (((load, wasm), native), minimal) in loads.iter().zip(&plugboard).zip(&native).zip(&minimal)
+    {
         println!("{} plugboard {}", load.label(), wasm.summary());
         println!("{} native    {}", load.label(), native.summary());
+        println!("{} minimal   {}", load.label(), minimal.summary());
         println!(
-            "{} ratio      {:.2} of native commands/s, p99 {:.2}x native's",
+            "{} ratio      {:.2} of minimal's commands/s (native baseline {:.2}), p99 {:.2}x minimal's",
             load.label(),
-            wasm.per_sec() / native.per_sec(),
-            wasm.percentile_us(0.99) / native.percentile_us(0.99),
+            wasm.per_sec() / minimal.per_sec(),
+            native.per_sec() / minimal.per_sec(),
+            wasm.percentile_us(0.99) / minimal.percentile_us(0.99),
         );
+    }
+}
+
+/// The reference every figure is a ratio against: a minimal native Tokio
+/// server sharing no code with plugboard, on the server's core with one
+/// thread, answering every message `success`; one read takes every
+/// buffered message and all their replies leave in one write.
+fn spawn_minimal_reference() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        if cores() > 1 {
+            pin_to(SERVER_CORE);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(minimal_connection(stream));
+            }
+        });
+    });
+    addr
+}
+
+async fn minimal_connection(mut stream: TcpStream) {
+    let mut pending = Vec::with_capacity(64 * 1024);
+    let mut replies = Vec::with_capacity(64 * 1024);
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let mut start = 0;
+        while let Some(at) = memchr::memmem::find(&pending[start..], DELIMITER) {
+            start += at + DELIMITER.len();
+            replies.extend_from_slice(b"success");
+            replies.extend_from_slice(DELIMITER);
+        }
+        pending.drain(..start);
+        if !replies.is_empty() {
+            if stream.write_all(&replies).await.is_err() {
+                return;
+            }
+            replies.clear();
+        }
     }
 }
 

@@ -521,7 +521,7 @@ fn new_js_plugin_builds_checks_and_serves() {
         .unwrap();
     assert!(tried.status.success(), "{}", stderr(&tried));
     assert!(
-        stdout(&tried).ends_with("hello, Ada\n"),
+        stdout(&tried).lines().any(|line| line == "hello, Ada"),
         "{}",
         stdout(&tried)
     );
@@ -553,6 +553,20 @@ fn new_plugins_serve_a_command_named_after_them() {
         let text = std::fs::read_to_string(parent.join(name).join(source)).unwrap();
         assert!(text.contains(literal), "{lang}: {text}");
         assert!(!text.contains("hello\""), "{lang}: {text}");
+        for file in ["README.md", "Makefile", source] {
+            let text = std::fs::read_to_string(parent.join(name).join(file)).unwrap();
+            assert!(
+                !text.contains("example.invalid"),
+                "a placeholder link in {file}"
+            );
+        }
+        if lang == "rust" {
+            let sdk = std::fs::read_to_string(parent.join(name).join("sdk/src/lib.rs")).unwrap();
+            assert!(
+                !sdk.contains("example.invalid"),
+                "a placeholder link in the SDK"
+            );
+        }
         let makefile = std::fs::read_to_string(parent.join(name).join("Makefile")).unwrap();
         assert!(
             makefile.contains(&format!(

@@ -1,4 +1,4 @@
-//! Write a [plugboard](https://example.invalid/plugboard) plugin in Rust:
+//! Write a plugboard plugin in Rust:
 //! implement [`Plugin`], call [`export!`], build for `wasm32-wasip2`.
 //!
 //! The SDK hides wit-bindgen's generated code behind a small surface: the
