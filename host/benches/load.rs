@@ -186,6 +186,11 @@ async fn generate(
             })
         })
         .collect();
+    gather(clients, window).await
+}
+
+/// The clients' tallies, summed into one run's figures.
+async fn gather(clients: Vec<tokio::task::JoinHandle<Tally>>, window: Duration) -> Figures {
     let mut total = Figures {
         replies: 0,
         errors: 0,
@@ -829,19 +834,7 @@ fn direct_http(device: SocketAddr, connections: usize, window: Duration) -> Figu
             let clients: Vec<_> = (0..connections)
                 .map(|_| tokio::spawn(direct_http_client(device, clock)))
                 .collect();
-            let mut total = Figures {
-                replies: 0,
-                errors: 0,
-                window,
-                latency: new_histogram(),
-            };
-            for client in clients {
-                let tally = client.await.expect("client task");
-                total.replies += tally.replies;
-                total.errors += tally.errors;
-                total.latency.add(&tally.latency).unwrap();
-            }
-            total
+            gather(clients, window).await
         })
     })
     .join()

@@ -168,16 +168,7 @@ async fn exchange(connection: &mut Connection, command: &str) -> anyhow::Result<
 
 /// `$XDG_STATE_HOME/plugboard/history`, else `~/.local/state/...`.
 fn history_file() -> Option<PathBuf> {
-    let absolute = |var: &str| {
-        std::env::var_os(var)
-            .map(PathBuf::from)
-            .filter(|path| path.is_absolute())
-    };
-    let dir = absolute("XDG_STATE_HOME")
-        .or_else(|| absolute("HOME").map(|home| home.join(".local/state")))?
-        .join("plugboard");
-    std::fs::create_dir_all(&dir).ok()?;
-    Some(dir.join("history"))
+    super::user_dir("XDG_STATE_HOME", ".local/state").map(|dir| dir.join("history"))
 }
 
 fn save_history(editor: &mut DefaultEditor, file: &std::path::Path) {

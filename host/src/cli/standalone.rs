@@ -23,16 +23,7 @@ use crate::router::Router;
 /// `$XDG_CACHE_HOME/plugboard`, else `~/.cache/plugboard`; none if neither
 /// is set or it cannot be created (then they compile every time).
 pub fn user_cache_dir() -> Option<PathBuf> {
-    let absolute = |var: &str| {
-        std::env::var_os(var)
-            .map(PathBuf::from)
-            .filter(|path| path.is_absolute())
-    };
-    let dir = absolute("XDG_CACHE_HOME")
-        .or_else(|| absolute("HOME").map(|home| home.join(".cache")))?
-        .join("plugboard");
-    std::fs::create_dir_all(&dir).ok()?;
-    Some(dir)
+    super::user_dir("XDG_CACHE_HOME", ".cache")
 }
 
 /// A plugin loaded as the server would load it, and how its compile went.
