@@ -144,17 +144,23 @@ fn run(addr: SocketAddr, load: Load, window: Duration) -> Figures {
 /// Like [`run`], over TLS when given a connector.
 fn run_over(addr: SocketAddr, tls: Option<TlsConnector>, load: Load, window: Duration) -> Figures {
     std::thread::spawn(move || {
-        if cores() > 1 {
-            pin_to(CLIENT_CORE);
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = pinned_runtime(CLIENT_CORE);
         runtime.block_on(generate(addr, tls, load, window))
     })
     .join()
     .expect("load generator")
+}
+
+/// A one-thread runtime for the calling thread, pinned to `core` when
+/// there is a core to spare.
+fn pinned_runtime(core: usize) -> tokio::runtime::Runtime {
+    if cores() > 1 {
+        pin_to(core);
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn pin_to(core: usize) {
@@ -405,13 +411,7 @@ fn spawn_minimal_reference() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
-        if cores() > 1 {
-            pin_to(SERVER_CORE);
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = pinned_runtime(SERVER_CORE);
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             while let Ok((stream, _)) = listener.accept().await {
@@ -818,13 +818,7 @@ fn spawn_device() -> SocketAddr {
 /// whole answer, a connection per request, from the load generator's core.
 fn direct_http(device: SocketAddr, connections: usize, window: Duration) -> Figures {
     std::thread::spawn(move || {
-        if cores() > 1 {
-            pin_to(CLIENT_CORE);
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = pinned_runtime(CLIENT_CORE);
         runtime.block_on(async move {
             let start = Instant::now();
             let clock = Clock {

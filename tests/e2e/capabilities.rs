@@ -185,9 +185,7 @@ fn http_server(
 fn http_reaches_granted_origins_only() {
     let (granted, requests) = http_server(|_, _| "on".into());
     let (other, other_requests) = http_server(|_, _| "nope".into());
-    let server = hostile()
-        .plugin_config("hostile", &format!("allow_http = [\"http://{granted}\"]"))
-        .start();
+    let server = hostile_granted_http(granted);
     let mut client = server.connect();
     assert_eq!(
         client.request(&format!("http-get http://{granted}/cm?cmnd=Power%20On")),
@@ -221,9 +219,7 @@ fn http_post_sends_its_body_to_granted_origins_only() {
     let (granted, _) =
         http_server(|line, body| format!("{} {body}", line.split(' ').next().unwrap()));
     let (other, other_requests) = http_server(|_, _| "nope".into());
-    let server = hostile()
-        .plugin_config("hostile", &format!("allow_http = [\"http://{granted}\"]"))
-        .start();
+    let server = hostile_granted_http(granted);
     let mut client = server.connect();
     assert_eq!(
         client.request(&format!("http-post http://{granted}/hook the door is open")),
@@ -272,6 +268,13 @@ fn the_python_notify_plugin_posts_to_a_granted_webhook() {
         format!("error: denied: {url} is not granted (add its origin to allow_http)")
     );
     assert!(posts.try_recv().is_err(), "a denied request went out");
+}
+
+/// `hostile` granted HTTP to `origin` only.
+fn hostile_granted_http(origin: std::net::SocketAddr) -> crate::support::Server {
+    hostile()
+        .plugin_config("hostile", &format!("allow_http = [\"http://{origin}\"]"))
+        .start()
 }
 
 /// Without a grant, no HTTP at all.
