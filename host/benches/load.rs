@@ -678,6 +678,25 @@ fn make_pki(dir: &std::path::Path) -> TlsConnector {
 
 /// Resident memory of the server with many idle connections (each served
 /// one command first) and with many active ones.
+/// Resident memory once the shipped plugins are loaded (warm compile
+/// cache), at ready and when the blocking threads that loaded them have
+/// ended (`main.rs`).
+fn resident_memory_at_start() {
+    let setup = Setup::new()
+        .plugin("onoff", "onoff")
+        .plugin("relay", "relay")
+        .guest("stats", "stats")
+        .guest("text", "text");
+    let server = start(setup, false);
+    let at_ready = server.resident_mib();
+    std::thread::sleep(Duration::from_secs(2));
+    println!(
+        "resident memory, shipped plugins (onoff, relay, stats, text): {at_ready:.1} MiB at ready, \
+         {:.1} MiB 2 s later",
+        server.resident_mib()
+    );
+}
+
 fn resident_memory(window: Duration) {
     let max_connections = format!("max_connections = {}", IDLE_CONNECTIONS + 64);
     // Every connection comes from 127.0.0.1: one address may hold them all.
@@ -880,6 +899,7 @@ fn main() {
         attacks(window);
     }
     if run("memory") {
+        resident_memory_at_start();
         resident_memory(window);
     }
     if run("writes") {

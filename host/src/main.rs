@@ -152,7 +152,17 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Serve { .. } | Command::Dev { .. }) {
         log = Some(init_logging(LogFormat::Text));
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Blocking threads (plugin compiles, file reads, name lookups, WASI file
+    // operations) end after a second idle rather than tokio's 10: memory
+    // freed into an idle thread's heap goes back to the system only when
+    // the thread ends. Started with the four shipped plugins (warm compile
+    // cache), the server stayed at 316 MB resident; now 157 MB a second
+    // after it is ready.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
+        .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(err) => return fail(err.into()),
     };
@@ -164,6 +174,9 @@ fn main() -> ExitCode {
     drop(log);
     code
 }
+
+/// How long an idle blocking thread lives (see `main`).
+const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn fail(err: anyhow::Error) -> ExitCode {
     eprintln!("error: {err:#}");
