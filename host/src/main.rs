@@ -179,7 +179,15 @@ fn main() -> ExitCode {
 const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn fail(err: anyhow::Error) -> ExitCode {
-    eprintln!("error: {err:#}");
+    // `plugboard check x.wasm | head`: the reader left, nothing to report.
+    let reader_left = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if !reader_left {
+        eprintln!("error: {err:#}");
+    }
     ExitCode::FAILURE
 }
 

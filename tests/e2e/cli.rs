@@ -312,6 +312,27 @@ fn check_lists_commands_and_imports_of_a_valid_plugin() {
     assert!(report.contains("plugboard:plugin/kv@0.1.1"), "{report}");
 }
 
+/// `plugboard check x.wasm | head -1`: the reader leaving early is no
+/// error worth a message.
+#[test]
+fn a_reader_that_leaves_early_gets_no_error_message() {
+    let onoff = crate::support::built_plugin("onoff");
+    let mut child = plugboard()
+        .arg("check")
+        .arg(&onoff)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        !stderr(&output).contains("Broken pipe"),
+        "{}",
+        stderr(&output)
+    );
+}
+
 #[test]
 fn check_and_call_reject_invalid_files_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
