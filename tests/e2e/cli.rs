@@ -142,8 +142,7 @@ fn serve_names_a_missing_config_file() {
     );
 }
 
-/// What a program shows on a pseudo-terminal, collected by a thread that
-/// also answers the terminal's cursor-position query as a real one would.
+/// What a program shows on a pseudo-terminal, collected by a thread.
 struct Screen {
     shown: std::sync::Arc<(std::sync::Mutex<String>, std::sync::Condvar)>,
     keys: std::fs::File,
@@ -157,7 +156,6 @@ impl Screen {
             std::sync::Condvar::new(),
         ));
         let mut reader = master.try_clone().unwrap();
-        let mut answer = master.try_clone().unwrap();
         let collected = shown.clone();
         std::thread::spawn(move || {
             let mut buf = [0; 4096];
@@ -166,9 +164,6 @@ impl Screen {
                     break;
                 }
                 let chunk = String::from_utf8_lossy(&buf[..n]);
-                if chunk.contains("\x1b[6n") {
-                    let _ = answer.write_all(b"\x1b[1;1R");
-                }
                 let (text, changed) = &*collected;
                 text.lock().unwrap().push_str(&chunk);
                 changed.notify_all();
@@ -194,8 +189,60 @@ impl Screen {
         );
     }
 
+    /// Waits for the `count`th prompt to take keys: rustyline puts the
+    /// terminal in raw mode (flushing what was typed before), turns on
+    /// bracketed paste, then draws the prompt. Keys typed earlier can be
+    /// lost. (The prompt's text alone is no signal: it is redrawn with every
+    /// key typed.)
+    fn wait_for_prompt(&self, count: usize) {
+        let (text, changed) = &*self.shown;
+        let ready = |text: &mut String| {
+            let mut raw_mode_entries = text.match_indices("\x1b[?2004h");
+            raw_mode_entries
+                .nth(count - 1)
+                .is_some_and(|(at, _)| text[at..].contains("plugboard> "))
+                && raw_mode_entries.next().is_none()
+        };
+        let (text, timeout) = changed
+            .wait_timeout_while(text.lock().unwrap(), crate::support::TIMEOUT, |text| {
+                !ready(text)
+            })
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "prompt {count} never shown:\n{text:?}"
+        );
+    }
+
     fn type_keys(&mut self, keys: &str) {
         self.keys.write_all(keys.as_bytes()).unwrap();
+    }
+}
+
+/// A child process killed if the test ends before it exits.
+struct Reaped(std::process::Child);
+
+impl Reaped {
+    /// Waits for the child to exit, for [`crate::support::TIMEOUT`] at most.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + crate::support::TIMEOUT;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child did not exit"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -216,32 +263,34 @@ fn send_prompts_on_a_terminal_with_history_and_reconnects() {
     let state = tempfile::tempdir().unwrap();
     let pty = nix::pty::openpty(None, None).expect("open a pseudo-terminal");
     let slave = std::fs::File::from(pty.slave);
-    let mut child = plugboard()
-        .args(["send", "--addr", &server.addr.to_string()])
-        .env("TERM", "xterm")
-        .env("XDG_STATE_HOME", state.path())
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave))
-        .spawn()
-        .expect("spawn plugboard send");
+    let mut child = Reaped(
+        plugboard()
+            .args(["send", "--addr", &server.addr.to_string()])
+            .env("TERM", "xterm")
+            .env("XDG_STATE_HOME", state.path())
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave))
+            .spawn()
+            .expect("spawn plugboard send"),
+    );
     let mut screen = Screen::attach(std::fs::File::from(pty.master));
     screen.wait_for("`help` lists them", 1);
-    screen.wait_for("plugboard> ", 1);
+    screen.wait_for_prompt(1);
     screen.type_keys("on\r");
     screen.wait_for("success", 1);
-    screen.wait_for("plugboard> ", 2);
+    screen.wait_for_prompt(2);
     // Up arrow: the last command again.
     screen.type_keys("\x1b[A\r");
     screen.wait_for("success", 2);
-    screen.wait_for("plugboard> ", 3);
+    screen.wait_for_prompt(3);
     let server = server.kill_and_restart();
     screen.type_keys("dance\r");
     screen.wait_for("reconnected to", 1);
     screen.wait_for("error: unknown command 'dance'", 1);
-    screen.wait_for("plugboard> ", 4);
+    screen.wait_for_prompt(4);
     screen.type_keys("\x04");
-    let status = child.wait().unwrap();
+    let status = child.wait_exit();
     assert!(
         !status.success(),
         "an error reply makes the exit status non-zero"
