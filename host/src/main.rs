@@ -246,16 +246,9 @@ async fn run(cli: Cli, log: &mut Option<LogGuard>) -> anyhow::Result<ExitCode> {
             config,
             listen,
         } => {
-            let base = match &config {
-                Some(path) => Config::load(path)?,
-                None => plugboard::cli::dev::default_config(),
-            };
+            let base = tool_config(config)?;
             *log = Some(init_logging(base.log_format));
-            let options = plugboard::cli::dev::DevOptions {
-                projects,
-                config,
-                listen,
-            };
+            let options = plugboard::cli::dev::DevOptions { projects, listen };
             plugboard::cli::dev::run(options, base, shutdown_signal()?).await
         }
         Command::Token { name, commands } => {
@@ -301,21 +294,13 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<(Config, Option<PathBuf>
 }
 
 /// `check` and `call` use a config only when given one: their plugin is a
-/// file on the command line, not the config's plugin directory. Without one,
-/// they compile into the user's cache (`plugboard::cli::standalone::
-/// user_cache_dir`), never the working directory: a Python plugin's second
-/// `call` then takes a fraction of a second instead of 8.
+/// file on the command line, not the config's plugin directory. Without
+/// one, they compile into the user's cache (`cli::user_config`): a Python
+/// plugin's second `call` then takes a fraction of a second instead of 6.
 fn tool_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
     match path {
         Some(path) => Config::load(&path),
-        None => {
-            let cache = plugboard::cli::standalone::user_cache_dir();
-            Ok(Config {
-                compile_cache: cache.is_some(),
-                cache_dir: cache.unwrap_or_default(),
-                ..Config::default()
-            })
-        }
+        None => Ok(plugboard::cli::user_config()),
     }
 }
 

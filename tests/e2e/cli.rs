@@ -480,13 +480,18 @@ fn assert_checks_and_serves(wasm: &std::path::Path) {
     );
 }
 
-/// Runs `make build` in a scaffolded project, as its README says.
-fn make_build(project: &std::path::Path) {
-    let build = std::process::Command::new("make")
-        .arg("build")
+/// Runs `make ARGS` in a scaffolded project, as its README says.
+fn make(project: &std::path::Path, args: &[&str]) -> Output {
+    std::process::Command::new("make")
+        .args(args)
         .current_dir(project)
         .output()
-        .expect("run make");
+        .expect("run make")
+}
+
+/// `make build`, which must succeed.
+fn make_build(project: &std::path::Path) {
+    let build = make(project, &["build"]);
     assert!(
         build.status.success(),
         "{}{}",
@@ -550,11 +555,7 @@ fn new_js_plugin_builds_checks_and_serves() {
     let broken = plugin.replace("return `hello, ${who}`;", "return `hello, ${who}` +;");
     assert_ne!(broken, plugin);
     std::fs::write(&source, broken).unwrap();
-    let build = std::process::Command::new("make")
-        .arg("build")
-        .current_dir(&project)
-        .output()
-        .unwrap();
+    let build = make(&project, &["build"]);
     assert!(!build.status.success());
     assert!(
         stderr(&build).contains("plugin.js:21:"),

@@ -132,7 +132,7 @@ async fn pipeline(
     Ok(exit_code(failed))
 }
 
-pub(crate) fn reply_stream(
+fn reply_stream(
     read: impl AsyncRead + Unpin,
 ) -> impl futures::Stream<Item = anyhow::Result<bytes::BytesMut>> + Unpin {
     FramedRead::new(read, EofCodec::new(MAX_REPLY_BYTES))

@@ -19,7 +19,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, StateStore};
+use crate::config::Config;
 use crate::net::server::ServeOptions;
 
 /// A plugin project being developed.
@@ -32,8 +32,6 @@ struct Project {
 /// What `plugboard dev` was asked to do.
 pub struct DevOptions {
     pub projects: Vec<PathBuf>,
-    /// A config for limits and grants; its `plugin_dir` is replaced.
-    pub config: Option<PathBuf>,
     pub listen: Option<String>,
 }
 
@@ -41,7 +39,8 @@ pub struct DevOptions {
 /// save writes, renames and touches several files).
 const QUIET: Duration = Duration::from_millis(200);
 
-/// Runs until `shutdown` completes.
+/// Runs until `shutdown` completes, on `base_config` (limits and grants;
+/// its `plugin_dir` is replaced).
 pub async fn run(
     options: DevOptions,
     base_config: Config,
@@ -202,8 +201,8 @@ impl Project {
             .stdin(std::process::Stdio::null())
             .output()
             .await;
-        let output = match built {
-            Ok(output) if output.status.success() => output,
+        match built {
+            Ok(output) if output.status.success() => {}
             Ok(output) => {
                 eprintln!(
                     "{}{}",
@@ -220,8 +219,7 @@ impl Project {
                 tracing::error!(project = %self.dir.display(), "cannot run make: {err}");
                 return;
             }
-        };
-        drop(output);
+        }
         match install(&self.wasm, plugin_dir) {
             Ok(()) => tracing::info!(
                 ms = started.elapsed().as_millis(),
@@ -273,18 +271,6 @@ impl DevDir {
 impl Drop for DevDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The config of a dev server without `--config`: the built-in defaults,
-/// state in memory, compiled plugins in the user's cache.
-pub fn default_config() -> Config {
-    let cache = super::standalone::user_cache_dir();
-    Config {
-        state_store: StateStore::Memory,
-        compile_cache: cache.is_some(),
-        cache_dir: cache.unwrap_or_default(),
-        ..Config::default()
     }
 }
 

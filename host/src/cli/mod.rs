@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use crate::config::{Config, StateStore};
+
 pub mod client;
 pub mod dev;
 mod prompt;
@@ -26,4 +28,18 @@ pub(crate) fn user_dir(var: &str, home_default: &str) -> Option<PathBuf> {
         .join("plugboard");
     std::fs::create_dir_all(&dir).ok()?;
     Some(dir)
+}
+
+/// The config of `check`, `call` and `dev` without `--config`: the built-in
+/// defaults, state in memory, compiled plugins in the user's cache
+/// (`$XDG_CACHE_HOME/plugboard`, else `~/.cache/plugboard`), never the
+/// working directory; no cache if neither can be had.
+pub fn user_config() -> Config {
+    let cache = user_dir("XDG_CACHE_HOME", ".cache");
+    Config {
+        state_store: StateStore::Memory,
+        compile_cache: cache.is_some(),
+        cache_dir: cache.unwrap_or_default(),
+        ..Config::default()
+    }
 }

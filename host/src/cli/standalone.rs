@@ -19,13 +19,6 @@ use crate::protocol::request::Request;
 use crate::reload::plugin_dir::plugin_name;
 use crate::router::Router;
 
-/// Where `check` and `call` keep compiled plugins when no config says:
-/// `$XDG_CACHE_HOME/plugboard`, else `~/.cache/plugboard`; none if neither
-/// is set or it cannot be created (then they compile every time).
-pub fn user_cache_dir() -> Option<PathBuf> {
-    super::user_dir("XDG_CACHE_HOME", ".cache")
-}
-
 /// A plugin loaded as the server would load it, and how its compile went.
 struct Loaded {
     plugin: Plugin,

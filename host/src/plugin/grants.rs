@@ -12,7 +12,7 @@
 //! Directories are WASI preopens, so `..` and symlinks cannot leave them
 //! (cap-std resolves every path beneath the granted directory).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -73,7 +73,7 @@ impl std::str::FromStr for TcpGrant {
         };
         let (name, port) = text.rsplit_once(':').ok_or_else(malformed)?;
         let port: u16 = port.parse().map_err(|_| malformed())?;
-        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        let name = canonical_name(name);
         let label_ok = |label: &str| {
             !label.is_empty()
                 && label.len() <= 63
@@ -87,6 +87,11 @@ impl std::str::FromStr for TcpGrant {
         }
         Ok(Self::Name(TcpName { name, port }))
     }
+}
+
+/// A host name as grants compare it: lowercase, without a trailing dot.
+fn canonical_name(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
 }
 
 /// A capability a plugin used without a grant: counted, and logged at DEBUG
@@ -232,6 +237,7 @@ impl Grants {
     pub fn apply(&self, wasi: &mut WasiCtxBuilder, denials: &Denials) -> NameLookups {
         let lookups = NameLookups {
             names: self.tcp_names.clone(),
+            open: HashMap::new(),
             resolved: Arc::default(),
             denials: denials.clone(),
         };
@@ -277,11 +283,15 @@ impl Grants {
 }
 
 /// One instance's name lookups: which names it may resolve (`allow_tcp`
-/// names), and the addresses they resolved to, at their granted ports,
-/// which its connects may reach. Kept per instance, so a grant follows the
-/// plugin's own lookups, not whatever a name resolves to later.
+/// names), the lookups under way, and the addresses they resolved to, at
+/// their granted ports, which its connects may reach. Kept per instance, so
+/// a grant follows the plugin's own lookups, not whatever a name resolves
+/// to later.
 pub struct NameLookups {
     names: Arc<[TcpName]>,
+    /// The granted ports of the name each open lookup (by its resource's
+    /// handle) resolves.
+    open: HashMap<u32, Vec<u16>>,
     resolved: Arc<Mutex<HashSet<SocketAddr>>>,
     denials: Denials,
 }
@@ -298,7 +308,7 @@ impl NameLookups {
     /// The ports `name` is granted at, or `None` (then the lookup is denied,
     /// counted and logged).
     pub fn ports(&self, name: &str) -> Option<Vec<u16>> {
-        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        let name = canonical_name(name);
         let ports: Vec<u16> = self
             .names
             .iter()
@@ -313,15 +323,27 @@ impl NameLookups {
         Some(ports)
     }
 
-    /// A granted name resolved to `ip`: connects to it at `ports` are
-    /// granted from now on.
-    pub fn admit(&self, ip: std::net::IpAddr, ports: &[u16]) {
+    /// A lookup of a name granted at `ports` is under way as `lookup`.
+    pub fn opened(&mut self, lookup: u32, ports: Vec<u16>) {
+        self.open.insert(lookup, ports);
+    }
+
+    /// `lookup` yielded `ip`: connects to it at its name's ports are granted
+    /// from now on.
+    pub fn admit(&self, lookup: u32, ip: std::net::IpAddr) {
+        let Some(ports) = self.open.get(&lookup) else {
+            return;
+        };
         let mut resolved = lock(&self.resolved);
         for &port in ports {
             if resolved.len() < MAX_RESOLVED {
                 resolved.insert(SocketAddr::new(ip, port));
             }
         }
+    }
+
+    pub fn closed(&mut self, lookup: u32) {
+        self.open.remove(&lookup);
     }
 }
 

@@ -12,8 +12,6 @@
 //! Linked over the WASI linker's version of the interface
 //! ([`add_to_linker`]).
 
-use std::collections::HashMap;
-
 use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{
     self, Host, HostResolveAddressStream, IpAddress, ResolveAddressStream,
@@ -27,24 +25,8 @@ use super::sandbox::Sandbox;
 
 /// The library's lookups, and this instance's grants over them.
 pub struct Lookups<'a> {
-    sockets: WasiSocketsCtxView<'a>,
-    grants: &'a NameLookups,
-    /// The granted ports of the name each open lookup resolves.
-    streams: &'a mut HashMap<u32, Vec<u16>>,
-}
-
-impl<'a> Lookups<'a> {
-    pub fn new(
-        sockets: WasiSocketsCtxView<'a>,
-        grants: &'a NameLookups,
-        streams: &'a mut HashMap<u32, Vec<u16>>,
-    ) -> Self {
-        Self {
-            sockets,
-            grants,
-            streams,
-        }
-    }
+    pub sockets: WasiSocketsCtxView<'a>,
+    pub grants: &'a mut NameLookups,
 }
 
 struct GrantedLookups;
@@ -91,7 +73,7 @@ impl Host for Lookups<'_> {
             return Err(ErrorCode::AccessDenied.into());
         };
         let stream = Host::resolve_addresses(&mut self.sockets, network, name)?;
-        self.streams.insert(stream.rep(), ports);
+        self.grants.opened(stream.rep(), ports);
         Ok(stream)
     }
 }
@@ -101,10 +83,10 @@ impl HostResolveAddressStream for Lookups<'_> {
         &mut self,
         stream: Resource<ResolveAddressStream>,
     ) -> Result<Option<IpAddress>, SocketError> {
-        let rep = stream.rep();
+        let lookup = stream.rep();
         let next = HostResolveAddressStream::resolve_next_address(&mut self.sockets, stream)?;
-        if let (Some(address), Some(ports)) = (&next, self.streams.get(&rep)) {
-            self.grants.admit(ip(address), ports);
+        if let Some(address) = &next {
+            self.grants.admit(lookup, ip(address));
         }
         Ok(next)
     }
@@ -117,7 +99,7 @@ impl HostResolveAddressStream for Lookups<'_> {
     }
 
     fn drop(&mut self, stream: Resource<ResolveAddressStream>) -> wasmtime::Result<()> {
-        self.streams.remove(&stream.rep());
+        self.grants.closed(stream.rep());
         HostResolveAddressStream::drop(&mut self.sockets, stream)
     }
 }

@@ -55,10 +55,8 @@ pub struct Sandbox {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     http_hooks: super::grants::HttpHooks,
-    /// Its `allow_tcp` names, and the addresses they resolved to.
+    /// Its `allow_tcp` names, the lookups under way, what they resolved to.
     names: super::grants::NameLookups,
-    /// The granted ports of the name each open lookup resolves.
-    lookup_streams: std::collections::HashMap<u32, Vec<u16>>,
     table: ResourceTable,
     pub limiter: MemoryLimiter,
     /// The plugin's `[plugins.<name>.config]` table.
@@ -96,7 +94,6 @@ impl Sandbox {
             http: WasiHttpCtx::new(),
             http_hooks: setup.grants.http_hooks(&handles.denials),
             names,
-            lookup_streams: std::collections::HashMap::new(),
             table,
             limiter: MemoryLimiter::new(
                 setup.limits.max_memory_bytes,
@@ -108,16 +105,16 @@ impl Sandbox {
             _ticking: ticking,
         }
     }
-}
 
-impl Sandbox {
     /// What `wasi:sockets/ip-name-lookup` reaches (see `name_lookup.rs`).
     pub fn lookups(&mut self) -> super::name_lookup::Lookups<'_> {
-        let sockets = wasmtime_wasi::sockets::WasiSocketsCtxView {
-            ctx: self.wasi.sockets(),
-            table: &mut self.table,
-        };
-        super::name_lookup::Lookups::new(sockets, &self.names, &mut self.lookup_streams)
+        super::name_lookup::Lookups {
+            sockets: wasmtime_wasi::sockets::WasiSocketsCtxView {
+                ctx: self.wasi.sockets(),
+                table: &mut self.table,
+            },
+            grants: &mut self.names,
+        }
     }
 
     /// What the `wasi:io` imports that may wait reach (see `io_waits.rs`).

@@ -86,6 +86,8 @@ struct LoadedFile {
 struct Read {
     path: PathBuf,
     file: OsString,
+    /// The plugin's name: the file's stem.
+    name: String,
     stamp: (u64, Option<SystemTime>),
     content: u64,
     bytes: Vec<u8>,
@@ -139,45 +141,41 @@ impl PluginDir {
         });
         let mut reads = Vec::new();
         for path in &paths {
-            if let Ok(Some(read)) = self.read_if_changed(path).await {
-                reads.push(read);
-            }
+            reads.extend(self.read_if_changed(path).await);
         }
         // Files are compiled side by side where cores allow (see
         // `compile_slots`), and reported in directory order.
         let compiles = reads.into_iter().map(|mut read| async {
-            let name = plugin_name(&read.path);
             // Said before the work: a large plugin's first compile takes seconds.
             tracing::info!(file = %read.path.display(), bytes = read.bytes.len(), "compiling plugin");
             let started = std::time::Instant::now();
             let bytes = std::mem::take(&mut read.bytes);
-            let loaded = Plugin::from_bytes(runtime, &name, bytes, setup_for(&name)).await;
-            (read, name, started.elapsed(), loaded)
+            let setup = setup_for(&read.name);
+            let loaded = Plugin::from_bytes(runtime, &read.name, bytes, setup).await;
+            (read, started.elapsed(), loaded)
         });
         let mut compiled = futures::stream::iter(compiles).buffered(compile_slots());
-        while let Some((read, name, took, loaded)) = compiled.next().await {
-            self.settle(read, name, took, loaded, &mut changes);
+        while let Some((read, took, loaded)) = compiled.next().await {
+            self.settle(read, took, loaded, &mut changes);
         }
         Ok(changes)
     }
 
     /// The file at `path` if it is new or changed since it was last read;
-    /// a file rewritten with the same bytes is only noted. `Err` if it
-    /// cannot be read (logged and counted).
-    async fn read_if_changed(&mut self, path: &Path) -> Result<Option<Read>, ()> {
-        let Some(file) = path.file_name().map(OsString::from) else {
-            return Ok(None);
-        };
+    /// a file rewritten with the same bytes is only noted, and one that
+    /// cannot be read is logged (and counted).
+    async fn read_if_changed(&mut self, path: &Path) -> Option<Read> {
+        let file = path.file_name().map(OsString::from)?;
         let stamp = match std::fs::metadata(path) {
             Ok(meta) => (meta.len(), meta.modified().ok()),
             Err(err) => {
                 tracing::error!(file = %path.display(), "cannot read plugin file: {err}");
-                return Err(());
+                return None;
             }
         };
         let known = self.files.get(&file);
         if known.is_some_and(|known| known.stamp == stamp) {
-            return Ok(None);
+            return None;
         }
         let bytes = match tokio::fs::read(path).await {
             Ok(bytes) => bytes,
@@ -185,7 +183,7 @@ impl PluginDir {
                 // Counted before logged: whoever reads the log sees the count.
                 crate::telemetry::reload(false);
                 tracing::error!(file = %path.display(), "cannot read plugin file: {err}");
-                return Err(());
+                return None;
             }
         };
         let content = content_hash(&bytes);
@@ -199,23 +197,23 @@ impl PluginDir {
                     plugin: previous,
                 },
             );
-            return Ok(None);
+            return None;
         }
-        Ok(Some(Read {
+        Some(Read {
             path: path.to_owned(),
             file,
+            name: plugin_name(path),
             stamp,
             content,
             bytes,
             previous,
-        }))
+        })
     }
 
     /// Records what came of compiling one file read by [`Self::read_if_changed`].
     fn settle(
         &mut self,
         read: Read,
-        name: String,
         took: std::time::Duration,
         loaded: Result<Plugin, crate::plugin::LoadError>,
         changes: &mut Changes,
@@ -227,7 +225,7 @@ impl PluginDir {
                 let ms = took.as_millis();
                 crate::telemetry::reload(true);
                 tracing::info!(plugin = plugin.name(), commands = ?commands, ms, "loaded plugin");
-                changes.loaded.push(name);
+                changes.loaded.push(read.name);
                 Some(Arc::new(plugin))
             }
             Err(err) => {
