@@ -15,7 +15,7 @@ PYTHON ?= python3
 COMPONENTIZE_PY_VERSION := 0.25.1
 NPM ?= npm
 
-.PHONY: run build plugins test lint wasm-target install bench bench-load bench-call bench-reload bench-kv
+.PHONY: run build plugins test lint wasm-target services install bench bench-load bench-call bench-reload bench-kv
 
 run: build
 	./target/release/plugboard serve --config config.toml
@@ -36,6 +36,15 @@ install:
 wasm-target:
 	rustup target add $(WASM_TARGET)
 
+# The scale-out tests and benchmarks run a real redis-server and HAProxy,
+# from Debian's packages; installed once, if missing (as root, or with sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+services:
+	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null || ! command -v haproxy >/dev/null; then \
+		$(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends redis-server redis-tools haproxy; \
+	fi
+
 # Every guest, shipped and test-only alike: the workspace's Rust crates and
 # the plugins in other languages.
 plugins: wasm-target $(GUEST_OUT)/stats.wasm $(GUEST_OUT)/notify.wasm $(GUEST_OUT)/text.wasm
@@ -51,7 +60,7 @@ $(GUEST_OUT)/stats.wasm: plugins/python/stats/app.py wit/plugin.wit
 	cd plugins/python/stats && "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/componentize-py" \
 		-d ../../../wit -w plugin componentize app -o ../../../$@
 
-test: plugins
+test: plugins services
 	$(CARGO) test --release --locked -p plugboard
 
 lint: wasm-target
@@ -63,11 +72,11 @@ lint: wasm-target
 # Every benchmark, one after another (~5 min): prints figures, asserts nothing.
 # The native-baseline feature builds the `serve --native-baseline` the load
 # benchmark compares against; it rebuilds only the host crate.
-bench: plugins
+bench: plugins services
 	$(CARGO) bench --locked -p plugboard --features native-baseline
 
 # Throughput and latency over TCP against the native baseline; resident memory.
-bench-load: plugins
+bench-load: plugins services
 	$(CARGO) bench --locked -p plugboard --features native-baseline --bench load
 
 # Cost of one plugin call (fresh instance + handle) against a native baseline.
@@ -79,7 +88,7 @@ bench-reload: plugins
 	$(CARGO) bench --locked -p plugboard --bench reload
 
 # Cost of each key-value store operation, in memory and on disk.
-bench-kv:
+bench-kv: services
 	$(CARGO) bench --locked -p plugboard --bench kv
 
 # The notify example (outbound HTTP, so not served without a grant): the

@@ -1,14 +1,20 @@
 //! Cost of the key-value operations plugins get from the host, per backend,
 //! measured on the store directly (no plugin, no socket), and durable write
-//! throughput with 1, 16 and 64 concurrent writers, disk against memory.
-//! Every disk write is durable (fsynced) before it completes; concurrent
-//! writers share commits (group commit). Prints figures; asserts nothing.
+//! throughput with 1, 16 and 64 concurrent writers, disk and Redis against
+//! memory. Every disk write is durable (fsynced) before it completes;
+//! concurrent writers share commits (group commit). Redis is a real
+//! `redis-server` on loopback with `appendfsync always`, as the README asks
+//! for durable state. Prints figures; asserts nothing.
 //!
 //! Run with `make bench-kv`.
 
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
-use plugboard::store::{KvLimits, Namespace, Store, Write, Written};
+use plugboard::store::{KvLimits, Namespace, RedisSettings, Store, Write, Written};
+use support::services::Redis;
 
 const LIMITS: KvLimits = KvLimits {
     max_key_bytes: 256,
@@ -38,8 +44,8 @@ fn bench(name: &str, store: &Store, writes: u32) {
     let overwrite = time(writes, |_| {
         apply(&ns, "state", Write::Set(b"on".to_vec()));
     });
-    let get = time(100_000, |i| {
-        std::hint::black_box(ns.get(&format!("key-{}", i % writes)).unwrap());
+    let get = time(writes * 10, |i| {
+        std::hint::black_box(ns.get(&format!("key-{}", i % writes)).wait_blocking()).expect("get");
     });
     let increment = time(writes, |_| {
         apply(&ns, "counter", Write::Increment(1));
@@ -57,7 +63,7 @@ fn bench(name: &str, store: &Store, writes: u32) {
         apply(&ns, "state", write);
     });
     let list = time(1_000, |_| {
-        std::hint::black_box(ns.list_keys("key-1").unwrap());
+        std::hint::black_box(ns.list_keys("key-1").wait_blocking()).expect("list");
     });
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
@@ -95,7 +101,10 @@ fn throughput(store: &Store, writers: usize, run_for: Duration) -> f64 {
 }
 
 fn main() {
-    println!("µs per operation, one caller (disk writes: one fsynced commit each)");
+    println!(
+        "µs per operation, one caller (disk writes: one fsynced commit each; \
+         redis: one round trip, AOF fsynced)"
+    );
     println!(
         "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "backend", "set new", "set same", "get", "increment", "cas", "list prefix"
@@ -104,21 +113,36 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let disk = Store::open_disk(dir.path(), LIMITS).expect("disk store");
     bench("disk", &disk, 1_000);
+    let redis_server = Redis::start();
+    // The Redis store's operations run on a runtime of their own threads,
+    // as they do on the server's workers.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let redis = {
+        let _entered = runtime.enter();
+        let settings = RedisSettings {
+            url: redis_server.url(),
+            timeout: Duration::from_secs(2),
+        };
+        Store::open_redis(&settings, LIMITS).expect("redis store")
+    };
+    bench("redis", &redis, 1_000);
 
     println!();
     println!("acknowledged durable increments per second, concurrent writers");
     println!(
-        "{:<8} {:>12} {:>12} {:>12}",
-        "writers", "memory", "disk", "disk/memory"
+        "{:<8} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "writers", "memory", "disk", "disk/memory", "redis", "redis/memory"
     );
     let memory = Store::in_memory(LIMITS);
     for writers in [1, 16, 64] {
         let run_for = Duration::from_secs(2);
         let in_memory = throughput(&memory, writers, run_for);
         let on_disk = throughput(&disk, writers, run_for);
+        let in_redis = throughput(&redis, writers, run_for);
         println!(
-            "{writers:<8} {in_memory:>12.0} {on_disk:>12.0} {:>12.3}",
-            on_disk / in_memory
+            "{writers:<8} {in_memory:>12.0} {on_disk:>12.0} {:>12.3} {in_redis:>12.0} {:>12.3}",
+            on_disk / in_memory,
+            in_redis / in_memory
         );
     }
 }

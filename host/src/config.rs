@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::plugin::{
     DirGrant, Grants, Limits, MAX_QUARANTINE_AFTER, Origin, RuntimeOptions, Setup, TcpGrant,
 };
-use crate::store::{KvLimits, Store};
+use crate::store::{KvLimits, RedisSettings, Store};
 
 /// `config.toml`, field by field. Every field has a default; see the README's
 /// configuration reference for the same text in user terms.
@@ -58,8 +58,15 @@ pub struct Config {
     pub max_total_memory_mib: Option<u64>,
     /// Where plugins' key-value state is kept on disk. Relative to the config file.
     pub state_dir: PathBuf,
-    /// `disk` (durable, in `state_dir`) or `memory` (lost at exit).
+    /// `disk` (durable, in `state_dir`), `memory` (lost at exit) or
+    /// `redis` (at `redis_url`, shared by every host pointed at it).
     pub state_store: StateStore,
+    /// The Redis of `state_store = "redis"`: `redis://[:password@]host:port[/db]`,
+    /// or `rediss://` for TLS.
+    pub redis_url: String,
+    /// The longest a state operation waits on Redis before the command gets
+    /// `error: state unavailable`, in milliseconds.
+    pub redis_timeout_ms: u64,
     /// Longest key a plugin may use, in bytes.
     pub max_key_bytes: u32,
     /// Longest value a plugin may store, in bytes.
@@ -96,6 +103,7 @@ pub enum LogFormat {
 pub enum StateStore {
     Disk,
     Memory,
+    Redis,
 }
 
 /// The `[tls]` table: PEM files, relative to the config file.
@@ -280,6 +288,8 @@ impl Default for Config {
             max_total_memory_mib: None,
             state_dir: "plugboard-state".into(),
             state_store: StateStore::Disk,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_timeout_ms: 1000,
             max_key_bytes: 256,
             max_value_bytes: 64 * 1024,
             max_keys_per_plugin: 10_000,
@@ -373,6 +383,13 @@ impl Config {
             STACK_KIB_RANGE.start(),
             STACK_KIB_RANGE.end()
         );
+        ensure!(
+            self.redis_timeout_ms > 0,
+            "`redis_timeout_ms` must be at least 1"
+        );
+        if self.state_store == StateStore::Redis {
+            self.redis().validate()?;
+        }
         self.limits.validate("")?;
         self.auth.validate()?;
         for (name, plugin) in &self.plugins {
@@ -459,6 +476,8 @@ impl Config {
                 max_total_memory_mib,
                 state_dir,
                 state_store,
+                redis_url,
+                redis_timeout_ms,
                 max_key_bytes,
                 max_value_bytes,
                 max_keys_per_plugin,
@@ -487,6 +506,14 @@ impl Config {
         match self.state_store {
             StateStore::Disk => Store::open_disk(&self.state_dir, limits),
             StateStore::Memory => Ok(Store::in_memory(limits)),
+            StateStore::Redis => Store::open_redis(&self.redis(), limits),
+        }
+    }
+
+    fn redis(&self) -> RedisSettings {
+        RedisSettings {
+            url: self.redis_url.clone(),
+            timeout: Duration::from_millis(self.redis_timeout_ms),
         }
     }
 

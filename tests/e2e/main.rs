@@ -3,6 +3,7 @@
 mod capabilities;
 mod cli;
 mod dev;
+mod kv_backends;
 mod languages;
 mod lifecycle;
 mod observability;
@@ -10,6 +11,7 @@ mod plugins;
 mod protocol;
 mod reload;
 mod sandbox;
+mod scale_out;
 mod security;
 mod state;
 #[path = "../support/mod.rs"]

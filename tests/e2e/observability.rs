@@ -5,14 +5,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::support::{Server, Setup, TIMEOUT};
-
-/// A loopback port free right now. The exporter binds the configured address
-/// itself, so the test picks one rather than reading it back from the server.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    listener.local_addr().expect("local addr").port()
-}
+use crate::support::{Server, Setup, TIMEOUT, free_port};
 
 fn with_metrics() -> (Setup, u16) {
     let port = free_port();

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod components;
+pub mod services;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -29,6 +30,16 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub const DELIMITER: &[u8] = b"<EOF>";
+
+/// A loopback port free right now, for a service that binds the address it
+/// is configured with (a metrics listener, Redis, HAProxy) rather than
+/// reporting the one it got.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
 
 /// A plugin built by `make plugins`, by crate file name (`onoff`, `testing_echo`).
 pub fn built_plugin(name: &str) -> PathBuf {

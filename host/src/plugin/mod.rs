@@ -56,15 +56,14 @@ mod bindings {
         path: "../wit",
         world: "plugin",
         exports: { default: async },
-        // Writes may wait on the disk (commits are fsynced): they run on the
-        // blocking pool, and the plugin's call awaits them. Reads take a
-        // microsecond or two and stay synchronous: an async import costs a
-        // fiber round trip on every call (a few percent of a warm `on`).
-        // Every kv import is trappable: a store that cannot serve ends the
-        // command with `error: state unavailable` (see `sandbox.rs`).
+        // Writes may wait on the disk (commits are fsynced) and every
+        // operation on Redis waits on the network: the plugin's call awaits
+        // them (a local read is ready at once and costs no switch). Every kv
+        // import is trappable: a store that cannot serve ends the command
+        // with `error: state unavailable` (see `sandbox.rs`).
         imports: {
-            "plugboard:plugin/kv.get": trappable,
-            "plugboard:plugin/kv.list-keys": trappable,
+            "plugboard:plugin/kv.get": async | trappable,
+            "plugboard:plugin/kv.list-keys": async | trappable,
             "plugboard:plugin/kv.set": async | trappable,
             "plugboard:plugin/kv.delete": async | trappable,
             "plugboard:plugin/kv.increment": async | trappable,

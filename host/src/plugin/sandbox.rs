@@ -156,18 +156,17 @@ impl config::Host for Sandbox {
     }
 }
 
-/// Waits for a write and converts its result for the guest. A write to a
-/// backend that waits on a device (a disk sync) is the host's time, not the
-/// plugin's (see `host_wait.rs`), so the call gives its CPU place up
-/// meanwhile (`cpu_share.rs`); in-memory writes complete at once.
-async fn write(
-    kv: &Namespace,
+/// Waits for a store operation and converts its result for the guest. An
+/// operation that waits on a device (a disk sync, a Redis round trip) is
+/// the host's time, not the plugin's (see `host_wait.rs`), so the call
+/// gives its CPU place up meanwhile (`cpu_share.rs`); local reads and
+/// in-memory writes complete at once.
+async fn settle<T>(
+    completion: Completion<T>,
     host_wait: &HostWait,
     running: &mut Running,
-    key: &str,
-    write: Write,
-) -> wasmtime::Result<Result<Written, kv::Error>> {
-    let result = match kv.write(key, write) {
+) -> wasmtime::Result<Result<T, kv::Error>> {
+    let result = match completion {
         Completion::Ready(result) => result,
         pending => {
             running.pause();
@@ -180,6 +179,17 @@ async fn write(
         }
     };
     for_guest(result)
+}
+
+impl Sandbox {
+    async fn write(
+        &mut self,
+        key: &str,
+        write: Write,
+    ) -> wasmtime::Result<Result<Written, kv::Error>> {
+        let completion = self.kv.write(key, write);
+        settle(completion, &self.host_wait, &mut self.running).await
+    }
 }
 
 /// A plugin's error is the guest's to handle; a store that cannot serve
@@ -212,10 +222,10 @@ fn reported<T>(
     })
 }
 
-/// Reads never wait on a sync, so they run inline (and are sync imports).
 impl kv::Host for Sandbox {
-    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::Error>> {
-        for_guest(self.kv.get(&key))
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::Error>> {
+        let completion = self.kv.get(&key);
+        settle(completion, &self.host_wait, &mut self.running).await
     }
 
     async fn set(
@@ -223,32 +233,23 @@ impl kv::Host for Sandbox {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), kv::Error>> {
-        let result = write(
-            &self.kv,
-            &self.host_wait,
-            &mut self.running,
-            &key,
-            Write::Set(value),
-        );
-        reported(result.await, |w| (w == Written::Set).then_some(()))
+        let result = self.write(&key, Write::Set(value)).await;
+        reported(result, |w| (w == Written::Set).then_some(()))
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, kv::Error>> {
-        let result = write(
-            &self.kv,
-            &self.host_wait,
-            &mut self.running,
-            &key,
-            Write::Delete,
-        );
-        reported(result.await, |w| match w {
+        reported(self.write(&key, Write::Delete).await, |w| match w {
             Written::Deleted(existed) => Some(existed),
             _ => None,
         })
     }
 
-    fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, kv::Error>> {
-        for_guest(self.kv.list_keys(&prefix))
+    async fn list_keys(
+        &mut self,
+        prefix: String,
+    ) -> wasmtime::Result<Result<Vec<String>, kv::Error>> {
+        let completion = self.kv.list_keys(&prefix);
+        settle(completion, &self.host_wait, &mut self.running).await
     }
 
     async fn increment(
@@ -256,12 +257,13 @@ impl kv::Host for Sandbox {
         key: String,
         delta: i64,
     ) -> wasmtime::Result<Result<i64, kv::Error>> {
-        let write = Write::Increment(delta);
-        let result = self::write(&self.kv, &self.host_wait, &mut self.running, &key, write);
-        reported(result.await, |w| match w {
-            Written::Incremented(n) => Some(n),
-            _ => None,
-        })
+        reported(
+            self.write(&key, Write::Increment(delta)).await,
+            |w| match w {
+                Written::Incremented(n) => Some(n),
+                _ => None,
+            },
+        )
     }
 
     async fn compare_and_swap(
@@ -271,8 +273,7 @@ impl kv::Host for Sandbox {
         new: Vec<u8>,
     ) -> wasmtime::Result<Result<bool, kv::Error>> {
         let write = Write::CompareAndSwap { expected, new };
-        let result = self::write(&self.kv, &self.host_wait, &mut self.running, &key, write);
-        reported(result.await, |w| match w {
+        reported(self.write(&key, write).await, |w| match w {
             Written::Swapped(swapped) => Some(swapped),
             _ => None,
         })

@@ -190,16 +190,17 @@ impl Drop for DiskStore {
 }
 
 impl Backend for DiskStore {
-    fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
+    fn get(&self, ns: &str, key: &str) -> Completion<Option<Vec<u8>>> {
         self.read(|db| {
             let tx = db.begin_read()?;
             let entries = tx.open_table(ENTRIES)?;
             let value = entries.get((ns, key))?;
             Ok(value.map(|v| v.value().to_vec()))
         })
+        .into()
     }
 
-    fn list_keys(&self, ns: &str, prefix: &str) -> Result<Vec<String>, Unavailable> {
+    fn list_keys(&self, ns: &str, prefix: &str) -> Completion<Vec<String>> {
         self.read(|db| {
             let tx = db.begin_read()?;
             let entries = tx.open_table(ENTRIES)?;
@@ -214,6 +215,7 @@ impl Backend for DiskStore {
             }
             Ok(keys)
         })
+        .into()
     }
 
     fn write(&self, ns: &str, key: &str, write: Write, limits: KvLimits) -> Completion {
