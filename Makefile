@@ -40,7 +40,8 @@ wasm-target:
 # from Debian's packages; installed once, if missing (as root, or with sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 services:
-	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null || ! command -v haproxy >/dev/null; then \
+	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null || \
+		! { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null; then \
 		$(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends redis-server redis-tools haproxy; \
 	fi

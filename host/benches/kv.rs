@@ -122,6 +122,7 @@ fn main() {
         let settings = RedisSettings {
             url: redis_server.url(),
             timeout: Duration::from_secs(2),
+            ca: None,
         };
         Store::open_redis(&settings, LIMITS).expect("redis store")
     };

@@ -13,7 +13,7 @@
 //! Prints figures; asserts nothing about time. `make bench` runs it (with the
 //! other benchmarks); `PLUGBOARD_BENCH_SECS` sets each run's length (default
 //! 3), `PLUGBOARD_BENCH_ONLY` one section (`native`, `languages`, `tls`,
-//! `cpu`, `attacks`, `memory`, `writes`, `http`).
+//! `cpu`, `attacks`, `memory`, `writes`, `http`, `scale`).
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -23,7 +23,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use support::{Client, DELIMITER, Server, Setup};
+use support::services::{Backend, Haproxy, Redis};
+use support::{Client, DELIMITER, Server, Setup, free_port};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -747,29 +748,90 @@ fn resident_memory(window: Duration) {
 /// Acknowledged durable writes (`kv-count`, an increment) per second with
 /// 1, 16 and 64 concurrent writers, each waiting for its reply: the disk
 /// store (every reply after an fsynced commit, shared by the writers queued
-/// meanwhile) against the memory store.
+/// meanwhile) and Redis (a real `redis-server` on loopback, AOF fsynced on
+/// every write) against the memory store.
 fn durable_writes(window: Duration) {
+    let redis = Redis::start();
     // Not `start`: that one keeps state in memory.
     let start_on = |store: &str| {
         Setup::new()
             .plugin("testing_echo", "echo")
             .config(&format!("state_store = \"{store}\""))
+            .config(&format!("redis_url = {:?}", redis.url()))
             .arg("--no-watch")
             .start_with(|| Command::new(support::plugboard_path()))
     };
     let memory = start_on("memory");
     let disk = start_on("disk");
+    let in_redis = start_on("redis");
     for connections in [1, 16, 64] {
         let load = Load::shape(connections, 1, "kv-count n");
-        let in_memory = run(memory.addr, load, window);
-        let on_disk = run(disk.addr, load, window);
-        println!("{} kv-count memory {}", load.label(), in_memory.summary());
-        println!(
-            "{} kv-count disk   {} ({:.2} of memory)",
-            load.label(),
-            on_disk.summary(),
-            on_disk.per_sec() / in_memory.per_sec()
-        );
+        let baseline = run(memory.addr, load, window);
+        println!("{} kv-count memory {}", load.label(), baseline.summary());
+        for (name, server) in [("disk ", &disk), ("redis", &in_redis)] {
+            let figures = run(server.addr, load, window);
+            println!(
+                "{} kv-count {name}  {} ({:.2} of memory, p50 +{:.0} us)",
+                load.label(),
+                figures.summary(),
+                figures.per_sec() / baseline.per_sec(),
+                figures.percentile_us(0.5) - baseline.percentile_us(0.5),
+            );
+        }
+    }
+}
+
+/// Several hosts as one service: `on` (onoff, its state in Redis) sent to
+/// one host directly, then through HAProxy (the repo's `deploy/haproxy.cfg`)
+/// with one host behind it, then with two. On a 2-core machine the hosts,
+/// Redis, HAProxy and the load generator share the cores, so this shows the
+/// balancer's cost and that a second host adds no error, not how two
+/// machines scale.
+fn scale_out(window: Duration) {
+    let redis = Redis::start();
+    let host = || {
+        let health_port = free_port();
+        let server = Setup::new()
+            .plugin("onoff", "onoff")
+            .config("state_store = \"redis\"")
+            .config(&format!("redis_url = {:?}", redis.url()))
+            .config(&format!("metrics_listen = \"127.0.0.1:{health_port}\""))
+            .arg("--no-watch")
+            .start_with(|| Command::new(support::plugboard_path()));
+        (server, health_port)
+    };
+    let backend = |name, (server, health_port): &(Server, u16)| Backend {
+        name,
+        port: server.addr.port(),
+        health_port: *health_port,
+    };
+    let (a, b) = (host(), host());
+    let through_one = Haproxy::start(&[backend("a", &a)]);
+    let through_two = Haproxy::start(&[backend("a", &a), backend("b", &b)]);
+    let loads = [
+        Load::shape(1, 1, "on"),
+        Load::shape(64, 1, "on"),
+        Load::shape(64, 16, "on"),
+        Load {
+            reconnect: true,
+            ..Load::shape(8, 1, "on")
+        },
+    ];
+    for load in loads {
+        let direct = run(a.0.addr, load, window);
+        println!("{} one host, direct   {}", load.label(), direct.summary());
+        for (label, haproxy) in [
+            ("HAProxy, 1 host ", &through_one),
+            ("HAProxy, 2 hosts", &through_two),
+        ] {
+            let figures = run(haproxy.addr(), load, window);
+            println!(
+                "{} {label} {} ({:.2} of direct)",
+                load.label(),
+                figures.summary(),
+                figures.per_sec() / direct.per_sec()
+            );
+        }
     }
 }
 
@@ -907,5 +969,8 @@ fn main() {
     }
     if run("http") {
         http_calls(window);
+    }
+    if run("scale") {
+        scale_out(window);
     }
 }

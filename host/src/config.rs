@@ -67,6 +67,9 @@ pub struct Config {
     /// The longest a state operation waits on Redis before the command gets
     /// `error: state unavailable`, in milliseconds.
     pub redis_timeout_ms: u64,
+    /// PEM CA certificates that verify a `rediss://` Redis, instead of the
+    /// system's roots. Relative to the config file.
+    pub redis_ca: Option<PathBuf>,
     /// Longest key a plugin may use, in bytes.
     pub max_key_bytes: u32,
     /// Longest value a plugin may store, in bytes.
@@ -290,6 +293,7 @@ impl Default for Config {
             state_store: StateStore::Disk,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_timeout_ms: 1000,
+            redis_ca: None,
             max_key_bytes: 256,
             max_value_bytes: 64 * 1024,
             max_keys_per_plugin: 10_000,
@@ -349,6 +353,9 @@ impl Config {
             {
                 *dir = base.join(&*dir);
             }
+        }
+        if let Some(ca) = &mut self.redis_ca {
+            *ca = base.join(&*ca);
         }
         if let Some(tls) = &mut self.tls {
             for file in [&mut tls.cert, &mut tls.key] {
@@ -478,6 +485,7 @@ impl Config {
                 state_store,
                 redis_url,
                 redis_timeout_ms,
+                redis_ca,
                 max_key_bytes,
                 max_value_bytes,
                 max_keys_per_plugin,
@@ -514,6 +522,7 @@ impl Config {
         RedisSettings {
             url: self.redis_url.clone(),
             timeout: Duration::from_millis(self.redis_timeout_ms),
+            ca: self.redis_ca.clone(),
         }
     }
 
@@ -690,6 +699,39 @@ mod tests {
     fn bad_value_is_named() {
         let err = format!("{:#}", load("max_connections = \"many\"").unwrap_err());
         assert!(err.contains("max_connections"), "{err}");
+    }
+
+    /// A Redis setting that cannot work is a startup error naming the key,
+    /// and never prints the password; Redis itself is not asked (it may be
+    /// down at startup).
+    #[test]
+    fn redis_settings_are_checked_at_load() {
+        let config = load("state_store = \"redis\"\nredis_url = \"redis://:pw@10.0.0.1:6379/2\"");
+        assert_eq!(config.unwrap().state_store, StateStore::Redis);
+        let err = format!(
+            "{:#}",
+            load("state_store = \"redis\"\nredis_url = \"http://:s3cret@x\"").unwrap_err()
+        );
+        assert!(
+            err.contains("redis_url") && !err.contains("s3cret"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            load("state_store = \"redis\"\nredis_ca = \"ca.pem\"").unwrap_err()
+        );
+        assert!(
+            err.contains("redis_ca") && err.contains("rediss://"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            load("state_store = \"redis\"\nredis_url = \"rediss://db\"\nredis_ca = \"ca.pem\"")
+                .unwrap_err()
+        );
+        assert!(err.contains("redis_ca") && err.contains("ca.pem"), "{err}");
+        let err = format!("{:#}", load("redis_timeout_ms = 0").unwrap_err());
+        assert!(err.contains("redis_timeout_ms"), "{err}");
     }
 
     #[test]

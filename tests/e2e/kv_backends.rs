@@ -38,6 +38,7 @@ fn redis_store(redis: &Redis, runtime: &tokio::runtime::Runtime, limits: KvLimit
     let settings = RedisSettings {
         url: redis.url(),
         timeout: std::time::Duration::from_secs(2),
+        ca: None,
     };
     Store::open_redis(&settings, limits).expect("open the Redis store")
 }
@@ -370,10 +371,40 @@ fn a_password_in_the_url_authenticates() {
     let wrong = RedisSettings {
         url: format!("redis://:wrong@127.0.0.1:{}", redis.port),
         timeout: std::time::Duration::from_secs(1),
+        ca: None,
     };
     let ns = Store::open_redis(&wrong, limits()).unwrap().namespace("p");
     assert!(matches!(
         ns.get("k").wait_blocking(),
+        Err(KvError::Unavailable(_))
+    ));
+}
+
+/// `rediss://` verified against `redis_ca`, a private CA: served; a CA that
+/// did not issue the server's certificate: `Unavailable`, nothing sent.
+#[test]
+fn rediss_verifies_redis_against_the_given_ca() {
+    let pki = crate::tls::Pki::new();
+    let redis = Redis::start_tls(&pki.path("server.pem"), &pki.path("server.key"));
+    let runtime = runtime();
+    let _entered = runtime.enter();
+    let open = |ca: &str| {
+        let settings = RedisSettings {
+            url: redis.url(),
+            timeout: std::time::Duration::from_secs(2),
+            ca: Some(pki.path(ca)),
+        };
+        Store::open_redis(&settings, limits())
+            .unwrap()
+            .namespace("p")
+    };
+    assert!(redis.url().starts_with("rediss://"));
+    let trusted = open("ca.pem");
+    set(&trusted, "k", b"v").unwrap();
+    assert_eq!(get(&trusted, "k"), Some(b"v".to_vec()));
+    let untrusted = open("other-ca.pem");
+    assert!(matches!(
+        untrusted.get("k").wait_blocking(),
         Err(KvError::Unavailable(_))
     ));
 }

@@ -11,12 +11,12 @@ use crate::support::{Server, Setup, plugboard, stderr, stdout};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate it
 /// issued, and a client certificate from an unrelated CA; PEM files in `dir`.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = certificate_authority(dir.path(), "ca");
         let other = certificate_authority(dir.path(), "other-ca");
@@ -26,7 +26,7 @@ impl Pki {
         Self { dir }
     }
 
-    fn path(&self, file: &str) -> PathBuf {
+    pub(crate) fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
     }
 

@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,17 @@ struct Output {
 impl Output {
     fn text(&self) -> String {
         format!("{}{}", self.stdout.text(), self.stderr.text())
+    }
+}
+
+/// A Debian program by name: on `PATH`, or where Debian puts it (HAProxy
+/// is in /usr/sbin, which a non-login `PATH` may lack).
+fn program(name: &str) -> Command {
+    let in_sbin = Path::new("/usr/sbin").join(name);
+    if in_sbin.exists() {
+        Command::new(in_sbin)
+    } else {
+        Command::new(name)
     }
 }
 
@@ -50,24 +61,32 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     password: Option<String>,
+    /// Certificate and key: serves TLS only.
+    tls: Option<(PathBuf, PathBuf)>,
     dir: TempDir,
 }
 
 impl Redis {
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self::start_with(None, None)
     }
 
     /// A Redis that requires `password` (`requirepass`).
     pub fn start_with_password(password: &str) -> Self {
-        Self::start_with(Some(password.into()))
+        Self::start_with(Some(password.into()), None)
     }
 
-    fn start_with(password: Option<String>) -> Self {
+    /// A Redis that serves TLS only, with this PEM certificate and key.
+    pub fn start_tls(cert: &Path, key: &Path) -> Self {
+        Self::start_with(None, Some((cert.to_owned(), key.to_owned())))
+    }
+
+    fn start_with(password: Option<String>, tls: Option<(PathBuf, PathBuf)>) -> Self {
         let mut redis = Self {
             child: None,
             port: free_port(),
             password,
+            tls,
             dir: tempfile::tempdir().expect("redis dir"),
         };
         redis.run();
@@ -76,16 +95,39 @@ impl Redis {
 
     /// The `redis_url` plugboard is given.
     pub fn url(&self) -> String {
-        match &self.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
-        }
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let password = match &self.password {
+            Some(password) => format!(":{password}@"),
+            None => String::new(),
+        };
+        format!("{scheme}://{password}127.0.0.1:{}", self.port)
     }
 
     fn run(&mut self) {
-        let mut command = Command::new("redis-server");
+        let mut command = program("redis-server");
+        let port = self.port.to_string();
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some((cert, key)) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key),
+        };
         command
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--appendonly", "yes", "--appendfsync", "always"])
@@ -122,7 +164,7 @@ impl Redis {
 
     /// Runs one command through `redis-cli`, for checks from outside plugboard.
     pub fn cli(&self, args: &[&str]) -> String {
-        let mut command = Command::new("redis-cli");
+        let mut command = program("redis-cli");
         command.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
         if let Some(password) = &self.password {
             command.args(["-a", password, "--no-auth-warning"]);
@@ -171,7 +213,7 @@ impl Haproxy {
             .expect("write haproxy.cfg");
         let (child, output) = spawn_service(
             "haproxy",
-            Command::new("haproxy").arg("-db").arg("-f").arg(&config),
+            program("haproxy").arg("-db").arg("-f").arg(&config),
         );
         let haproxy = Self {
             child,

@@ -21,6 +21,7 @@
 //! of an acknowledged write is Redis's: with `appendonly yes` and
 //! `appendfsync always` it is on disk before the reply (see the README).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -38,14 +39,37 @@ pub struct RedisSettings {
     pub url: String,
     /// The longest one state operation may wait on Redis.
     pub timeout: Duration,
+    /// PEM CA certificates that verify a `rediss://` server, instead of the
+    /// system's roots (a Redis on a LAN has a private CA).
+    pub ca: Option<PathBuf>,
 }
 
 impl RedisSettings {
-    /// The URL checked for form (not reachability): a config error names it.
+    /// The URL checked for form, the CA file read (not reachability): a
+    /// config error names the key.
     pub fn validate(&self) -> anyhow::Result<()> {
-        redis::Client::open(self.url.as_str())
-            .map(drop)
-            .with_context(|| format!("`redis_url` {:?} is not a Redis URL", self.redacted()))
+        self.client().map(drop)
+    }
+
+    fn client(&self) -> anyhow::Result<redis::Client> {
+        let client = redis::Client::open(self.url.as_str())
+            .with_context(|| format!("`redis_url` {:?} is not a Redis URL", self.redacted()))?;
+        let Some(ca) = &self.ca else {
+            return Ok(client);
+        };
+        anyhow::ensure!(
+            self.url.starts_with("rediss://"),
+            "`redis_ca` is set, but `redis_url` {:?} is not a rediss:// (TLS) URL",
+            self.redacted()
+        );
+        let root_cert = std::fs::read(ca)
+            .with_context(|| format!("`redis_ca`: cannot read {}", ca.display()))?;
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        };
+        redis::Client::build_with_tls(client.get_connection_info().clone(), certificates)
+            .with_context(|| format!("`redis_ca` {}: not PEM certificates", ca.display()))
     }
 
     /// The URL without its password, for the log and errors.
@@ -70,8 +94,7 @@ impl RedisStore {
     /// Sets the connection up without waiting for it: the first operations
     /// (and a background check, which logs the outcome) connect.
     pub fn open(settings: &RedisSettings) -> anyhow::Result<Self> {
-        settings.validate()?;
-        let client = redis::Client::open(settings.url.as_str())?;
+        let client = settings.client()?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))
             .set_response_timeout(Some(settings.timeout))
@@ -397,6 +420,7 @@ mod tests {
         let settings = |url: &str| RedisSettings {
             url: url.into(),
             timeout: Duration::from_secs(1),
+            ca: None,
         };
         assert_eq!(
             settings("redis://:s3cret@db.lan:6379/2").redacted(),
