@@ -408,3 +408,24 @@ fn rediss_verifies_redis_against_the_given_ca() {
         Err(KvError::Unavailable(_))
     ));
 }
+
+#[test]
+fn the_disk_store_persists_and_refuses_a_damaged_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_disk(dir.path(), limits()).unwrap();
+        set(&store.namespace("p"), "k", b"v").unwrap();
+    }
+    let store = Store::open_disk(dir.path(), limits()).unwrap();
+    assert_eq!(get(&store.namespace("p"), "k"), Some(b"v".to_vec()));
+    drop(store);
+    let file = dir.path().join("state.redb");
+    for damage in [&b"garbage, not a database"[..], b""] {
+        std::fs::write(&file, damage).unwrap();
+        let err = format!(
+            "{:#}",
+            Store::open_disk(dir.path(), limits()).err().unwrap()
+        );
+        assert!(err.contains(&file.display().to_string()), "{err}");
+    }
+}
