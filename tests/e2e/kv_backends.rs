@@ -429,3 +429,24 @@ fn the_disk_store_persists_and_refuses_a_damaged_file() {
         assert!(err.contains(&file.display().to_string()), "{err}");
     }
 }
+
+/// Redis answering with an error (here a key of another type at the
+/// namespace's name, put there from outside) fails that namespace's
+/// operations as `Unavailable`; the others go on.
+#[test]
+fn a_redis_refusal_costs_only_the_operations_it_refuses() {
+    let redis = Redis::start();
+    let runtime = runtime();
+    let store = redis_store(&redis, &runtime, limits());
+    assert_eq!(redis.cli(&["SET", "plugboard:kv:p", "not a hash"]), "OK");
+    assert!(matches!(
+        store.namespace("p").get("k").wait_blocking(),
+        Err(KvError::Unavailable(_))
+    ));
+    assert!(matches!(
+        set(&store.namespace("p"), "k", b"v"),
+        Err(KvError::Unavailable(_))
+    ));
+    set(&store.namespace("q"), "k", b"v").unwrap();
+    assert_eq!(get(&store.namespace("q"), "k"), Some(b"v".to_vec()));
+}

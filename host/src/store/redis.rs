@@ -31,6 +31,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::oneshot;
 
 use super::{Backend, Completion, KvError, KvLimits, Unavailable, Write, Written};
+use crate::telemetry::{Admit, LogBudget};
 
 /// Where Redis is and how long an operation may take.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +116,7 @@ impl RedisStore {
             health: Arc::new(Health {
                 server: settings.redacted(),
                 down: AtomicBool::new(false),
+                refusals: LogBudget::new("redis", REFUSALS_LOGGED_PER_SEC),
             }),
         };
         store.check_in_background();
@@ -152,12 +154,13 @@ impl RedisStore {
         self.runtime.spawn(async move {
             let result = match answer_within(timeout, operation).await {
                 Ok(answer) => finish(health.up(answer)),
-                Err(reason) => {
+                Err(Failure::Unreachable(reason)) => {
                     if health.went_down(&reason) {
                         tokio::spawn(watch_until_up(connection, health.clone(), timeout));
                     }
                     Err(health.unavailable(&reason).into())
                 }
+                Err(Failure::Refused(reason)) => Err(health.refused(&reason).into()),
             };
             let _ = reply.send(result);
         });
@@ -165,14 +168,28 @@ impl RedisStore {
     }
 }
 
+/// Why an operation got no answer to use.
+enum Failure {
+    /// No answer: Redis is down, unreachable or stalled.
+    Unreachable(String),
+    /// Redis answered with an error (a key of another type at our name,
+    /// out of memory with `maxmemory`, a wrong password): it is up.
+    Refused(String),
+}
+
 async fn answer_within<T>(
     timeout: Duration,
     operation: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, String> {
+) -> Result<T, Failure> {
     match tokio::time::timeout(timeout, operation).await {
         Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!("no answer within {timeout:?}")),
+        Ok(Err(err)) if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() => {
+            Err(Failure::Unreachable(err.to_string()))
+        }
+        Ok(Err(err)) => Err(Failure::Refused(err.to_string())),
+        Err(_) => Err(Failure::Unreachable(format!(
+            "no answer within {timeout:?}"
+        ))),
     }
 }
 
@@ -294,7 +311,12 @@ struct Health {
     /// The server, without its password.
     server: String,
     down: AtomicBool,
+    /// Refused operations are logged each, up to a rate.
+    refusals: LogBudget,
 }
+
+/// Refused Redis operations logged a second, at most.
+const REFUSALS_LOGGED_PER_SEC: u32 = 1;
 
 impl Health {
     fn is_down(&self) -> bool {
@@ -321,6 +343,18 @@ impl Health {
             );
         }
         was_up
+    }
+
+    fn refused(&self, reason: &str) -> Unavailable {
+        crate::telemetry::state_store_error();
+        if let Admit::Write { unwritten_before } = self.refusals.admit() {
+            tracing::error!(
+                redis = %self.server,
+                unwritten_before,
+                "Redis refused a state operation: {reason}"
+            );
+        }
+        self.unavailable(reason)
     }
 
     fn unavailable(&self, reason: &str) -> Unavailable {
