@@ -117,6 +117,62 @@ impl Router {
 }
 
 impl Router {
+    /// Whether a command for `next` may join a batch that starts with
+    /// `first`: both served by one plugin, one that serves batches.
+    pub fn batches_with(&self, first: &CommandName, next: &CommandName) -> bool {
+        match (self.routes.get(first), self.routes.get(next)) {
+            (Some(first), Some(next)) => {
+                Arc::ptr_eq(&first.plugin, &next.plugin) && first.plugin.serves_batches()
+            }
+            _ => false,
+        }
+    }
+
+    /// Runs pipelined `requests` that [`Router::batches_with`] put together
+    /// in one batch where they are several, and replies to each as
+    /// [`Router::dispatch`] would, in order, each counted and logged alone.
+    pub async fn dispatch_batch(
+        &self,
+        mut requests: Vec<Request>,
+        session: &mut Session,
+        permits: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Vec<Reply> {
+        let first = match requests.as_slice() {
+            [_] => return vec![self.dispatch(requests.remove(0), session, permits).await],
+            [first, ..] => first.command.clone(),
+            [] => return Vec::new(),
+        };
+        let Some(route) = self.routes.get(&first) else {
+            unreachable!("`batches_with` makes batches of routed commands only")
+        };
+        #[cfg(feature = "native-baseline")]
+        if native_baseline::is_on() {
+            return requests.iter().map(native_baseline::answer).collect();
+        }
+        let plugin = &route.plugin;
+        let commands: Vec<CommandName> = requests.iter().map(|r| r.command.clone()).collect();
+        telemetry::batched(plugin.name(), commands.len());
+        let timed = telemetry::enabled() || tracing::enabled!(tracing::Level::DEBUG);
+        let answers = plugin.call_batch(requests, session).await;
+        commands
+            .iter()
+            .zip(answers)
+            .map(|(command, (answer, elapsed))| {
+                let (reply, outcome) =
+                    reply_for(plugin.name(), command, answer, || plugin.may_warn());
+                if let Some(route) = self.routes.get(command) {
+                    route.metrics.record(outcome, timed.then_some(elapsed));
+                }
+                if timed {
+                    let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                    let outcome = outcome.as_str();
+                    tracing::debug!(plugin = plugin.name(), %command, outcome, elapsed_us, "command");
+                }
+                reply
+            })
+            .collect()
+    }
+
     /// One line per command `permits` allows: `name (plugin): summary`,
     /// sorted by name.
     fn help(&self, permits: &(dyn Fn(&str) -> bool + Sync)) -> Reply {

@@ -29,6 +29,7 @@ const LOG_LINES_SUPPRESSED: &str = "plugboard_log_lines_suppressed_total";
 const CAPABILITY_DENIED: &str = "plugboard_capability_denied_total";
 const STATE_STORE_ERRORS: &str = "plugboard_state_store_errors_total";
 const STATE_STORE_REOPENS: &str = "plugboard_state_store_reopens_total";
+const BATCHED_COMMANDS: &str = "plugboard_batched_commands_total";
 
 /// Command latency buckets, 10 us to 10 s: a warm Rust plugin answers in
 /// microseconds, a Python one in tens of them, a timeout takes seconds.
@@ -275,6 +276,14 @@ pub fn unrouted(outcome: Outcome) {
 /// The start of something worth timing, when metrics are on.
 pub fn start_timer() -> Option<Instant> {
     enabled().then(Instant::now)
+}
+
+/// Commands of `plugin` served together, `count` in one batch (see
+/// `plugin/batch.rs`): how much of the traffic is pipelined.
+pub fn batched(plugin: &str, count: usize) {
+    if enabled() {
+        metrics::counter!(BATCHED_COMMANDS, "plugin" => plugin.to_owned()).increment(count as u64);
+    }
 }
 
 pub fn reload(ok: bool) {

@@ -358,7 +358,7 @@ fn check_lists_commands_and_imports_of_a_valid_plugin() {
     let report = stdout(&output);
     assert!(report.contains("ok, plugin 'onoff'"), "{report}");
     assert!(report.contains("toggle  Flip the device"), "{report}");
-    assert!(report.contains("plugboard:plugin/kv@0.1.1"), "{report}");
+    assert!(report.contains("plugboard:plugin/kv@0.1.2"), "{report}");
 }
 
 /// `plugboard check x.wasm | head -1`: the reader leaving early is no

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real binary, real plugins, real TCP on 127.0.0.1.
 
+mod batch;
 mod capabilities;
 mod cli;
 mod dev;

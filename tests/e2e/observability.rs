@@ -89,18 +89,18 @@ fn healthz_is_ready_only_while_plugins_serve() {
 }
 
 /// The scraped exposition text.
-struct Scrape(String);
+pub(crate) struct Scrape(String);
 
 impl Scrape {
     /// `GET /metrics` over a real HTTP/1.1 connection.
-    fn from(port: u16) -> Self {
+    pub(crate) fn from(port: u16) -> Self {
         let (status, body) = get(port, "/metrics");
         assert_eq!(status, 200, "{body}");
         Self(body)
     }
 
     /// The value of the series `name` whose labels include every one of `labels`.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.0.lines().find_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
             let (series_name, series_labels) = match series.split_once('{') {
@@ -120,7 +120,7 @@ impl Scrape {
             .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{}", self.0))
     }
 
-    fn commands(&self, plugin: &str, command: &str, outcome: &str) -> f64 {
+    pub(crate) fn commands(&self, plugin: &str, command: &str, outcome: &str) -> f64 {
         let labels = [
             ("plugin", plugin),
             ("command", command),

@@ -7,6 +7,12 @@
 //! than a thousand small ones, while a client waiting for one reply gets it at
 //! once.
 //!
+//! Commands a client pipelined for one plugin that serves batches go to it
+//! together (see `plugin/batch.rs`): the frames already buffered behind a
+//! command, up to [`MAX_BATCH`], join it while they route to the same
+//! plugin; the first that does not is served next, as usual. Each still
+//! gets its own reply, in order.
+//!
 //! The connection owns its plugin instance ([`Session`]): reused from one
 //! command to the next. After [`IDLE_RELEASE`] without a command, the
 //! instance and the (empty) read and write buffers are released, so that
@@ -52,6 +58,14 @@ const LINGER_BYTES: usize = 1 << 20;
 /// once used keeps some memory resident (see `plugin/runtime.rs`).
 pub const IDLE_RELEASE: Duration = Duration::from_millis(100);
 
+/// Commands served in one batch, at most: bounds how long one call holds
+/// its CPU place and how many replies wait for the slowest of them.
+pub const MAX_BATCH: usize = 64;
+
+/// What [`Connection::next_frame`] yields: a frame, a reason to close, or
+/// `None` at the end of the stream.
+type NextFrame = Option<Result<bytes::BytesMut, Closing>>;
+
 /// A byte stream a connection can serve: TCP, or TLS over it.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
@@ -88,6 +102,9 @@ pub struct Connection<S> {
     /// The last complete message's arrival, or the connect (see
     /// [`Connection::next_frame`] for how it is kept cheaply).
     last_complete: Instant,
+    /// A frame taken from the buffer while gathering a batch that did not
+    /// join it: the next one served.
+    lookahead: Option<NextFrame>,
     shutdown: CancellationToken,
 }
 
@@ -131,6 +148,7 @@ impl<S: Stream> Connection<S> {
             peer,
             timeouts: settings.timeouts,
             last_complete: Instant::now(),
+            lookahead: None,
             shutdown,
         }
     }
@@ -180,22 +198,53 @@ impl<S: Stream> Connection<S> {
                     Gate::Answer(Err(err.to_string()))
                 }
             };
-            let reply = match request {
-                // The table current now: a reload during this command does
-                // not affect it, and the next command sees the new one.
+            match request {
+                // The table current now: a reload during these commands does
+                // not affect them, and the next command sees the new one.
                 Gate::Route(request) => {
                     let routes = self.routes.load_full();
+                    let batch = self.gather(&routes, request);
                     let access = &self.access;
                     let permits = |command: &str| access.permits(command);
-                    routes.dispatch(request, &mut self.session, &permits).await
+                    let replies = routes
+                        .dispatch_batch(batch, &mut self.session, &permits)
+                        .await;
+                    for reply in replies {
+                        self.framed.feed(reply.into()).await?;
+                    }
                 }
-                Gate::Answer(Ok(text)) => Reply::ok(text),
-                Gate::Answer(Err(text)) => Reply::error(text),
+                Gate::Answer(Ok(text)) => self.framed.feed(Reply::ok(text).into()).await?,
+                Gate::Answer(Err(text)) => self.framed.feed(Reply::error(text).into()).await?,
                 Gate::Close(why) => return Err(Closing::Denied(why)),
-            };
-            self.framed.feed(reply.into()).await?;
+            }
         }
         Ok(())
+    }
+
+    /// `first`, and the requests already buffered behind it that may run
+    /// in the same batch: routed to the same batching plugin, and let
+    /// through by the auth gate without a question (not `auth` or `help`,
+    /// whose replies come from the server). The first frame that does not
+    /// join is kept for the next turn.
+    fn gather(&mut self, routes: &crate::router::Router, first: Request) -> Vec<Request> {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && self.lookahead.is_none() {
+            let Some(next) = self.framed.next().now_or_never() else {
+                break;
+            };
+            let joins = match &next {
+                Some(Ok(frame)) => Request::parse(frame).ok().filter(|request| {
+                    self.access.permits(request.command.as_str())
+                        && routes.batches_with(&batch[0].command, &request.command)
+                }),
+                _ => None,
+            };
+            match joins {
+                Some(request) => batch.push(request),
+                None => self.lookahead = Some(next.map(|frame| frame.map_err(Closing::from))),
+            }
+        }
+        batch
     }
 
     /// The next frame: at once if one is already buffered, else after flushing
@@ -207,7 +256,10 @@ impl<S: Stream> Connection<S> {
     /// least one complete frame (or the connect), all of which arrived by
     /// now, and one clock read per wait costs nothing next to the flush
     /// before it.
-    async fn next_frame(&mut self) -> Option<Result<bytes::BytesMut, Closing>> {
+    async fn next_frame(&mut self) -> NextFrame {
+        if let Some(next) = self.lookahead.take() {
+            return next;
+        }
         if let Some(buffered) = self.framed.next().now_or_never() {
             return buffered.map(|frame| frame.map_err(Closing::from));
         }

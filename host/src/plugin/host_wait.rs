@@ -6,6 +6,10 @@
 //! including one under way when the deadline comes, and given back to the
 //! call, up to [`MAX_CREDIT`] times its `call_timeout`: a plugin that
 //! writes in a loop cannot stretch its call without bound.
+//!
+//! The account also says when the current command started: a call that
+//! serves a batch restarts it for each command (see `batch.rs`), and the
+//! deadline follows.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -17,10 +21,21 @@ pub const MAX_CREDIT: u32 = 10;
 #[derive(Clone, Default)]
 pub struct HostWait(Arc<Mutex<Account>>);
 
-#[derive(Default)]
 struct Account {
+    /// When the current command started.
+    started: Instant,
     total: Duration,
     since: Option<Instant>,
+}
+
+impl Default for Account {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            total: Duration::ZERO,
+            since: None,
+        }
+    }
 }
 
 /// Marks a wait; counted when dropped.
@@ -31,9 +46,28 @@ impl HostWait {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts a new call's account.
+    /// Starts a new command's account, now.
     pub fn reset(&self) {
         *self.account() = Account::default();
+    }
+
+    /// Starts a new command's account, from `started`.
+    pub fn reset_from(&self, started: Instant) {
+        *self.account() = Account {
+            started,
+            ..Account::default()
+        };
+    }
+
+    /// When the current command started.
+    pub fn started(&self) -> Instant {
+        self.account().started
+    }
+
+    /// When the current command runs out of `timeout` of its own time.
+    fn deadline(&self, timeout: Duration) -> Instant {
+        let account = self.account();
+        account.started + timeout + account.waited().min(timeout.saturating_mul(MAX_CREDIT))
     }
 
     /// The host is waited on until the returned guard is dropped.
@@ -41,14 +75,12 @@ impl HostWait {
         self.account().since = Some(Instant::now());
         Waiting(self.clone())
     }
+}
 
-    /// Time waited so far in this call, the wait under way included.
-    pub fn total(&self) -> Duration {
-        let account = self.account();
-        account.total
-            + account
-                .since
-                .map_or(Duration::ZERO, |since| since.elapsed())
+impl Account {
+    /// Time waited so far in this command, the wait under way included.
+    fn waited(&self) -> Duration {
+        self.total + self.since.map_or(Duration::ZERO, |since| since.elapsed())
     }
 }
 
@@ -61,23 +93,22 @@ impl Drop for Waiting {
     }
 }
 
-/// Runs `call` until it ends or `timeout` of its own time passes, time
-/// waited on the host given back up to [`MAX_CREDIT`] timeouts; `None` if
-/// it ran out.
+/// Runs `call` until it ends or its current command has run `timeout` of
+/// its own time, time waited on the host given back up to [`MAX_CREDIT`]
+/// timeouts; `None` if it ran out.
 pub async fn within_deadline<F: Future>(
     call: F,
     timeout: Duration,
     host_wait: &HostWait,
 ) -> Option<F::Output> {
-    let started = tokio::time::Instant::now();
-    let max_credit = timeout.saturating_mul(MAX_CREDIT);
     let mut call = std::pin::pin!(call);
     loop {
-        let credit = host_wait.total().min(max_credit);
-        match tokio::time::timeout_at(started + timeout + credit, &mut call).await {
+        let deadline = host_wait.deadline(timeout);
+        match tokio::time::timeout_at(deadline.into(), &mut call).await {
             Ok(output) => return Some(output),
-            // More was waited on the host since the deadline was set.
-            Err(_) if host_wait.total().min(max_credit) > credit => continue,
+            // A new command started, or more was waited on the host, since
+            // the deadline was set.
+            Err(_) if host_wait.deadline(timeout) > deadline => continue,
             Err(_) => return None,
         }
     }

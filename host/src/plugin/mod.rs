@@ -13,6 +13,7 @@
 //! is loaded again: a crash loop costs one error reply, not an instance and a
 //! trap per command.
 
+mod batch;
 mod cache_check;
 mod cpu_share;
 mod epoch;
@@ -27,10 +28,13 @@ mod runtime;
 mod sandbox;
 mod session;
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ComponentExportIndex;
 
 use cpu_share::CpuShare;
 pub use grants::{DirGrant, Grants, Origin, TcpGrant};
@@ -68,6 +72,9 @@ mod bindings {
             "plugboard:plugin/kv.delete": async | trappable,
             "plugboard:plugin/kv.increment": async | trappable,
             "plugboard:plugin/kv.compare-and-swap": async | trappable,
+            // A plugin that breaks the batch protocol traps (`batch.rs`).
+            "plugboard:plugin/batch.next-request": trappable,
+            "plugboard:plugin/batch.reply": trappable,
         },
     });
 }
@@ -115,6 +122,8 @@ pub struct Plugin {
 struct Compiled {
     name: Arc<str>,
     pre: bindings::PluginPre<sandbox::Sandbox>,
+    /// Its `serve-batch` export, when it has one (`batched-plugin` world).
+    serve_batch: Option<ComponentExportIndex>,
     commands: Vec<CommandSpec>,
     /// What the component imports (WIT interfaces), for `plugboard check`.
     imports: Vec<String>,
@@ -332,13 +341,14 @@ impl Plugin {
             .map_err(|err| LoadError::Link(err.into()))?;
         let pre =
             bindings::PluginPre::new(instance_pre).map_err(|err| LoadError::Link(err.into()))?;
+        let serve_batch = component.get_export_index(None, "serve-batch");
 
         let memory = crate::telemetry::plugin_memory(&name);
         let handles = instance_handles(&name, &kv, &memory, &setup);
         let mut store = runtime.new_store(&handles, &setup);
         let call = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance.call_commands(&mut store).await
+            let live = instantiate(&pre, serve_batch.as_ref(), &mut store).await?;
+            live.plugin.call_commands(&mut store).await
         };
         let declared = tokio::time::timeout(setup.limits.call_timeout, call)
             .await
@@ -349,7 +359,7 @@ impl Plugin {
             .map(|info| match CommandName::new(&info.name) {
                 Some(name) => Ok(CommandSpec {
                     name,
-                    summary: info.summary,
+                    summary: one_help_line(&info.summary),
                 }),
                 None => Err(LoadError::InvalidCommandName(info.name)),
             })
@@ -358,6 +368,7 @@ impl Plugin {
         let compiled = Compiled {
             name,
             pre,
+            serve_batch,
             commands,
             imports,
             kv,
@@ -446,6 +457,66 @@ impl Plugin {
         }
     }
 
+    /// Whether the plugin serves pipelined commands in one call.
+    pub fn serves_batches(&self) -> bool {
+        self.compiled.serve_batch.is_some()
+    }
+
+    /// Runs `requests`, pipelined commands of one connection that this
+    /// plugin serves, in as few calls as it allows: each command gets the
+    /// answer it would have had alone, with the time it took (see `batch.rs`).
+    pub async fn call_batch(
+        &self,
+        requests: Vec<Request>,
+        session: &mut Session,
+    ) -> Vec<(Answer, Duration)> {
+        let mut answers = Vec::with_capacity(requests.len());
+        let mut left: VecDeque<_> = requests.into_iter().map(wit_request).collect();
+        while !left.is_empty() {
+            if self.health.is_disabled() {
+                let disabled = || CallError::Disabled(self.setup.limits.quarantine_after);
+                answers.extend(
+                    left.drain(..)
+                        .map(|_| (Answer::Failure(disabled()), Duration::ZERO)),
+                );
+                break;
+            }
+            let call = self.serve_batch_sandboxed(left, session).await;
+            for served in call.served {
+                self.health.record_success();
+                let answer = match served.reply {
+                    Ok(text) => Answer::Reply(text),
+                    Err(text) => Answer::Refusal(text),
+                };
+                answers.push((answer, served.elapsed));
+            }
+            left = call.left;
+            let Some(failure) = call.failure else {
+                continue;
+            };
+            // Charged to the command being served, or, when the call served
+            // none, to the next: so every call settles at least one command.
+            let charged = failure.serving || call.served_none;
+            if !charged {
+                tracing::debug!(
+                    plugin = self.name(),
+                    "batch call failed between commands: {}",
+                    failure.error
+                );
+                continue;
+            }
+            if !failure.serving {
+                left.pop_front();
+            }
+            if failure.error.is_plugin_failure() {
+                self.health
+                    .record_failure(self.name(), self.setup.limits.quarantine_after);
+            }
+            answers.push((Answer::Failure(failure.error), failure.elapsed));
+        }
+        answers
+    }
+
     /// The instance is kept in `session` only after a call that returned:
     /// one that trapped, timed out or broke a limit may have left it broken.
     async fn call_sandboxed(
@@ -453,65 +524,24 @@ impl Plugin {
         request: Request,
         session: &mut Session,
     ) -> Result<Result<String, String>, CallError> {
-        let wit_request = bindings::plugboard::plugin::types::Request {
-            command: request.command.into_string(),
-            args: request.args,
-            raw_args: request.raw_args,
-        };
-        let started = std::time::Instant::now();
+        let wit_request = wit_request(request);
+        let started = Instant::now();
         let limit = self.setup.limits.call_timeout;
-        let (mut store, warm_instance, calls) = match session.take_for(self.id) {
-            Some(warm) => (warm.store, Some(warm.instance), warm.calls),
-            None => (self.new_instance_store(limit).await?, None, 0),
-        };
-        self.compiled.runtime.arm_deadline(&mut store);
-        let host_wait = store.data().host_wait.clone();
-        host_wait.reset();
-        store.data().stderr_tail.clear();
+        let (mut store, warm, calls) = self.take_instance(session, limit).await?;
+        let host_wait = self.begin_call(&mut store, started);
         // Boxed: wasmtime's call futures are kilobytes, and unboxed they would
         // be part of every connection task, busy or idle.
         let call = Box::pin(async {
-            store.data_mut().running.start(&self.cpu).await;
-            let instance = match warm_instance {
-                Some(instance) => instance,
-                None => self.compiled.pre.instantiate_async(&mut store).await?,
-            };
-            let reply = instance.call_handle(&mut store, &wit_request).await?;
-            Ok::<_, wasmtime::Error>((instance, reply))
+            let live = self.start_call(&mut store, warm).await?;
+            let reply = live.plugin.call_handle(&mut store, &wit_request).await?;
+            Ok::<_, wasmtime::Error>((live, reply))
         });
         // The call yields at every epoch tick, so the deadline also interrupts
         // wasm that never returns; dropping the call drops its instance.
         // Time spent waiting for an instance counts against the deadline.
-        let timeout = limit.saturating_sub(started.elapsed());
-        let result = host_wait::within_deadline(call, timeout, &host_wait).await;
-        let (instance, reply) = match result {
-            None if !store.data().running.ran_before(started + limit) => {
-                return Err(CallError::NeverRan(limit));
-            }
-            None => return Err(CallError::TimedOut(limit)),
-            Some(Err(err)) if err.is::<wasmtime::PoolConcurrencyLimitError>() => {
-                return Err(CallError::Busy);
-            }
-            Some(Err(_)) if store.data().limiter.exceeded == Some(MemoryExceeded::Instance) => {
-                return Err(CallError::OutOfMemory {
-                    limit_bytes: self.setup.limits.max_memory_bytes,
-                });
-            }
-            Some(Err(_)) if store.data().limiter.exceeded == Some(MemoryExceeded::Server) => {
-                return Err(CallError::ServerMemoryFull {
-                    budget_bytes: self.compiled.runtime.memory_budget_bytes(),
-                });
-            }
-            Some(Err(err)) => {
-                return Err(match err.downcast::<crate::store::Unavailable>() {
-                    Ok(unavailable) => CallError::StateUnavailable(unavailable),
-                    Err(error) => CallError::Trapped(Trap {
-                        said: store.data().stderr_tail.take(),
-                        error,
-                    }),
-                });
-            }
+        let (live, reply) = match host_wait::within_deadline(call, limit, &host_wait).await {
             Some(Ok(returned)) => returned,
+            failed => return Err(self.call_error(failed.map(|r| r.err()), &store, started)),
         };
         let len = match &reply {
             Ok(text) | Err(text) => text.len(),
@@ -522,14 +552,200 @@ impl Plugin {
                 limit: self.setup.limits.max_reply_bytes,
             });
         }
+        self.keep(session, store, live, calls + 1);
+        Ok(reply)
+    }
+
+    /// One `serve-batch` call over `requests`: what it served, how it
+    /// failed if it did, and the requests it never took.
+    async fn serve_batch_sandboxed(
+        &self,
+        mut requests: VecDeque<bindings::plugboard::plugin::types::Request>,
+        session: &mut Session,
+    ) -> BatchCall {
+        let started = Instant::now();
+        let limit = self.setup.limits.call_timeout;
+        let (mut store, warm, calls) = match self.take_instance(session, limit).await {
+            Ok(taken) => taken,
+            Err(error) => return BatchCall::failed_to_start(error, requests, started),
+        };
+        // An instance serves no more calls than one by one it would: the
+        // rest go to the next (fresh) instance.
+        let room = MAX_CALLS_PER_INSTANCE.saturating_sub(calls).max(1) as usize;
+        let later = requests.split_off(room.min(requests.len()));
+        let max_reply_bytes = self.setup.limits.max_reply_bytes;
+        store.data_mut().batch = Some(batch::Batch::new(requests, max_reply_bytes));
+        let host_wait = self.begin_call(&mut store, started);
+        let call = Box::pin(async {
+            let live = self.start_call(&mut store, warm).await?;
+            let serve_batch = live
+                .serve_batch
+                .ok_or_else(|| wasmtime::Error::msg("the plugin has no `serve-batch`"))?;
+            serve_batch.call_async(&mut store, ()).await?;
+            Ok::<_, wasmtime::Error>(live)
+        });
+        let result = host_wait::within_deadline(call, limit, &host_wait).await;
+        let current_started = host_wait.started();
+        // Put in the store above, taken only here.
+        let (served, serving, mut left) = store
+            .data_mut()
+            .batch
+            .take()
+            .map(batch::Batch::into_parts)
+            .unwrap_or_default();
+        let served_none = served.is_empty();
+        let untaken = !left.is_empty();
+        left.extend(later);
+        let failure = match result {
+            Some(Ok(_)) if serving => Some(wasmtime::Error::msg(
+                "`serve-batch` returned without replying",
+            )),
+            Some(Ok(_)) if served_none && untaken => Some(wasmtime::Error::msg(
+                "`serve-batch` returned without serving its requests",
+            )),
+            Some(Ok(live)) => {
+                self.keep(session, store, live, calls + served.len() as u32);
+                return BatchCall {
+                    served,
+                    failure: None,
+                    left,
+                    served_none,
+                };
+            }
+            Some(Err(error)) => Some(error),
+            None => None,
+        };
+        let error = self.call_error(Some(failure), &store, started);
+        BatchCall {
+            served,
+            failure: Some(BatchFailure {
+                error,
+                serving,
+                elapsed: current_started.elapsed(),
+            }),
+            left,
+            served_none,
+        }
+    }
+
+    /// The connection's warm instance of this plugin version if it has
+    /// one (`None` for the instance: make one), else a new store.
+    async fn take_instance(
+        &self,
+        session: &mut Session,
+        limit: Duration,
+    ) -> Result<
+        (
+            wasmtime::Store<sandbox::Sandbox>,
+            Option<session::Live>,
+            u32,
+        ),
+        CallError,
+    > {
+        Ok(match session.take_for(self.id) {
+            Some(warm) => (warm.store, Some(warm.live), warm.calls),
+            None => (self.new_instance_store(limit).await?, None, 0),
+        })
+    }
+
+    /// Arms a call on `store`: its deadline from `started`, a clean record
+    /// of host waits and stderr. Returns the waits' account, which the
+    /// deadline follows.
+    fn begin_call(
+        &self,
+        store: &mut wasmtime::Store<sandbox::Sandbox>,
+        started: Instant,
+    ) -> host_wait::HostWait {
+        self.compiled.runtime.arm_deadline(store);
+        let host_wait = store.data().host_wait.clone();
+        host_wait.reset_from(started);
+        store.data().stderr_tail.clear();
+        host_wait
+    }
+
+    /// Inside the call: takes the call's CPU place, then the warm instance
+    /// or a new one.
+    async fn start_call(
+        &self,
+        store: &mut wasmtime::Store<sandbox::Sandbox>,
+        warm: Option<session::Live>,
+    ) -> wasmtime::Result<session::Live> {
+        store.data_mut().running.start(&self.cpu).await;
+        match warm {
+            Some(live) => Ok(live),
+            None => {
+                instantiate(
+                    &self.compiled.pre,
+                    self.compiled.serve_batch.as_ref(),
+                    store,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Keeps the instance for the connection's next command.
+    fn keep(
+        &self,
+        session: &mut Session,
+        mut store: wasmtime::Store<sandbox::Sandbox>,
+        live: session::Live,
+        calls: u32,
+    ) {
         store.data_mut().running.finish();
         session.keep(session::Warm {
             plugin_id: self.id,
             store,
-            instance,
-            calls: calls + 1,
+            live,
+            calls,
         });
-        Ok(reply)
+    }
+
+    /// What a call that did not return tells the client: `None`, it ran
+    /// out of time (or never got to run); `Some(error)`, how it failed.
+    fn call_error(
+        &self,
+        failed: Option<Option<wasmtime::Error>>,
+        store: &wasmtime::Store<sandbox::Sandbox>,
+        started: Instant,
+    ) -> CallError {
+        let limits = &self.setup.limits;
+        let sandbox = store.data();
+        let Some(Some(err)) = failed else {
+            return match sandbox.running.ran_before(started + limits.call_timeout) {
+                false => CallError::NeverRan(limits.call_timeout),
+                true => CallError::TimedOut(limits.call_timeout),
+            };
+        };
+        if err.is::<wasmtime::PoolConcurrencyLimitError>() {
+            return CallError::Busy;
+        }
+        match sandbox.limiter.exceeded {
+            Some(MemoryExceeded::Instance) => {
+                return CallError::OutOfMemory {
+                    limit_bytes: limits.max_memory_bytes,
+                };
+            }
+            Some(MemoryExceeded::Server) => {
+                return CallError::ServerMemoryFull {
+                    budget_bytes: self.compiled.runtime.memory_budget_bytes(),
+                };
+            }
+            None => {}
+        }
+        if let Some(batch::OversizedReply(len)) = err.downcast_ref::<batch::OversizedReply>() {
+            return CallError::ReplyTooLarge {
+                len: *len,
+                limit: limits.max_reply_bytes,
+            };
+        }
+        match err.downcast::<crate::store::Unavailable>() {
+            Ok(unavailable) => CallError::StateUnavailable(unavailable),
+            Err(error) => CallError::Trapped(Trap {
+                said: sandbox.stderr_tail.take(),
+                error,
+            }),
+        }
     }
 
     /// A store for a new instance, once the plugin is below its
@@ -548,6 +764,77 @@ impl Plugin {
         store.data_mut().instance_permit = Some(permit);
         Ok(store)
     }
+}
+
+/// What one `serve-batch` call came to.
+struct BatchCall {
+    served: Vec<batch::Served>,
+    failure: Option<BatchFailure>,
+    /// Requests it never handed out: served by the next call.
+    left: VecDeque<bindings::plugboard::plugin::types::Request>,
+    served_none: bool,
+}
+
+/// How a `serve-batch` call failed.
+struct BatchFailure {
+    error: CallError,
+    /// Whether a command was being served (it gets the error).
+    serving: bool,
+    /// Since the current command (or the call) started.
+    elapsed: Duration,
+}
+
+impl BatchCall {
+    /// No instance to run in: nothing served, the first command charged.
+    fn failed_to_start(
+        error: CallError,
+        left: VecDeque<bindings::plugboard::plugin::types::Request>,
+        started: Instant,
+    ) -> Self {
+        Self {
+            served: Vec::new(),
+            failure: Some(BatchFailure {
+                error,
+                serving: false,
+                elapsed: started.elapsed(),
+            }),
+            left,
+            served_none: true,
+        }
+    }
+}
+
+/// A command's summary as `help` can show it: one line, and never the
+/// delimiter, which would end `help`'s reply early and shift every reply
+/// after it (the plugin's text, so the plugin's to get wrong).
+fn one_help_line(summary: &str) -> String {
+    summary.replace(['\r', '\n'], " ").replace("<EOF>", "<eof>")
+}
+
+fn wit_request(request: Request) -> bindings::plugboard::plugin::types::Request {
+    bindings::plugboard::plugin::types::Request {
+        command: request.command.into_string(),
+        args: request.args,
+        raw_args: request.raw_args,
+    }
+}
+
+/// A new instance of `pre` in `store`, with `serve-batch` looked up when
+/// the plugin has it.
+async fn instantiate(
+    pre: &bindings::PluginPre<sandbox::Sandbox>,
+    serve_batch: Option<&ComponentExportIndex>,
+    store: &mut wasmtime::Store<sandbox::Sandbox>,
+) -> wasmtime::Result<session::Live> {
+    let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
+    let plugin = bindings::Plugin::new(&mut *store, &instance)?;
+    let serve_batch = serve_batch
+        .map(|index| instance.get_typed_func::<(), ()>(&mut *store, index))
+        .transpose()?;
+    Ok(session::Live {
+        plugin,
+        serve_batch,
+    })
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ pub struct Sandbox {
     pub stderr_tail: StderrTail,
     /// This instance's place under the plugin's `max_instances`.
     pub instance_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The requests of the `serve-batch` call under way (see `batch.rs`).
+    pub batch: Option<super::batch::Batch>,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     http_hooks: super::grants::HttpHooks,
@@ -90,6 +92,7 @@ impl Sandbox {
             running: Running::default(),
             stderr_tail,
             instance_permit: None,
+            batch: None,
             wasi,
             http: WasiHttpCtx::new(),
             http_hooks: setup.grants.http_hooks(&handles.denials),

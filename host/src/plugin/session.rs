@@ -32,8 +32,15 @@ pub struct Session {
 pub(super) struct Warm {
     pub plugin_id: u64,
     pub store: Store<Sandbox>,
-    pub instance: bindings::Plugin,
+    pub live: Live,
     pub calls: u32,
+}
+
+/// An instance's exports: the world's, and `serve-batch` when the plugin
+/// has it.
+pub(super) struct Live {
+    pub plugin: bindings::Plugin,
+    pub serve_batch: Option<wasmtime::component::TypedFunc<(), ()>>,
 }
 
 impl Session {

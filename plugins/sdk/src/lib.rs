@@ -56,7 +56,9 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "plugin",
+        // `plugin` plus `serve-batch`: every SDK plugin serves a client's
+        // pipelined commands in one call (see `__serve_batch`).
+        world: "batched-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_world",
         default_bindings_module: "plugboard_plugin::bindings",
@@ -274,7 +276,18 @@ pub fn __handle<P: Plugin>(request: Request) -> Result<String, String> {
     P::handle(request)
 }
 
-/// Exports a [`Plugin`] implementation as the component's `plugin` world.
+/// Serves the host's batch: each request as [`__handle`] would, each reply
+/// given back before the next request is taken (so a trap loses none).
+#[doc(hidden)]
+pub fn __serve_batch<P: Plugin>() {
+    while let Some(request) = wit::batch::next_request() {
+        let reply = __handle::<P>(request);
+        wit::batch::reply(reply.as_deref().map_err(String::as_str));
+    }
+}
+
+/// Exports a [`Plugin`] implementation as the component's `batched-plugin`
+/// world (the `plugin` world's exports, and `serve-batch`).
 /// Call it once, at the crate root of the plugin.
 #[macro_export]
 macro_rules! export {
@@ -291,6 +304,10 @@ macro_rules! export {
                 request: $crate::Request,
             ) -> ::core::result::Result<::std::string::String, ::std::string::String> {
                 $crate::__handle::<$plugin>(request)
+            }
+
+            fn serve_batch() {
+                $crate::__serve_batch::<$plugin>()
             }
         }
 

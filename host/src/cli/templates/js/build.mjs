@@ -13,7 +13,7 @@ const here = (path) => fileURLToPath(new URL(path, import.meta.url));
 const output = process.argv[2] ?? '{{file}}.wasm';
 
 const entry = `import * as plugin from './plugin.js';
-import { log } from 'plugboard:plugin/host@0.1.1';
+import { log } from 'plugboard:plugin/host@0.1.2';
 
 export function commands() {
   return plugin.commands();

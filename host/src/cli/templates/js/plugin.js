@@ -4,7 +4,7 @@
 // is an error reply (`error: <its message><EOF>`), its stack in the server's
 // log: see build.mjs.
 
-import { log } from 'plugboard:plugin/host@0.1.1';
+import { log } from 'plugboard:plugin/host@0.1.2';
 
 const COMMAND = '{{name}}';
 

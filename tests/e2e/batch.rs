@@ -1,0 +1,159 @@
+//! Pipelined commands for one plugin served in one call (`plugin/batch.rs`):
+//! each command still gets exactly what it would have had alone: its reply,
+//! in order, its own deadline and reply limit, its own count in the metrics
+//! and in the plugin's health, and a trap or a timeout costs only the
+//! command it happened in.
+//!
+//! Each test sends a `sleep`, then the pipelined commands in one write: they
+//! are all buffered by the time the sleep is over, so they reach the plugin
+//! in one batch (the sleep too, if the two writes arrive together; the
+//! metrics say how many went batched).
+
+use crate::observability::Scrape;
+use crate::support::{Client, Server, Setup, free_port};
+
+/// The echo test plugin (built with the SDK, so it serves batches) and
+/// onoff, with metrics on a port of the test's own.
+fn server(config: &[&str]) -> (Server, u16) {
+    let port = free_port();
+    let mut setup = Setup::new()
+        .plugin("testing_echo", "echo")
+        .plugin("onoff", "onoff")
+        .config("state_store = \"memory\"")
+        .config(&format!("metrics_listen = \"127.0.0.1:{port}\""));
+    for line in config {
+        setup = setup.config(line);
+    }
+    (setup.start(), port)
+}
+
+/// Sends `messages` in one write behind a `sleep 100`, and returns their
+/// replies (the sleep's checked).
+fn pipelined(client: &mut Client, messages: &[&str]) -> Vec<String> {
+    client.send(b"sleep 100<EOF>");
+    let batch: String = messages.iter().map(|m| format!("{m}<EOF>")).collect();
+    client.send(batch.as_bytes());
+    assert_eq!(client.reply().unwrap(), "slept 100");
+    messages.iter().map(|_| client.reply().unwrap()).collect()
+}
+
+fn batched(port: u16) -> f64 {
+    Scrape::from(port)
+        .value("plugboard_batched_commands_total", &[("plugin", "echo")])
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn pipelined_commands_get_a_reply_each_in_order_from_one_batch() {
+    let (server, port) = server(&[]);
+    let mut client = server.connect();
+    let replies = pipelined(
+        &mut client,
+        &[
+            "echo a",
+            "fail b",
+            "kv-count n",
+            "echo c",
+            "on",
+            "echo d",
+            "help",
+            "echo e",
+        ],
+    );
+    assert_eq!(replies[..4], ["a", "error: b", "1", "c"]);
+    assert_eq!(
+        replies[4], "success",
+        "another plugin's command ends the batch"
+    );
+    assert_eq!(replies[5], "d");
+    assert!(replies[6].contains("echo (echo)"), "{}", replies[6]);
+    assert_eq!(replies[7], "e");
+    assert!(batched(port) >= 4.0, "echo a .. echo c went as one batch");
+    let scrape = Scrape::from(port);
+    assert_eq!(scrape.commands("echo", "echo", "ok"), 4.0, "each counted");
+    assert_eq!(scrape.commands("echo", "fail", "error"), 1.0);
+}
+
+#[test]
+fn a_trap_mid_batch_costs_only_its_command() {
+    let (server, port) = server(&[]);
+    let mut client = server.connect();
+    let replies = pipelined(
+        &mut client,
+        &["echo a", "kv-count n", "panic", "echo b", "kv-count n"],
+    );
+    assert_eq!(
+        replies,
+        ["a", "1", "error: plugin 'echo' failed", "b", "2"],
+        "replies before the trap kept; the rest served by a fresh instance"
+    );
+    assert!(batched(port) >= 5.0);
+    let scrape = Scrape::from(port);
+    assert_eq!(scrape.commands("echo", "panic", "trap"), 1.0);
+    assert_eq!(scrape.commands("echo", "echo", "ok"), 2.0);
+    // The connection and its next commands are fine.
+    assert_eq!(client.request("echo after"), "after");
+}
+
+/// Each command has the whole `call_timeout_ms` from when the plugin takes
+/// it: three 200 ms commands in one batch pass a 300 ms limit, the fourth,
+/// slower than the limit, times out alone.
+#[test]
+fn each_command_of_a_batch_has_its_own_deadline() {
+    let (server, port) = server(&["call_timeout_ms = 300", "quarantine_after = 0"]);
+    let mut client = server.connect();
+    let replies = pipelined(
+        &mut client,
+        &[
+            "sleep 200",
+            "sleep 200",
+            "sleep 200",
+            "sleep 2000",
+            "echo after",
+        ],
+    );
+    assert_eq!(
+        replies,
+        [
+            "slept 200",
+            "slept 200",
+            "slept 200",
+            "error: plugin 'echo' timed out",
+            "after"
+        ]
+    );
+    assert!(batched(port) >= 5.0);
+    assert_eq!(Scrape::from(port).commands("echo", "sleep", "timeout"), 1.0);
+}
+
+#[test]
+fn the_reply_limit_holds_per_command_in_a_batch() {
+    let (server, _port) = server(&["max_reply_bytes = 10"]);
+    let mut client = server.connect();
+    let replies = pipelined(&mut client, &["echo short", "echo far too long", "echo ok"]);
+    assert_eq!(
+        replies,
+        [
+            "short",
+            "error: plugin 'echo' reply too large (12 bytes, limit 10)",
+            "ok"
+        ]
+    );
+}
+
+/// Failures in a batch count towards quarantine one by one: the plugin is
+/// disabled in the middle of the batch, and the commands after it say so.
+#[test]
+fn quarantine_counts_the_commands_of_a_batch() {
+    let (server, _port) = server(&["quarantine_after = 2"]);
+    let mut client = server.connect();
+    let replies = pipelined(&mut client, &["panic", "panic", "echo x"]);
+    assert_eq!(
+        replies,
+        [
+            "error: plugin 'echo' failed",
+            "error: plugin 'echo' failed",
+            "error: plugin 'echo' disabled"
+        ]
+    );
+}
