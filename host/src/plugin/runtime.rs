@@ -130,6 +130,9 @@ impl Runtime {
         // Names are looked up only when granted (see `name_lookup.rs`).
         super::name_lookup::add_to_linker(&mut linker)?;
         bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |sandbox| sandbox)?;
+        if kv.reads_at_once() {
+            super::sandbox::add_local_reads_to_linker(&mut linker)?;
+        }
 
         let ticker = options
             .epoch_interruption

@@ -28,6 +28,13 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, ns: &str, key: &str) -> Completion<Option<Vec<u8>>>;
     fn list_keys(&self, ns: &str, prefix: &str) -> Completion<Vec<String>>;
     fn write(&self, ns: &str, key: &str, write: Write, limits: KvLimits) -> Completion;
+
+    /// Whether reads always complete at once (never `Completion::Pending`):
+    /// then plugins read through a synchronous import, which costs no
+    /// fiber switch (see `plugin/runtime.rs`).
+    fn reads_at_once(&self) -> bool {
+        true
+    }
 }
 
 /// A change to one key.
@@ -255,6 +262,11 @@ impl Store {
     /// Must be called inside the Tokio runtime that will run its operations.
     pub fn open_redis(settings: &RedisSettings, limits: KvLimits) -> anyhow::Result<Self> {
         Ok(Self::new(Arc::new(RedisStore::open(settings)?), limits))
+    }
+
+    /// Whether reads always complete at once (see [`Backend::reads_at_once`]).
+    pub fn reads_at_once(&self) -> bool {
+        self.backend.reads_at_once()
     }
 
     /// The view of one plugin: its namespace, nothing else.

@@ -252,6 +252,11 @@ impl Backend for RedisStore {
         )
     }
 
+    /// Every read is a round trip.
+    fn reads_at_once(&self) -> bool {
+        false
+    }
+
     fn write(&self, ns: &str, key: &str, write: Write, limits: KvLimits) -> Completion {
         let script = self.write.clone();
         let (data, bytes, key) = (data_key(ns), bytes_key(ns), key.to_owned());
