@@ -482,6 +482,7 @@ impl Plugin {
                 break;
             }
             let call = self.serve_batch_sandboxed(left, session).await;
+            let served_none = call.served.is_empty();
             for served in call.served {
                 self.health.record_success();
                 let answer = match served.reply {
@@ -496,7 +497,7 @@ impl Plugin {
             };
             // Charged to the command being served, or, when the call served
             // none, to the next: so every call settles at least one command.
-            let charged = failure.serving || call.served_none;
+            let charged = failure.serving || served_none;
             if !charged {
                 tracing::debug!(
                     plugin = self.name(),
@@ -609,7 +610,6 @@ impl Plugin {
                     served,
                     failure: None,
                     left,
-                    served_none,
                 };
             }
             Some(Err(error)) => Some(error),
@@ -624,7 +624,6 @@ impl Plugin {
                 elapsed: current_started.elapsed(),
             }),
             left,
-            served_none,
         }
     }
 
@@ -772,7 +771,6 @@ struct BatchCall {
     failure: Option<BatchFailure>,
     /// Requests it never handed out: served by the next call.
     left: VecDeque<bindings::plugboard::plugin::types::Request>,
-    served_none: bool,
 }
 
 /// How a `serve-batch` call failed.
@@ -799,7 +797,6 @@ impl BatchCall {
                 elapsed: started.elapsed(),
             }),
             left,
-            served_none: true,
         }
     }
 }
