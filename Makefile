@@ -59,7 +59,7 @@ $(GUEST_OUT)/stats.wasm: plugins/python/stats/app.py wit/plugin.wit
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
 	mkdir -p $(GUEST_OUT)
 	cd plugins/python/stats && "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/componentize-py" \
-		-d ../../../wit -w plugin componentize app -o ../../../$@
+		-d ../../../wit -w batched-plugin componentize app -o ../../../$@
 
 test: plugins services
 	$(CARGO) test --release --locked -p plugboard

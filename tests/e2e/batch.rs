@@ -157,3 +157,53 @@ fn quarantine_counts_the_commands_of_a_batch() {
         ]
     );
 }
+
+/// Python's and JavaScript's plugins batch too (`plugins/python/stats`
+/// serves batches itself, every JavaScript plugin through the entry module
+/// `build.mjs` writes), with replies and error replies as one by one.
+#[test]
+fn python_and_javascript_plugins_serve_batches() {
+    let port = free_port();
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .guest("stats", "stats")
+        .guest("text", "text")
+        .config(&format!("metrics_listen = \"127.0.0.1:{port}\""))
+        .start();
+    let mut client = server.connect();
+    let replies = pipelined(
+        &mut client,
+        &[
+            "stats 1 2",
+            "stats x",
+            "stats 4",
+            "upper a b",
+            "json-get a {bad",
+            "json-get a {\"a\": 7}",
+            "upper c",
+        ],
+    );
+    assert_eq!(
+        replies[..3],
+        [
+            "count=2 mean=1.5 median=1.5 min=1 max=2 stdev=0.707107",
+            "error: not a number: 'x'",
+            "count=1 mean=4 median=4 min=4 max=4 stdev=0",
+        ]
+    );
+    assert_eq!(replies[3], "A B");
+    assert!(
+        replies[4].starts_with("error: invalid JSON"),
+        "{}",
+        replies[4]
+    );
+    assert_eq!(replies[5..], ["7", "C"]);
+    let scrape = Scrape::from(port);
+    let batched = |plugin| {
+        scrape
+            .value("plugboard_batched_commands_total", &[("plugin", plugin)])
+            .unwrap_or(0.0)
+    };
+    assert_eq!(batched("stats"), 3.0, "the three stats went as one batch");
+    assert_eq!(batched("text"), 4.0, "and the four of text");
+}

@@ -359,6 +359,22 @@ fn check_lists_commands_and_imports_of_a_valid_plugin() {
     assert!(report.contains("ok, plugin 'onoff'"), "{report}");
     assert!(report.contains("toggle  Flip the device"), "{report}");
     assert!(report.contains("plugboard:plugin/kv@0.1.2"), "{report}");
+    assert!(report.contains("batches: yes"), "{report}");
+}
+
+/// A plugin without `serve-batch` (of the `plugin` world) is served one call
+/// per command, and `check` tells its author how to do better.
+#[test]
+fn check_says_when_a_plugin_does_not_serve_batches() {
+    use crate::support::components::{Handle, component};
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("plain.wasm");
+    std::fs::write(&wasm, component(&["plain"], Handle::Reply("hi"))).unwrap();
+    let output = plugin_tool(&["check", wasm.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = stdout(&output);
+    assert!(report.contains("batches: no"), "{report}");
+    assert!(report.contains("serve-batch"), "{report}");
 }
 
 /// `plugboard check x.wasm | head -1`: the reader leaving early is no
@@ -466,6 +482,11 @@ fn assert_checks_and_serves(wasm: &std::path::Path) {
     assert!(
         stdout(&check).contains("greeter  Greet"),
         "{}",
+        stdout(&check)
+    );
+    assert!(
+        stdout(&check).contains("batches: yes"),
+        "every template serves batches: {}",
         stdout(&check)
     );
     let server = onoff();

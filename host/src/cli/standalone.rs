@@ -85,6 +85,16 @@ pub async fn check(file: &Path, config: &Config) -> anyhow::Result<ExitCode> {
             command.summary
         )?;
     }
+    // Authors of plugins in other languages opt in by hand: say whether
+    // theirs did, since pipelined clients are served several times faster.
+    if plugin.serves_batches() {
+        writeln!(out, "batches: yes (exports serve-batch)")?;
+    } else {
+        writeln!(
+            out,
+            "batches: no (one call per command; export serve-batch of the batched-plugin world to serve pipelined commands in one call)"
+        )?;
+    }
     writeln!(out, "imports:")?;
     for import in plugin.imports() {
         writeln!(out, "  {import}")?;

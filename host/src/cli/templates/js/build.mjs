@@ -5,6 +5,9 @@
 // throws into an error reply: componentize-js itself takes only a thrown
 // string, and aborts the call on an Error, losing its message. The Error's
 // stack goes to the server's log. A syntax error is reported with its line.
+// The entry also serves batches (the `batched-plugin` world): a client's
+// pipelined commands in one call, each through handle() as alone, since a
+// call into the component costs more than a small command.
 import { writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { componentize } from '@bytecodealliance/componentize-js';
@@ -14,6 +17,7 @@ const output = process.argv[2] ?? '{{file}}.wasm';
 
 const entry = `import * as plugin from './plugin.js';
 import { log } from 'plugboard:plugin/host@0.1.2';
+import { nextRequest, reply } from 'plugboard:plugin/batch@0.1.2';
 
 export function commands() {
   return plugin.commands();
@@ -23,13 +27,27 @@ export function handle(request) {
   try {
     return plugin.handle(request);
   } catch (thrown) {
-    if (thrown instanceof Error) {
-      const stack = (thrown.stack ?? '').split('\\n').filter((line) => line && !line.includes('plugboard-entry.js') && !line.includes('initializer.js'));
-      log('warn', [\`\${request.command}: \${thrown.name}: \${thrown.message}\`, ...stack].join('\\n    at '));
-      throw thrown.message;
-    }
-    throw String(thrown);
+    throw errorMessage(request, thrown);
   }
+}
+
+export function serveBatch() {
+  for (let request = nextRequest(); request !== undefined; request = nextRequest()) {
+    try {
+      reply({ tag: 'ok', val: plugin.handle(request) });
+    } catch (thrown) {
+      reply({ tag: 'err', val: errorMessage(request, thrown) });
+    }
+  }
+}
+
+function errorMessage(request, thrown) {
+  if (thrown instanceof Error) {
+    const stack = (thrown.stack ?? '').split('\\n').filter((line) => line && !line.includes('plugboard-entry.js') && !line.includes('initializer.js'));
+    log('warn', [\`\${request.command}: \${thrown.name}: \${thrown.message}\`, ...stack].join('\\n    at '));
+    return thrown.message;
+  }
+  return String(thrown);
 }
 `;
 await writeFile(here('./.plugboard-entry.js'), entry);
@@ -38,7 +56,7 @@ try {
   const { component } = await componentize({
     sourcePath: here('./.plugboard-entry.js'),
     witPath: here('{{wit}}'),
-    worldName: 'plugin',
+    worldName: 'batched-plugin',
     // wasi:http and fetch are left out; the component stays smaller.
     disableFeatures: ['http', 'fetch-event'],
   });

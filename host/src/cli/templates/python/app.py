@@ -1,8 +1,8 @@
 """The {{name}} plugboard plugin."""
 
 import wit_world
-from componentize_py_types import Err
-from wit_world.imports import host, types
+from componentize_py_types import Err, Ok
+from wit_world.imports import batch, host, types
 
 COMMAND = "{{name}}"
 
@@ -19,3 +19,16 @@ class WitWorld(wit_world.WitWorld):
         who = request.args[0] if request.args else "world"
         host.log(host.Level.INFO, f"greeting {who}")
         return f"hello, {who}"
+
+    def serve_batch(self) -> None:
+        """Serves a client's pipelined commands in one call, each through `handle`.
+
+        A call into the plugin costs more than a small command, so the server
+        hands over every command a client sent at once through here.
+        """
+        while (request := batch.next_request()) is not None:
+            try:
+                reply = Ok(self.handle(request))
+            except Err as err:
+                reply = err
+            batch.reply(reply)
