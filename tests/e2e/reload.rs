@@ -330,7 +330,7 @@ fn conflicts_are_re_resolved_on_every_change() {
 
 /// The one compile cache entry in `cache`, and its bytes.
 fn only_cache_entry(cache: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
-    let entries: Vec<_> = std::fs::read_dir(cache.join("modules"))
+    let entries: Vec<_> = std::fs::read_dir(cache.join("wasmtime/modules"))
         .unwrap()
         .flatten()
         .flat_map(|compiler| std::fs::read_dir(compiler.path()).unwrap().flatten())

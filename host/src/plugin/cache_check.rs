@@ -4,9 +4,12 @@
 //! it in and runs it after checking only that it is a well-formed object of
 //! the right engine: one flipped byte in the code segfaults the server, and
 //! an entry of another component is run as if it were this one. So every
-//! entry gets a SHA-256 checksum, kept in a tree of its own beside the
-//! cache (`plugboard-checksums/`, so wasmtime's cleanup never sees it),
-//! written right after the compile that made the entry. Before each
+//! entry gets a SHA-256 checksum, written right after the compile that
+//! made the entry. The two live side by side in `cache_dir`: wasmtime's
+//! tree in `wasmtime/`, the checksums in `checksums/`. Not inside
+//! wasmtime's tree: its cleanup walks all of it, takes files it does not
+//! know (a checksum being written) for litter and deletes them, and counts
+//! checksums as entries against its size limits. Before each
 //! compile, every entry this process has not verified yet is checked: one
 //! that is damaged, truncated or has no checksum (foreign, or from before
 //! the check) is removed, with a warning, and wasmtime compiles afresh.
@@ -18,7 +21,13 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
-const CHECKSUMS_DIR: &str = "plugboard-checksums";
+const CHECKSUMS_DIR: &str = "checksums";
+const WASMTIME_DIR: &str = "wasmtime";
+
+/// The directory wasmtime's cache is given, inside `cache_dir`.
+pub fn wasmtime_dir(cache_dir: &Path) -> PathBuf {
+    cache_dir.join(WASMTIME_DIR)
+}
 
 pub struct CacheCheck {
     /// wasmtime's entries: `modules/<compiler>/<key>`.
@@ -48,7 +57,7 @@ impl Stamp {
 impl CacheCheck {
     pub fn new(cache_dir: &Path) -> Self {
         Self {
-            modules: cache_dir.join("modules"),
+            modules: wasmtime_dir(cache_dir).join("modules"),
             checksums: cache_dir.join(CHECKSUMS_DIR),
             verified: Mutex::default(),
         }

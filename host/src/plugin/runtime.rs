@@ -114,7 +114,11 @@ impl Runtime {
         }
         // Compiled code is cached on disk, keyed by the wasm's content and the
         // engine's settings: a restart with unchanged plugins skips Cranelift.
-        let cache = options.cache_dir.as_ref().map(compile_cache).transpose()?;
+        let cache = options
+            .cache_dir
+            .as_deref()
+            .map(compile_cache)
+            .transpose()?;
         config.cache(cache.clone());
         let engine = Engine::new(&config)?;
 
@@ -232,11 +236,12 @@ pub fn default_total_memory_bytes() -> usize {
     total_kib.map_or(4 << 30, |kib| kib.saturating_mul(1024) / 2)
 }
 
-fn compile_cache(dir: &std::path::PathBuf) -> anyhow::Result<Cache> {
-    std::fs::create_dir_all(dir)
+fn compile_cache(dir: &std::path::Path) -> anyhow::Result<Cache> {
+    let wasmtime_dir = super::cache_check::wasmtime_dir(dir);
+    std::fs::create_dir_all(&wasmtime_dir)
         .with_context(|| format!("cannot create `cache_dir` {}", dir.display()))?;
     let mut config = CacheConfig::new();
-    config.with_directory(dir);
+    config.with_directory(wasmtime_dir);
     Cache::new(config)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("cannot use `cache_dir` {}", dir.display()))
