@@ -17,11 +17,15 @@ use crate::protocol::reply::Reply;
 use crate::protocol::request::{CommandName, HELP, RESERVED, Request};
 use crate::telemetry::{self, CommandMetrics, Outcome};
 
+/// Commands served in one batch, at most: bounds how long one call holds
+/// its CPU place and how many replies wait for the slowest of them.
+pub const MAX_BATCH: usize = 64;
+
 /// The current routing table, swapped atomically on reload.
 pub type Routes = arc_swap::ArcSwap<Router>;
 
 pub struct Router {
-    routes: HashMap<CommandName, Route>,
+    routes: HashMap<CommandName, Route, foldhash::fast::RandomState>,
 }
 
 /// Who serves a command, and its counters.
@@ -35,7 +39,7 @@ impl Router {
     /// plugins claim a command, the first keeps it: deterministic across
     /// restarts, and logged as an error naming both so the operator can fix it.
     pub fn new(plugins: impl IntoIterator<Item = Arc<Plugin>>) -> Self {
-        let mut routes: HashMap<CommandName, Route> = HashMap::new();
+        let mut routes: HashMap<_, Route, _> = HashMap::default();
         for plugin in plugins {
             for command in plugin.commands() {
                 if RESERVED.contains(&command.name.as_str()) {
@@ -117,52 +121,50 @@ impl Router {
 }
 
 impl Router {
-    /// Whether a command for `next` may join a batch that starts with
-    /// `first`: both served by one plugin, one that serves batches.
-    pub fn batches_with(&self, first: &CommandName, next: &CommandName) -> bool {
-        match (self.routes.get(first), self.routes.get(next)) {
-            (Some(first), Some(next)) => {
-                Arc::ptr_eq(&first.plugin, &next.plugin) && first.plugin.serves_batches()
-            }
-            _ => false,
+    /// A batch starting with `first`, when its plugin serves batches;
+    /// otherwise `first` back, to be served alone by [`Router::dispatch`].
+    pub fn batch_for(&self, first: Request) -> Result<Batch<'_>, Request> {
+        match self.routes.get_key_value(&first.command) {
+            Some((command, route)) if route.plugin.serves_batches() => Ok(Batch {
+                plugin: &route.plugin,
+                routes: vec![(command, route)],
+                requests: vec![first],
+                router: self,
+            }),
+            _ => Err(first),
         }
     }
 
-    /// Runs pipelined `requests` that [`Router::batches_with`] put together
-    /// in one batch where they are several, and replies to each as
-    /// [`Router::dispatch`] would, in order, each counted and logged alone.
+    /// Runs a [`Batch`] in one plugin call where it holds several commands,
+    /// and replies to each as [`Router::dispatch`] would, in order, each
+    /// counted and logged alone.
     pub async fn dispatch_batch(
         &self,
-        mut requests: Vec<Request>,
+        mut batch: Batch<'_>,
         session: &mut Session,
         permits: &(dyn Fn(&str) -> bool + Sync),
     ) -> Vec<Reply> {
-        let first = match requests.as_slice() {
-            [_] => return vec![self.dispatch(requests.remove(0), session, permits).await],
-            [first, ..] => first.command.clone(),
-            [] => return Vec::new(),
-        };
-        let Some(route) = self.routes.get(&first) else {
-            unreachable!("`batches_with` makes batches of routed commands only")
-        };
+        if batch.requests.len() == 1
+            && let Some(request) = batch.requests.pop()
+        {
+            return vec![self.dispatch(request, session, permits).await];
+        }
         #[cfg(feature = "native-baseline")]
         if native_baseline::is_on() {
-            return requests.iter().map(native_baseline::answer).collect();
+            return batch.requests.iter().map(native_baseline::answer).collect();
         }
-        let plugin = &route.plugin;
-        let commands: Vec<CommandName> = requests.iter().map(|r| r.command.clone()).collect();
-        telemetry::batched(plugin.name(), commands.len());
+        let plugin = batch.plugin;
+        telemetry::batched(plugin.name(), batch.requests.len());
         let timed = telemetry::enabled() || tracing::enabled!(tracing::Level::DEBUG);
-        let answers = plugin.call_batch(requests, session).await;
-        commands
-            .iter()
+        let answers = plugin.call_batch(batch.requests, session).await;
+        batch
+            .routes
+            .into_iter()
             .zip(answers)
-            .map(|(command, (answer, elapsed))| {
+            .map(|((command, route), (answer, elapsed))| {
                 let (reply, outcome) =
                     reply_for(plugin.name(), command, answer, || plugin.may_warn());
-                if let Some(route) = self.routes.get(command) {
-                    route.metrics.record(outcome, timed.then_some(elapsed));
-                }
+                route.metrics.record(outcome, timed.then_some(elapsed));
                 if timed {
                     let elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
                     let outcome = outcome.as_str();
@@ -192,6 +194,36 @@ impl Router {
             .collect();
         lines.sort();
         Reply::ok(lines.join("\n"))
+    }
+}
+
+/// Pipelined commands for one plugin that serves batches, to be served in
+/// one call ([`Router::dispatch_batch`]). Each command's route is looked up
+/// once, when it joins.
+pub struct Batch<'a> {
+    router: &'a Router,
+    plugin: &'a Arc<Plugin>,
+    requests: Vec<Request>,
+    /// Each request's name (the table's copy) and route.
+    routes: Vec<(&'a CommandName, &'a Route)>,
+}
+
+impl Batch<'_> {
+    pub fn is_full(&self) -> bool {
+        self.requests.len() >= MAX_BATCH
+    }
+
+    /// Takes `request` in when its command is the batch's plugin's; gives it
+    /// back otherwise.
+    pub fn push(&mut self, request: Request) -> Result<(), Request> {
+        match self.router.routes.get_key_value(&request.command) {
+            Some(routed) if Arc::ptr_eq(&routed.1.plugin, self.plugin) => {
+                self.routes.push(routed);
+                self.requests.push(request);
+                Ok(())
+            }
+            _ => Err(request),
+        }
     }
 }
 

@@ -77,7 +77,7 @@ async fn authenticate<S: Stream>(stream: S, token: &str) -> anyhow::Result<S> {
         bail!("a token is printable ASCII without whitespace");
     }
     let mut framed = Framed::new(stream, EofCodec::new(MAX_REPLY_BYTES));
-    framed.send(format!("auth {token}").into()).await?;
+    framed.send(format!("auth {token}").as_str()).await?;
     let reply = framed
         .next()
         .await
@@ -107,7 +107,7 @@ async fn pipeline(
                 continue;
             }
             check_command(&command)?;
-            requests.feed(command.into()).await?;
+            requests.feed(command.as_str()).await?;
             sent += 1;
         }
         requests.flush().await?;

@@ -158,7 +158,7 @@ async fn reconnect(target: &Target) -> anyhow::Result<Connection> {
 }
 
 async fn exchange(connection: &mut Connection, command: &str) -> anyhow::Result<bytes::BytesMut> {
-    connection.send(command.to_owned().into()).await?;
+    connection.send(command).await?;
     connection
         .next()
         .await

@@ -9,7 +9,7 @@
 //!
 //! Commands a client pipelined for one plugin that serves batches go to it
 //! together (see `plugin/batch.rs`): the frames already buffered behind a
-//! command, up to [`MAX_BATCH`], join it while they route to the same
+//! command, up to [`MAX_BATCH`](crate::router::MAX_BATCH), join it while they route to the same
 //! plugin; the first that does not is served next, as usual. Each still
 //! gets its own reply, in order.
 //!
@@ -41,7 +41,7 @@ use crate::plugin::Session;
 use crate::protocol::codec::{EofCodec, FrameError};
 use crate::protocol::reply::Reply;
 use crate::protocol::request::Request;
-use crate::router::Routes;
+use crate::router::{Batch, Routes};
 
 /// After a framing error, how long and how much of the client's remaining
 /// input is read and discarded before closing. Closing a socket with unread
@@ -57,10 +57,6 @@ const LINGER_BYTES: usize = 1 << 20;
 /// Short, because a held instance is memory and a pool slot, and a slot
 /// once used keeps some memory resident (see `plugin/runtime.rs`).
 pub const IDLE_RELEASE: Duration = Duration::from_millis(100);
-
-/// Commands served in one batch, at most: bounds how long one call holds
-/// its CPU place and how many replies wait for the slowest of them.
-pub const MAX_BATCH: usize = 64;
 
 /// What [`Connection::next_frame`] yields: a frame, a reason to close, or
 /// `None` at the end of the stream.
@@ -203,45 +199,51 @@ impl<S: Stream> Connection<S> {
                 // not affect them, and the next command sees the new one.
                 Gate::Route(request) => {
                     let routes = self.routes.load_full();
-                    let batch = self.gather(&routes, request);
+                    let batch = routes.batch_for(request).map(|batch| self.gather(batch));
                     let access = &self.access;
                     let permits = |command: &str| access.permits(command);
-                    let replies = routes
-                        .dispatch_batch(batch, &mut self.session, &permits)
-                        .await;
-                    for reply in replies {
-                        self.framed.feed(reply.into()).await?;
+                    match batch {
+                        Ok(batch) => {
+                            let replies = routes
+                                .dispatch_batch(batch, &mut self.session, &permits)
+                                .await;
+                            for reply in replies {
+                                self.framed.feed(reply.as_str()).await?;
+                            }
+                        }
+                        Err(request) => {
+                            let reply = routes.dispatch(request, &mut self.session, &permits).await;
+                            self.framed.feed(reply.as_str()).await?;
+                        }
                     }
                 }
-                Gate::Answer(Ok(text)) => self.framed.feed(Reply::ok(text).into()).await?,
-                Gate::Answer(Err(text)) => self.framed.feed(Reply::error(text).into()).await?,
+                Gate::Answer(Ok(text)) => self.framed.feed(Reply::ok(text).as_str()).await?,
+                Gate::Answer(Err(text)) => self.framed.feed(Reply::error(text).as_str()).await?,
                 Gate::Close(why) => return Err(Closing::Denied(why)),
             }
         }
         Ok(())
     }
 
-    /// `first`, and the requests already buffered behind it that may run
-    /// in the same batch: routed to the same batching plugin, and let
-    /// through by the auth gate without a question (not `auth` or `help`,
-    /// whose replies come from the server). The first frame that does not
-    /// join is kept for the next turn.
-    fn gather(&mut self, routes: &crate::router::Router, first: Request) -> Vec<Request> {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && self.lookahead.is_none() {
+    /// Fills `batch` with the requests already buffered behind its first
+    /// that may run with it: routed to the same plugin, and let through by
+    /// the auth gate without a question (not `auth` or `help`, whose
+    /// replies come from the server). The first frame that does not join
+    /// is kept for the next turn.
+    fn gather<'r>(&mut self, mut batch: Batch<'r>) -> Batch<'r> {
+        while !batch.is_full() && self.lookahead.is_none() {
             let Some(next) = self.framed.next().now_or_never() else {
                 break;
             };
-            let joins = match &next {
-                Some(Ok(frame)) => Request::parse(frame).ok().filter(|request| {
-                    self.access.permits(request.command.as_str())
-                        && routes.batches_with(&batch[0].command, &request.command)
-                }),
-                _ => None,
+            let joined = match &next {
+                Some(Ok(frame)) => Request::parse(frame)
+                    .ok()
+                    .filter(|request| self.access.permits(request.command.as_str()))
+                    .is_some_and(|request| batch.push(request).is_ok()),
+                _ => false,
             };
-            match joins {
-                Some(request) => batch.push(request),
-                None => self.lookahead = Some(next.map(|frame| frame.map_err(Closing::from))),
+            if !joined {
+                self.lookahead = Some(next.map(|frame| frame.map_err(Closing::from)));
             }
         }
         batch
@@ -339,7 +341,7 @@ async fn send_last_reply<S: Stream>(
     mut framed: Framed<S, EofCodec>,
     reply: Reply,
 ) -> Result<(), FrameError> {
-    framed.send(reply.into()).await?;
+    framed.send(reply.as_str()).await?;
     let mut stream = framed.into_inner();
     stream.shutdown().await?;
     // On the heap: an array here would be part of every connection's future.

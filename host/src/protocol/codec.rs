@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use memchr::memmem;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -112,12 +112,15 @@ impl Decoder for EofCodec {
     }
 }
 
-impl Encoder<Bytes> for EofCodec {
+/// A message is text: a reply is copied into the write buffer straight from
+/// its `String`, with no conversion per reply.
+impl Encoder<&str> for EofCodec {
     type Error = FrameError;
 
-    fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), FrameError> {
+    fn encode(&mut self, item: &str, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let item = item.as_bytes();
         dst.reserve(item.len() + DELIMITER.len());
-        dst.put_slice(&item);
+        dst.put_slice(item);
         dst.put_slice(DELIMITER);
         Ok(())
     }
@@ -227,9 +230,7 @@ mod tests {
     #[test]
     fn encoder_appends_the_delimiter() {
         let mut dst = BytesMut::new();
-        EofCodec::new(64)
-            .encode(Bytes::from("success"), &mut dst)
-            .unwrap();
+        EofCodec::new(64).encode("success", &mut dst).unwrap();
         assert_eq!(&dst[..], b"success<EOF>");
     }
 

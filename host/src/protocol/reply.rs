@@ -39,12 +39,6 @@ impl Reply {
     }
 }
 
-impl From<Reply> for bytes::Bytes {
-    fn from(reply: Reply) -> Self {
-        reply.0.into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,7 +63,12 @@ impl Request {
         let text = std::str::from_utf8(frame).map_err(|_| RequestError::InvalidUtf8)?;
         let text = text.trim();
         let (name, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
-        let command = CommandName::new(name).ok_or(RequestError::Empty)?;
+        if name.is_empty() {
+            return Err(RequestError::Empty);
+        }
+        // Not `CommandName::new`: `name` ends at the first whitespace, so
+        // holds none, and checking again costs a scan per message.
+        let command = CommandName(name.to_owned());
         Ok(Self {
             command,
             args: rest.split_whitespace().map(str::to_owned).collect(),
