@@ -6,8 +6,8 @@
 //! client has pipelined several commands for one plugin, the connection
 //! hands them over together and the plugin's `serve-batch` takes them one at
 //! a time through `next-request`, giving each reply to `reply`. Each command
-//! keeps what it had one call each: its own deadline (restarted when it is
-//! handed out), its own reply size limit, its own outcome in the metrics and
+//! keeps what it had one call each: its own deadline (restarted at the reply
+//! before it), its own reply size limit, its own outcome in the metrics and
 //! the plugin's health record. A trap or a timeout ends the call: commands
 //! already replied to keep their replies, the one being served gets the
 //! failure, and the rest are handed to a fresh instance (see
@@ -25,8 +25,13 @@ pub struct Batch {
     pending: VecDeque<types::Request>,
     /// Replied to, in order.
     served: Vec<Served>,
-    /// The request handed out and not yet replied to: when it was.
+    /// The request handed out and not yet replied to: when its time began.
     serving: Option<Instant>,
+    /// The last reply, or the call's start: the next command's time begins
+    /// here. One clock read per command (at its reply) times them all; the
+    /// plugin's moments between a reply and its next `next-request` are
+    /// counted to the next command, as work done for it.
+    last_reply: Instant,
     max_reply_bytes: usize,
 }
 
@@ -44,11 +49,18 @@ pub struct Served {
 pub struct OversizedReply(pub usize);
 
 impl Batch {
-    pub fn new(requests: VecDeque<types::Request>, max_reply_bytes: usize) -> Self {
+    /// `started`: when the call began (its first command's time begins
+    /// there, waiting for an instance included, as for one call).
+    pub fn new(
+        requests: VecDeque<types::Request>,
+        max_reply_bytes: usize,
+        started: Instant,
+    ) -> Self {
         Self {
             served: Vec::with_capacity(requests.len()),
             pending: requests,
             serving: None,
+            last_reply: started,
             max_reply_bytes,
         }
     }
@@ -80,11 +92,12 @@ impl batch::Host for Sandbox {
         let Some(request) = batch.pending.pop_front() else {
             return Ok(None);
         };
-        batch.serving = Some(Instant::now());
-        // The first command's time started with the call (waiting for an
-        // instance counts, as for one call); each next one starts now.
+        let started = batch.last_reply;
+        batch.serving = Some(started);
+        // The first command's deadline started with the call; each next
+        // one's starts at the reply before it.
         if !first {
-            self.host_wait.reset();
+            self.host_wait.reset_from(started);
             self.stderr_tail.clear();
         }
         Ok(Some(request))
@@ -101,10 +114,12 @@ impl batch::Host for Sandbox {
         if len > batch.max_reply_bytes {
             return Err(OversizedReply(len).into());
         }
+        let now = Instant::now();
         batch.serving = None;
+        batch.last_reply = now;
         batch.served.push(Served {
             reply,
-            elapsed: started.elapsed(),
+            elapsed: now.saturating_duration_since(started),
         });
         Ok(())
     }

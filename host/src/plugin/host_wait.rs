@@ -46,16 +46,14 @@ impl HostWait {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts a new command's account, now.
-    pub fn reset(&self) {
-        *self.account() = Account::default();
-    }
-
     /// Starts a new command's account, from `started`.
     pub fn reset_from(&self, started: Instant) {
+        // Not `..Account::default()`: that reads the clock, once per
+        // command of a batch, for a time overwritten at once.
         *self.account() = Account {
             started,
-            ..Account::default()
+            total: Duration::ZERO,
+            since: None,
         };
     }
 
@@ -131,10 +129,10 @@ mod tests {
                 .await
                 .is_some()
         );
-        wait.reset();
+        wait.reset_from(Instant::now());
         let own_work = tokio::time::sleep(Duration::from_millis(80));
         assert!(within_deadline(own_work, timeout, &wait).await.is_none());
-        wait.reset();
+        wait.reset_from(Instant::now());
         let endless_wait = async {
             let _waiting = wait.begin();
             tokio::time::sleep(Duration::from_secs(10)).await;

@@ -575,7 +575,7 @@ impl Plugin {
         let room = MAX_CALLS_PER_INSTANCE.saturating_sub(calls).max(1) as usize;
         let later = requests.split_off(room.min(requests.len()));
         let max_reply_bytes = self.setup.limits.max_reply_bytes;
-        store.data_mut().batch = Some(batch::Batch::new(requests, max_reply_bytes));
+        store.data_mut().batch = Some(batch::Batch::new(requests, max_reply_bytes, started));
         let host_wait = self.begin_call(&mut store, started);
         let call = Box::pin(async {
             let live = self.start_call(&mut store, warm).await?;
