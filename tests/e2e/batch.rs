@@ -207,3 +207,45 @@ fn python_and_javascript_plugins_serve_batches() {
     assert_eq!(batched("stats"), 3.0, "the three stats went as one batch");
     assert_eq!(batched("text"), 4.0, "and the four of text");
 }
+
+/// A plugin that breaks the batch protocol (replies to nothing, asks twice
+/// without replying, returns without serving, never replies) costs only its
+/// own commands: each gets an error, as it would one by one, none is lost
+/// or served twice, and another plugin's command behind them is answered.
+/// One that serves a command per call however many it is given has every
+/// command served, over as many calls.
+#[test]
+fn a_plugin_breaking_the_batch_protocol_fails_only_its_own_commands() {
+    use crate::support::components::{Handle, ServeBatch, batched_component};
+    let failed = "error: plugin 'rude' failed";
+    let timed_out = "error: plugin 'rude' timed out";
+    for (serve, expected) in [
+        (ServeBatch::OneThenReturn, ["rude", "rude", "rude"]),
+        (ServeBatch::ReplyFirst, [failed; 3]),
+        (ServeBatch::AskTwice, [failed; 3]),
+        (ServeBatch::ReturnAtOnce, [failed; 3]),
+        (ServeBatch::TakeThenSpin, [timed_out; 3]),
+    ] {
+        let port = free_port();
+        // `handle` answers `handled`: a command served one by one would say so.
+        let rude = batched_component(&["rude"], Handle::Reply("handled"), serve);
+        let server = Setup::new()
+            .plugin("testing_echo", "echo")
+            .plugin("onoff", "onoff")
+            .file("rude.wasm", &rude)
+            .config("state_store = \"memory\"")
+            .config("call_timeout_ms = 200")
+            .config("quarantine_after = 0")
+            .config(&format!("metrics_listen = \"127.0.0.1:{port}\""))
+            .start();
+        let mut client = server.connect();
+        let replies = pipelined(&mut client, &["rude a", "rude b", "rude c", "on"]);
+        assert_eq!(replies[..3], expected, "{serve:?}");
+        assert_eq!(replies[3], "success", "{serve:?}");
+        let batched = Scrape::from(port)
+            .value("plugboard_batched_commands_total", &[("plugin", "rude")])
+            .unwrap_or(0.0);
+        assert_eq!(batched, 3.0, "{serve:?}: the three went as one batch");
+        assert_eq!(client.request("on"), "success", "{serve:?}");
+    }
+}

@@ -47,14 +47,44 @@ const HEAP_AT: u32 = 8192;
 
 /// A component that declares `commands` and answers every one as `handle` says.
 pub fn component(commands: &[&str], handle: Handle) -> Vec<u8> {
-    let wat = core_module(commands, handle);
-    let mut module = wat::parse_str(&wat).expect("test WAT parses");
+    encode(&core_module(commands, handle, None), "plugin")
+}
+
+/// What a batched component's `serve-batch` does: serve, or break the
+/// batch protocol in one of the ways the host must survive.
+#[derive(Debug, Clone, Copy)]
+pub enum ServeBatch {
+    /// Takes one request, replies with its command name and returns: every
+    /// call serves one command, however many it was given.
+    OneThenReturn,
+    /// Replies before taking any request.
+    ReplyFirst,
+    /// Takes a request, then asks for the next without replying.
+    AskTwice,
+    /// Returns at once, taking nothing.
+    ReturnAtOnce,
+    /// Takes a request and never replies, looping forever.
+    TakeThenSpin,
+}
+
+/// A component of the `batched-plugin` world: `handle` answers as `handle`
+/// says, `serve-batch` does what `serve` says.
+pub fn batched_component(commands: &[&str], handle: Handle, serve: ServeBatch) -> Vec<u8> {
+    encode(
+        &core_module(commands, handle, Some(serve)),
+        "batched-plugin",
+    )
+}
+
+/// A core module wrapped into a component of `world` of the real `wit/`.
+fn encode(wat: &str, world: &str) -> Vec<u8> {
+    let mut module = wat::parse_str(wat).expect("test WAT parses");
     let mut resolve = wit_parser::Resolve::default();
     let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
     let (package, _) = resolve.push_dir(&wit).expect("wit/ parses");
     let world = resolve
-        .select_world(&[package], Some("plugin"))
-        .expect("the plugin world");
+        .select_world(&[package], Some(world))
+        .expect("the world is in wit/");
     wit_component::embed_component_metadata(
         &mut module,
         &resolve,
@@ -70,7 +100,7 @@ pub fn component(commands: &[&str], handle: Handle) -> Vec<u8> {
         .expect("a valid component")
 }
 
-fn core_module(commands: &[&str], handle: Handle) -> String {
+fn core_module(commands: &[&str], handle: Handle, serve: Option<ServeBatch>) -> String {
     let mut names = String::new();
     let mut records = Vec::new();
     for command in commands {
@@ -98,8 +128,13 @@ fn core_module(commands: &[&str], handle: Handle) -> String {
             .join(" "),
         _ => String::new(),
     };
+    let (batch_imports, serve_batch) = match serve {
+        Some(serve) => (BATCH_IMPORTS, serve_batch(serve)),
+        None => ("", String::new()),
+    };
     format!(
         r#"(module
+  {batch_imports}
   (memory (export "memory") 1)
   {extra_memories}
   (global $heap (mut i32) (i32.const {HEAP_AT}))
@@ -119,6 +154,7 @@ fn core_module(commands: &[&str], handle: Handle) -> String {
   (func (export "handle") (param $command i32) (param $command_len i32)
       (param i32 i32 i32 i32) (result i32)
     {body})
+  {serve_batch}
 )"#,
         names = escape(names.as_bytes()),
         records = escape(&records),
@@ -175,6 +211,38 @@ fn handle_body(handle: Handle, text_len: u32) -> String {
             format!("{grows}{}", answer(0, &text_at, &text_len))
         }
     }
+}
+
+/// The host's `batch` functions, lowered: `next-request` writes its
+/// `option<request>` where its argument points (the discriminant, then the
+/// request from 4 bytes on: command, args and raw args, each a pointer and a
+/// length); `reply` takes a `result<string, string>` flat (discriminant,
+/// pointer, length).
+const BATCH_IMPORTS: &str = r#"(import "plugboard:plugin/batch@0.1.2" "next-request" (func $next_request (param i32)))
+  (import "plugboard:plugin/batch@0.1.2" "reply" (func $reply (param i32 i32 i32)))"#;
+
+/// The core `serve-batch` export for `serve`.
+fn serve_batch(serve: ServeBatch) -> String {
+    let take = format!("(call $next_request (i32.const {RETURN_AT}))");
+    let reply_with_command = format!(
+        "(call $reply (i32.const 0) (i32.load (i32.const {command_at})) (i32.load (i32.const {len_at})))",
+        command_at = RETURN_AT + 4,
+        len_at = RETURN_AT + 8,
+    );
+    let body = match serve {
+        ServeBatch::OneThenReturn => format!(
+            "{take}
+    (if (i32.eqz (i32.load8_u (i32.const {RETURN_AT}))) (then return))
+    {reply_with_command}"
+        ),
+        ServeBatch::ReplyFirst => {
+            format!("(call $reply (i32.const 0) (i32.const {TEXT_AT}) (i32.const 0))")
+        }
+        ServeBatch::AskTwice => format!("{take} {take}"),
+        ServeBatch::ReturnAtOnce => String::new(),
+        ServeBatch::TakeThenSpin => format!("{take} (loop $forever (br $forever))"),
+    };
+    format!(r#"(func (export "serve-batch") {body})"#)
 }
 
 /// Bytes as a WAT string literal's contents.

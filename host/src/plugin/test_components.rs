@@ -4,6 +4,10 @@
 use std::sync::Arc;
 
 #[path = "../../../tests/support/components.rs"]
+#[allow(
+    dead_code,
+    reason = "the batched components are for the end-to-end tests"
+)]
 mod components;
 
 pub use components::{Handle, component};
