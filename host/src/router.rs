@@ -87,6 +87,17 @@ impl Router {
             tracing::debug!(command = %request.command, outcome = "unknown", "command");
             return Reply::error(format_args!("unknown command '{}'", request.command));
         };
+        Self::call_one(command, route, request, session).await
+    }
+
+    /// Runs a routed `request` alone: [`Router::dispatch`] once the route is
+    /// found, and a batch of one, whose route was found when it was made.
+    async fn call_one(
+        command: &CommandName,
+        route: &Route,
+        request: Request,
+        session: &mut Session,
+    ) -> Reply {
         #[cfg(feature = "native-baseline")]
         if native_baseline::is_on() {
             return native_baseline::answer(&request);
@@ -138,16 +149,11 @@ impl Router {
     /// Runs a [`Batch`] in one plugin call where it holds several commands,
     /// and replies to each as [`Router::dispatch`] would, in order, each
     /// counted and logged alone.
-    pub async fn dispatch_batch(
-        &self,
-        mut batch: Batch<'_>,
-        session: &mut Session,
-        permits: &(dyn Fn(&str) -> bool + Sync),
-    ) -> Vec<Reply> {
-        if batch.requests.len() == 1
+    pub async fn dispatch_batch(&self, mut batch: Batch<'_>, session: &mut Session) -> Vec<Reply> {
+        if let [(command, route)] = batch.routes[..]
             && let Some(request) = batch.requests.pop()
         {
-            return vec![self.dispatch(request, session, permits).await];
+            return vec![Self::call_one(command, route, request, session).await];
         }
         #[cfg(feature = "native-baseline")]
         if native_baseline::is_on() {

@@ -204,9 +204,7 @@ impl<S: Stream> Connection<S> {
                     let permits = |command: &str| access.permits(command);
                     match batch {
                         Ok(batch) => {
-                            let replies = routes
-                                .dispatch_batch(batch, &mut self.session, &permits)
-                                .await;
+                            let replies = routes.dispatch_batch(batch, &mut self.session).await;
                             for reply in replies {
                                 self.framed.feed(reply.as_str()).await?;
                             }
