@@ -224,11 +224,13 @@ impl Reloader {
         let config = &self.config;
         let limits_changed = self.plugins.apply_limits(&|name| config.setup_for(name));
         let revived = self.plugins.revive_quarantined();
-        tracing::info!("config reloaded");
         self.rescan().await;
         if limits_changed || revived {
             self.publish();
         }
+        // Only now: a command sent after this line is served under the new
+        // limits, which is what an operator (and a test) waiting on it means.
+        tracing::info!("config reloaded");
     }
 }
 
