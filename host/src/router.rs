@@ -136,12 +136,20 @@ impl Router {
     /// otherwise `first` back, to be served alone by [`Router::dispatch`].
     pub fn batch_for(&self, first: Request) -> Result<Batch<'_>, Request> {
         match self.routes.get_key_value(&first.command) {
-            Some((command, route)) if route.plugin.serves_batches() => Ok(Batch {
-                plugin: &route.plugin,
-                routes: vec![(command, route)],
-                requests: vec![first],
-                router: self,
-            }),
+            Some((command, route)) if route.plugin.serves_batches() => {
+                // Room for a pipelining client's whole batch at once: growing
+                // from one cost more than the rest of routing a command.
+                let mut routes = Vec::with_capacity(MAX_BATCH);
+                let mut requests = Vec::with_capacity(MAX_BATCH);
+                routes.push((command, route));
+                requests.push(first);
+                Ok(Batch {
+                    plugin: &route.plugin,
+                    routes,
+                    requests,
+                    router: self,
+                })
+            }
             _ => Err(first),
         }
     }
@@ -220,9 +228,15 @@ impl Batch<'_> {
     }
 
     /// Takes `request` in when its command is the batch's plugin's; gives it
-    /// back otherwise.
+    /// back otherwise. A client pipelining one command many times (the
+    /// common batch) costs a string comparison per command, not a lookup.
     pub fn push(&mut self, request: Request) -> Result<(), Request> {
-        match self.router.routes.get_key_value(&request.command) {
+        let repeated = self
+            .routes
+            .last()
+            .filter(|(command, _)| **command == request.command)
+            .copied();
+        match repeated.or_else(|| self.router.routes.get_key_value(&request.command)) {
             Some(routed) if Arc::ptr_eq(&routed.1.plugin, self.plugin) => {
                 self.routes.push(routed);
                 self.requests.push(request);
