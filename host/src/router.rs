@@ -21,6 +21,9 @@ use crate::telemetry::{self, CommandMetrics, Outcome};
 /// its CPU place and how many replies wait for the slowest of them.
 pub const MAX_BATCH: usize = 64;
 
+/// The room a batch makes when its second command joins.
+const FIRST_ROOM: usize = 16;
+
 /// The current routing table, swapped atomically on reload.
 pub type Routes = arc_swap::ArcSwap<Router>;
 
@@ -136,20 +139,12 @@ impl Router {
     /// otherwise `first` back, to be served alone by [`Router::dispatch`].
     pub fn batch_for(&self, first: Request) -> Result<Batch<'_>, Request> {
         match self.routes.get_key_value(&first.command) {
-            Some((command, route)) if route.plugin.serves_batches() => {
-                // Room for a pipelining client's whole batch at once: growing
-                // from one cost more than the rest of routing a command.
-                let mut routes = Vec::with_capacity(MAX_BATCH);
-                let mut requests = Vec::with_capacity(MAX_BATCH);
-                routes.push((command, route));
-                requests.push(first);
-                Ok(Batch {
-                    plugin: &route.plugin,
-                    routes,
-                    requests,
-                    router: self,
-                })
-            }
+            Some((command, route)) if route.plugin.serves_batches() => Ok(Batch {
+                plugin: &route.plugin,
+                routes: vec![(command, route)],
+                requests: vec![first],
+                router: self,
+            }),
             _ => Err(first),
         }
     }
@@ -238,6 +233,14 @@ impl Batch<'_> {
             .copied();
         match repeated.or_else(|| self.router.routes.get_key_value(&request.command)) {
             Some(routed) if Arc::ptr_eq(&routed.1.plugin, self.plugin) => {
+                // A second command means a pipelining client: room for a
+                // typical batch at once, as growing from one (1, 4, 8, 16)
+                // cost more than the rest of routing a command. Not before:
+                // a lone command, what most connections send, stays small.
+                if self.requests.len() == 1 {
+                    self.routes.reserve(FIRST_ROOM - 1);
+                    self.requests.reserve(FIRST_ROOM - 1);
+                }
                 self.routes.push(routed);
                 self.requests.push(request);
                 Ok(())
