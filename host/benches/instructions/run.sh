@@ -2,7 +2,9 @@
 # Counts the server's user-space instructions per command under callgrind:
 # the README's "The host's own work, counted". Timings on a shared 2-core
 # machine move by 20-30% between runs; these counts agree to 0.02%, so they
-# show what a change to the host path is worth.
+# show what a change to the host path is worth. Run it on a quiet machine:
+# under CPU contention a wasm call takes longer, epoch interruption yields
+# more often, and the wasm path counts 2% more.
 #
 #   host/benches/instructions/run.sh [REV...]     (default: HEAD)
 #
