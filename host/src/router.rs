@@ -135,17 +135,19 @@ impl Router {
 }
 
 impl Router {
-    /// A batch starting with `first`, when its plugin serves batches;
-    /// otherwise `first` back, to be served alone by [`Router::dispatch`].
+    /// A batch starting with `first`, when a plugin serves it (a batch of
+    /// one, full at once, when the plugin does not serve batches): its
+    /// route is looked up here, once. Otherwise `first` back, for
+    /// [`Router::dispatch`] to answer (`help`, an unknown command).
     pub fn batch_for(&self, first: Request) -> Result<Batch<'_>, Request> {
         match self.routes.get_key_value(&first.command) {
-            Some((command, route)) if route.plugin.serves_batches() => Ok(Batch {
+            Some((command, route)) => Ok(Batch {
                 plugin: &route.plugin,
                 routes: vec![(command, route)],
                 requests: vec![first],
                 router: self,
             }),
-            _ => Err(first),
+            None => Err(first),
         }
     }
 
@@ -206,9 +208,9 @@ impl Router {
     }
 }
 
-/// Pipelined commands for one plugin that serves batches, to be served in
-/// one call ([`Router::dispatch_batch`]). Each command's route is looked up
-/// once, when it joins.
+/// Pipelined commands for one plugin, to be served in one call
+/// ([`Router::dispatch_batch`]); only one command when the plugin does not
+/// serve batches. Each command's route is looked up once, when it joins.
 pub struct Batch<'a> {
     router: &'a Router,
     plugin: &'a Arc<Plugin>,
@@ -219,7 +221,7 @@ pub struct Batch<'a> {
 
 impl Batch<'_> {
     pub fn is_full(&self) -> bool {
-        self.requests.len() >= MAX_BATCH
+        self.requests.len() >= MAX_BATCH || !self.plugin.serves_batches()
     }
 
     /// Takes `request` in when its command is the batch's plugin's; gives it

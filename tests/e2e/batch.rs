@@ -249,3 +249,26 @@ fn a_plugin_breaking_the_batch_protocol_fails_only_its_own_commands() {
         assert_eq!(client.request("on"), "success", "{serve:?}");
     }
 }
+
+/// A plugin without `serve-batch` gets a client's pipelined commands one
+/// call each, in order, none of them batched.
+#[test]
+fn a_plugin_that_does_not_batch_serves_pipelined_commands_one_by_one() {
+    use crate::support::components::{Handle, component};
+    let port = free_port();
+    let plain = component(&["plain"], Handle::Reply("plain"));
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .plugin("onoff", "onoff")
+        .file("plain.wasm", &plain)
+        .config("state_store = \"memory\"")
+        .config(&format!("metrics_listen = \"127.0.0.1:{port}\""))
+        .start();
+    let mut client = server.connect();
+    let replies = pipelined(&mut client, &["plain", "plain", "on", "plain"]);
+    assert_eq!(replies, ["plain", "plain", "success", "plain"]);
+    let scrape = Scrape::from(port);
+    let batched = scrape.value("plugboard_batched_commands_total", &[("plugin", "plain")]);
+    assert_eq!(batched.unwrap_or(0.0), 0.0, "none went as a batch");
+    assert_eq!(scrape.commands("plain", "plain", "ok"), 3.0, "each counted");
+}

@@ -9,9 +9,9 @@
 //!
 //! Commands a client pipelined for one plugin that serves batches go to it
 //! together (see `plugin/batch.rs`): the frames already buffered behind a
-//! command, up to [`MAX_BATCH`](crate::router::MAX_BATCH), join it while they route to the same
-//! plugin; the first that does not is served next, as usual. Each still
-//! gets its own reply, in order.
+//! command, up to [`MAX_BATCH`](crate::router::MAX_BATCH), join it while
+//! they route to the same plugin; the first that does not is served next,
+//! as usual. Each still gets its own reply, in order.
 //!
 //! The connection owns its plugin instance ([`Session`]): reused from one
 //! command to the next. After [`IDLE_RELEASE`] without a command, the
@@ -200,8 +200,6 @@ impl<S: Stream> Connection<S> {
                 Gate::Route(request) => {
                     let routes = self.routes.load_full();
                     let batch = routes.batch_for(request).map(|batch| self.gather(batch));
-                    let access = &self.access;
-                    let permits = |command: &str| access.permits(command);
                     match batch {
                         Ok(batch) => {
                             let replies = routes.dispatch_batch(batch, &mut self.session).await;
@@ -210,6 +208,8 @@ impl<S: Stream> Connection<S> {
                             }
                         }
                         Err(request) => {
+                            let access = &self.access;
+                            let permits = |command: &str| access.permits(command);
                             let reply = routes.dispatch(request, &mut self.session, &permits).await;
                             self.framed.feed(reply.as_str()).await?;
                         }
