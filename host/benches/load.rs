@@ -536,7 +536,23 @@ fn attacks(window: Duration) {
             pages: 16,
         },
     );
+    // Messages just under `max_frame_bytes` (64 KiB): of `<`, each the first
+    // byte of the delimiter (the framing's search at its worst), and of `a`.
+    static ANGLES: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("nope {}", "<".repeat(60_000)));
+    static LETTERS: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("nope {}", "a".repeat(60_000)));
     let cases: Vec<(&str, Setup, Load)> = vec![
+        (
+            "client: 64 connections pipelining 4 x 60 000 B of '<'",
+            Setup::new().plugin("onoff", "onoff"),
+            Load::shape(64, 4, &ANGLES),
+        ),
+        (
+            "client: 64 connections pipelining 4 x 60 000 B of 'a'",
+            Setup::new().plugin("onoff", "onoff"),
+            Load::shape(64, 4, &LETTERS),
+        ),
         (
             "log flood: host.log 2000 x 1000 B a call",
             hostile(),
