@@ -144,6 +144,13 @@ fn bad_grants_are_config_errors_naming_the_key() {
 fn http_server(
     mut respond: impl FnMut(&str, &str) -> String + Send + 'static,
 ) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
+    http_server_with_headers(move |line, _, body| respond(line, body))
+}
+
+/// [`http_server`], whose `respond` also sees the request's header lines.
+fn http_server_with_headers(
+    mut respond: impl FnMut(&str, &[String], &str) -> String + Send + 'static,
+) -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -154,6 +161,7 @@ fn http_server(
             let mut line = String::new();
             let _ = reader.read_line(&mut line);
             let mut header = String::new();
+            let mut headers = Vec::new();
             let mut length = 0;
             while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
                 if let Some((name, value)) = header.split_once(':')
@@ -161,11 +169,12 @@ fn http_server(
                 {
                     length = value.trim().parse().unwrap_or(0);
                 }
+                headers.push(header.trim_end().to_owned());
                 header.clear();
             }
             let mut request_body = vec![0; length];
             let _ = reader.read_exact(&mut request_body);
-            let body = respond(&line, &String::from_utf8_lossy(&request_body));
+            let body = respond(&line, &headers, &String::from_utf8_lossy(&request_body));
             let _ = seen.send(line.split_whitespace().nth(1).unwrap_or("").to_owned());
             let mut stream = reader.into_inner();
             let _ = write!(
@@ -231,6 +240,29 @@ fn http_post_sends_its_body_to_granted_origins_only() {
         other_requests.try_recv().is_err(),
         "a denied request went out"
     );
+}
+
+/// A length the plugin set itself is the request's only one: the SDK adds
+/// `content-length` only when the caller has not (two would be a malformed
+/// request, which servers refuse).
+#[test]
+fn a_post_carries_one_content_length_whoever_set_it() {
+    let (granted, _) = http_server_with_headers(|_, headers, body| {
+        let lengths = headers
+            .iter()
+            .filter(|header| header.to_ascii_lowercase().starts_with("content-length:"))
+            .count();
+        format!("{lengths} {body}")
+    });
+    let server = hostile_granted_http(granted);
+    let mut client = server.connect();
+    for command in ["http-post", "http-post-sized"] {
+        assert_eq!(
+            client.request(&format!("{command} http://{granted}/hook lamp on")),
+            "200 1 lamp on",
+            "{command}"
+        );
+    }
 }
 
 /// The Python example (componentize-py, `http-plugin` world) posts JSON to

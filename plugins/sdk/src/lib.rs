@@ -196,8 +196,14 @@ pub mod http {
             .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
             .collect();
         // A length rather than a chunked body: small device firmwares and
-        // webhook receivers often read only `content-length`.
-        if let Some(body) = body {
+        // webhook receivers often read only `content-length`. Not a second
+        // one when the caller set it: two lengths are a malformed request.
+        let has_length = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-length"));
+        if let Some(body) = body
+            && !has_length
+        {
             fields.push(("content-length".into(), body.len().to_string().into_bytes()));
         }
         let fields = Fields::from_list(&fields).map_err(|err| format!("bad header: {err:?}"))?;

@@ -37,6 +37,10 @@ impl Plugin for Hostile {
             "http-post",
             "Try an HTTP POST of the text after the URL; reply with the status and body",
         ),
+        Command::new(
+            "http-post-sized",
+            "As http-post, with the body's Content-Length set by the plugin itself",
+        ),
         Command::new("remember", "Keep the argument in the instance's memory"),
         Command::new("recall", "Reply with what `remember` kept in this instance"),
         Command::new(
@@ -102,18 +106,19 @@ impl Plugin for Hostile {
             "http-get" => plugboard_plugin::http::get(&request.raw_args, &[])
                 .map(|response| format!("{} {}", response.status, response.text()))
                 .map_err(|err| format!("denied: {err}")),
-            "http-post" => {
+            "http-post" | "http-post-sized" => {
                 let (url, body) = request
                     .raw_args
                     .split_once(' ')
                     .ok_or("http-post takes a URL and a body")?;
-                plugboard_plugin::http::post(
-                    url,
-                    &[("content-type", "text/plain")],
-                    body.as_bytes(),
-                )
-                .map(|response| format!("{} {}", response.status, response.text()))
-                .map_err(|err| format!("denied: {err}"))
+                let length = body.len().to_string();
+                let mut headers = vec![("content-type", "text/plain")];
+                if request.command == "http-post-sized" {
+                    headers.push(("Content-Length", &length));
+                }
+                plugboard_plugin::http::post(url, &headers, body.as_bytes())
+                    .map(|response| format!("{} {}", response.status, response.text()))
+                    .map_err(|err| format!("denied: {err}"))
             }
             "write-file" => {
                 let (path, text) = request
