@@ -6,6 +6,9 @@
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip2
 WASM_OUT := target/$(WASM_TARGET)/release
+# The workspace's crates that are not plugins: the host, and the support
+# crate its tests share.
+NOT_GUESTS := --exclude plugboard --exclude plugboard-test-support
 # The plugins the default config serves (test plugins stay out of it).
 SHIPPED_PLUGINS := onoff relay
 PLUGIN_DIR := target/plugins
@@ -37,19 +40,21 @@ wasm-target:
 	rustup target add $(WASM_TARGET)
 
 # The scale-out tests and benchmarks run a real redis-server and HAProxy,
-# from Debian's packages; installed once, if missing (as root, or with sudo).
+# and the TLS tests openssl, from Debian's packages; installed once, if
+# missing (as root, or with sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 services:
 	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null || \
+		! command -v openssl >/dev/null || \
 		! { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null; then \
 		$(SUDO) apt-get update && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends redis-server redis-tools haproxy; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends redis-server redis-tools haproxy openssl; \
 	fi
 
 # Every guest, shipped and test-only alike: the workspace's Rust crates and
 # the plugins in other languages.
 plugins: wasm-target $(GUEST_OUT)/stats.wasm $(GUEST_OUT)/notify.wasm $(GUEST_OUT)/text.wasm
-	$(CARGO) build --release --locked --target $(WASM_TARGET) --workspace --exclude plugboard
+	$(CARGO) build --release --locked --target $(WASM_TARGET) --workspace $(NOT_GUESTS)
 	mkdir -p $(PLUGIN_DIR)
 	for p in $(SHIPPED_PLUGINS); do cp $(WASM_OUT)/$$p.wasm $(PLUGIN_DIR)/; done
 	cp $(GUEST_OUT)/stats.wasm $(GUEST_OUT)/text.wasm $(PLUGIN_DIR)/
@@ -61,14 +66,19 @@ $(GUEST_OUT)/stats.wasm: plugins/python/stats/app.py wit/plugin.wit
 	cd plugins/python/stats && "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/componentize-py" \
 		-d ../../../wit -w batched-plugin componentize app -o ../../../$@
 
+# Tests that need root (a network namespace, a tmpfs, a raised open-file
+# limit) are marked #[ignore]; run as root (as CI does), `make test` runs
+# them too, and otherwise cargo lists them as ignored.
+AS_ROOT_TESTS := $(shell [ "$$(id -u)" = 0 ] && echo --include-ignored)
+
 test: plugins services
-	$(CARGO) test --release --locked -p plugboard
+	$(CARGO) test --release --locked -p plugboard -- $(AS_ROOT_TESTS)
 
 lint: wasm-target
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --locked -p plugboard --all-targets -- -D warnings
-	$(CARGO) clippy --locked -p plugboard --all-targets --features native-baseline -- -D warnings
-	$(CARGO) clippy --locked --target $(WASM_TARGET) --workspace --exclude plugboard -- -D warnings
+	$(CARGO) clippy --locked -p plugboard --all-targets --features native-baseline,instruction-count -- -D warnings
+	$(CARGO) clippy --locked --target $(WASM_TARGET) --workspace $(NOT_GUESTS) -- -D warnings
 
 # Every benchmark, one after another (~5 min): prints figures, asserts nothing.
 # The native-baseline feature builds the `serve --native-baseline` the load

@@ -8,12 +8,11 @@
 //!
 //! Run with `make bench-kv`.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
+use plugboard_test_support as support;
 
 use std::time::{Duration, Instant};
 
-use plugboard::store::{KvLimits, Namespace, RedisSettings, Store, Write, Written};
+use plugboard::store::{Kv, KvLimits, Namespace, RedisSettings, Write, Written};
 use support::services::Redis;
 
 const LIMITS: KvLimits = KvLimits {
@@ -36,7 +35,7 @@ fn apply(ns: &Namespace, key: &str, write: Write) -> Written {
     ns.write(key, write).wait_blocking().expect("write")
 }
 
-fn bench(name: &str, store: &Store, writes: u32) {
+fn bench(name: &str, store: &Kv, writes: u32) {
     let ns = store.namespace("bench");
     let set = time(writes, |i| {
         apply(&ns, &format!("key-{i}"), Write::Set(b"on".to_vec()));
@@ -79,7 +78,7 @@ fn bench(name: &str, store: &Store, writes: u32) {
 
 /// Acknowledged increments per second from `writers` threads, each waiting
 /// for its write to be durable before the next (as a plugin call does).
-fn throughput(store: &Store, writers: usize, run_for: Duration) -> f64 {
+fn throughput(store: &Kv, writers: usize, run_for: Duration) -> f64 {
     let start = Instant::now();
     let counts: Vec<u64> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..writers)
@@ -109,9 +108,9 @@ fn main() {
         "{:<8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "backend", "set new", "set same", "get", "increment", "cas", "list prefix"
     );
-    bench("memory", &Store::in_memory(LIMITS), 10_000);
+    bench("memory", &Kv::in_memory(LIMITS), 10_000);
     let dir = tempfile::tempdir().expect("temp dir");
-    let disk = Store::open_disk(dir.path(), LIMITS).expect("disk store");
+    let disk = Kv::open_disk(dir.path(), LIMITS).expect("disk store");
     bench("disk", &disk, 1_000);
     let redis_server = Redis::start();
     // The Redis store's operations run on a runtime of their own threads,
@@ -124,7 +123,7 @@ fn main() {
             timeout: Duration::from_secs(2),
             ca: None,
         };
-        Store::open_redis(&settings, LIMITS).expect("redis store")
+        Kv::open_redis(&settings, LIMITS).expect("redis store")
     };
     bench("redis", &redis, 1_000);
 
@@ -134,7 +133,7 @@ fn main() {
         "{:<8} {:>12} {:>12} {:>12} {:>12} {:>12}",
         "writers", "memory", "disk", "disk/memory", "redis", "redis/memory"
     );
-    let memory = Store::in_memory(LIMITS);
+    let memory = Kv::in_memory(LIMITS);
     for writers in [1, 16, 64] {
         let run_for = Duration::from_secs(2);
         let in_memory = throughput(&memory, writers, run_for);

@@ -15,8 +15,7 @@
 //! 3), `PLUGBOARD_BENCH_ONLY` one section (`native`, `languages`, `tls`,
 //! `cpu`, `attacks`, `memory`, `writes`, `http`, `scale`).
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
+use plugboard_test_support as support;
 
 use std::net::SocketAddr;
 use std::process::Command;

@@ -6,16 +6,15 @@
 //! Prints figures; asserts nothing about time. Run with `make bench-call`
 //! (needs the plugins built: `make plugins`).
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
+use plugboard_test_support as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plugboard::plugin::{Answer, Plugin, Runtime, RuntimeOptions, Session, Setup};
+use plugboard::plugin::{Answer, EngineOptions, Plugin, Session, Terms, WasmRuntime};
 use plugboard::protocol::reply::Reply;
 use plugboard::protocol::request::Request;
-use plugboard::store::{KvLimits, Store};
+use plugboard::store::{Kv, KvLimits};
 
 const WARMUP_CALLS: usize = 2_000;
 const SEQUENTIAL_CALLS: usize = 50_000;
@@ -101,19 +100,19 @@ async fn measure<H: Handler>(handler: Arc<H>) -> Figures {
     }
 }
 
-async fn wasm(options: RuntimeOptions, fresh: bool) -> Figures {
-    let store = Store::in_memory(KvLimits {
+async fn wasm(options: EngineOptions, fresh: bool) -> Figures {
+    let store = Kv::in_memory(KvLimits {
         max_key_bytes: 256,
         max_value_bytes: 65536,
         max_keys: 10_000,
         max_bytes: 64 << 20,
     });
-    let runtime = Runtime::new(options, store).expect("runtime");
+    let runtime = WasmRuntime::new(options, store).expect("runtime");
     let plugin = Plugin::load(
         &runtime,
         "onoff",
         &support::built_plugin("onoff"),
-        Setup::default(),
+        Terms::default(),
     )
     .await
     .expect("load onoff");
@@ -122,16 +121,16 @@ async fn wasm(options: RuntimeOptions, fresh: bool) -> Figures {
 
 #[tokio::main]
 async fn main() {
-    let server = RuntimeOptions {
+    let server = EngineOptions {
         max_concurrent_calls: CONCURRENT_TASKS,
-        ..RuntimeOptions::default()
+        ..EngineOptions::default()
     };
     let variants = [
         ("plugboard: warm instance", server.clone(), false),
         ("fresh instance per call", server.clone(), true),
         (
             "fresh, no epoch interruption",
-            RuntimeOptions {
+            EngineOptions {
                 epoch_interruption: false,
                 ..server.clone()
             },
@@ -139,7 +138,7 @@ async fn main() {
         ),
         (
             "fresh, no pooling allocator",
-            RuntimeOptions {
+            EngineOptions {
                 pooling_allocator: false,
                 ..server.clone()
             },

@@ -8,8 +8,7 @@
 //!
 //! Prints figures; asserts nothing about time. Run with `make bench-reload`.
 
-#[path = "../../tests/support/mod.rs"]
-mod support;
+use plugboard_test_support as support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -15,6 +15,11 @@
 //! Beside them, used from any layer: [`protocol`] (the wire format: frames,
 //! requests, replies; no I/O), [`config`] (the server's settings) and
 //! [`telemetry`] (metrics).
+//!
+//! No `unsafe`: the host's memory safety is the compiler's to prove, and
+//! the sandbox's is wasmtime's.
+
+#![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod config;

@@ -1,5 +1,7 @@
 //! The `plugboard` command line: `serve` runs the server, `send` talks to one.
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;

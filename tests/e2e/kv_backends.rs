@@ -4,7 +4,7 @@
 //! the Redis script (integers as Rust parses them, 64-bit overflow, quotas
 //! on an increment) are among them.
 
-use plugboard::store::{KvError, KvLimits, Namespace, RedisSettings, Store, Write, Written};
+use plugboard::store::{Kv, KvError, KvLimits, Namespace, RedisSettings, Write, Written};
 
 use crate::support::services::Redis;
 
@@ -20,7 +20,7 @@ fn limits() -> KvLimits {
 /// A store under test and what it needs kept alive.
 struct Backend {
     name: &'static str,
-    store: Store,
+    store: Kv,
     _keep: Keep,
 }
 
@@ -33,14 +33,14 @@ enum Keep {
     Redis(Redis, tokio::runtime::Runtime),
 }
 
-fn redis_store(redis: &Redis, runtime: &tokio::runtime::Runtime, limits: KvLimits) -> Store {
+fn redis_store(redis: &Redis, runtime: &tokio::runtime::Runtime, limits: KvLimits) -> Kv {
     let _entered = runtime.enter();
     let settings = RedisSettings {
         url: redis.url(),
         timeout: std::time::Duration::from_secs(2),
         ca: None,
     };
-    Store::open_redis(&settings, limits).expect("open the Redis store")
+    Kv::open_redis(&settings, limits).expect("open the Redis store")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -53,13 +53,13 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn backends_with(limits: KvLimits) -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
-    let disk = Store::open_disk(dir.path(), limits).unwrap();
+    let disk = Kv::open_disk(dir.path(), limits).unwrap();
     let redis = Redis::start();
     let runtime = runtime();
     vec![
         Backend {
             name: "memory",
-            store: Store::in_memory(limits),
+            store: Kv::in_memory(limits),
             _keep: Keep::Nothing,
         },
         Backend {
@@ -373,7 +373,7 @@ fn a_password_in_the_url_authenticates() {
         timeout: std::time::Duration::from_secs(1),
         ca: None,
     };
-    let ns = Store::open_redis(&wrong, limits()).unwrap().namespace("p");
+    let ns = Kv::open_redis(&wrong, limits()).unwrap().namespace("p");
     assert!(matches!(
         ns.get("k").wait_blocking(),
         Err(KvError::Unavailable(_))
@@ -394,9 +394,7 @@ fn rediss_verifies_redis_against_the_given_ca() {
             timeout: std::time::Duration::from_secs(2),
             ca: Some(pki.path(ca)),
         };
-        Store::open_redis(&settings, limits())
-            .unwrap()
-            .namespace("p")
+        Kv::open_redis(&settings, limits()).unwrap().namespace("p")
     };
     assert!(redis.url().starts_with("rediss://"));
     let trusted = open("ca.pem");
@@ -413,19 +411,16 @@ fn rediss_verifies_redis_against_the_given_ca() {
 fn the_disk_store_persists_and_refuses_a_damaged_file() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open_disk(dir.path(), limits()).unwrap();
+        let store = Kv::open_disk(dir.path(), limits()).unwrap();
         set(&store.namespace("p"), "k", b"v").unwrap();
     }
-    let store = Store::open_disk(dir.path(), limits()).unwrap();
+    let store = Kv::open_disk(dir.path(), limits()).unwrap();
     assert_eq!(get(&store.namespace("p"), "k"), Some(b"v".to_vec()));
     drop(store);
     let file = dir.path().join("state.redb");
     for damage in [&b"garbage, not a database"[..], b""] {
         std::fs::write(&file, damage).unwrap();
-        let err = format!(
-            "{:#}",
-            Store::open_disk(dir.path(), limits()).err().unwrap()
-        );
+        let err = format!("{:#}", Kv::open_disk(dir.path(), limits()).err().unwrap());
         assert!(err.contains(&file.display().to_string()), "{err}");
     }
 }

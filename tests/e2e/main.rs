@@ -15,6 +15,6 @@ mod sandbox;
 mod scale_out;
 mod security;
 mod state;
-#[path = "../support/mod.rs"]
-mod support;
 mod tls;
+
+use plugboard_test_support as support;

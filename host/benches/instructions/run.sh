@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Counts the server's user-space instructions per command under callgrind:
-# the README's "The host's own work, counted". Timings on a shared 2-core
+# docs/performance.md's "The host's own work, counted". Timings on a shared 2-core
 # machine move by 20-30% between runs; these counts agree to 0.02%, so they
 # show what a change to the host path is worth. Run it on a quiet machine:
 # under CPU contention a wasm call takes longer, epoch interruption yields
@@ -9,14 +9,16 @@
 #   host/benches/instructions/run.sh [REV...]     (default: HEAD)
 #
 # For each revision: builds it (committed code only, in a scratch worktree,
-# with measure.patch applied) into target/instructions, then runs it twice
+# with the `instruction-count` feature) into target/instructions, then runs it twice
 # per path, 32 000 and 128 000 commands of `on` at 64 x 16 in lockstep
 # (lockstep.py), and prints the difference over 96 000: startup cancels out.
 # Paths: `native` (serve --native-baseline) and `wasm` (onoff, batched, in a
 # warm instance; plugin state in memory). Needs valgrind and python3, and
 # onoff built (`make plugins`); the same onoff.wasm serves every revision.
 # The first build of a tree takes minutes (its own target directory: the
-# patched binary must not replace target/release/plugboard).
+# measuring binary must not replace target/release/plugboard). Revisions
+# from before the feature existed (2026-12-04) need the old measure.patch
+# from git history.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -67,8 +69,7 @@ count() {
 for rev in "${@:-HEAD}"; do
     git -C "$repo" worktree remove --force "$work/tree" >/dev/null 2>&1 || true
     git -C "$repo" worktree add --quiet --detach "$work/tree" "$rev"
-    git -C "$work/tree" apply "$here/measure.patch"
-    cargo build --quiet --release --locked -p plugboard --features native-baseline \
+    cargo build --quiet --release --locked -p plugboard --features native-baseline,instruction-count \
         --manifest-path "$work/tree/Cargo.toml" --target-dir "$repo/target/instructions"
     bin=$repo/target/instructions/release/plugboard
     rm -rf "$work/cache"

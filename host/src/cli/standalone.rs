@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::{Config, StateStore};
-use crate::plugin::{Plugin, Runtime, Session};
+use crate::plugin::{Plugin, Session, WasmRuntime};
 use crate::protocol::request::Request;
 use crate::reload::plugin_dir::plugin_name;
 use crate::router::Router;
@@ -34,13 +34,13 @@ enum Compile {
 async fn load(file: &Path, config: &Config) -> anyhow::Result<Loaded> {
     let mut config = config.clone();
     config.state_store = StateStore::Memory;
-    let options = config.runtime_options();
+    let options = config.engine_options();
     let cache_dir = options.cache_dir.clone();
-    let runtime = Runtime::new(options, config.open_store()?)
+    let runtime = WasmRuntime::new(options, config.open_store()?)
         .context("cannot start the WebAssembly runtime")?;
     let name = plugin_name(file);
     let started = std::time::Instant::now();
-    let plugin = Plugin::load(&runtime, &name, file, config.setup_for(&name))
+    let plugin = Plugin::load(&runtime, &name, file, config.terms_for(&name))
         .await
         .with_context(|| format!("{} would be rejected", file.display()))?;
     let compile = match (runtime.cache_stats(), cache_dir) {
@@ -100,7 +100,7 @@ pub async fn check(file: &Path, config: &Config) -> anyhow::Result<ExitCode> {
         writeln!(out, "  {import}")?;
     }
     writeln!(out, "capabilities:")?;
-    let grants = config.setup_for(plugin.name()).grants;
+    let grants = config.terms_for(plugin.name()).grants;
     for (kind, interface, granted, key) in [
         (
             "http",
@@ -141,9 +141,13 @@ pub async fn check(file: &Path, config: &Config) -> anyhow::Result<ExitCode> {
 pub async fn call(file: &Path, words: &[String], config: &Config) -> anyhow::Result<ExitCode> {
     let plugin = load(file, config).await?.plugin;
     let request = Request::parse(words.join(" ").as_bytes())?;
-    let reply = Router::new([Arc::new(plugin)])
-        .dispatch(request, &mut Session::default(), &|_| true)
+    let router = Router::new([Arc::new(plugin)]);
+    let mut replies = router
+        .serve(request, &mut (), &mut Session::default(), &|_| true)
         .await;
+    let reply = replies
+        .next()
+        .context("the router gave no reply to one command")?;
     writeln!(std::io::stdout().lock(), "{}", reply.as_str())?;
     Ok(if reply.is_error() {
         ExitCode::FAILURE

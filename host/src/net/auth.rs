@@ -25,7 +25,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::TokenSettings;
-use crate::protocol::request::{AUTH, HELP, Request};
+use crate::protocol::reply::Reply;
+use crate::protocol::request::{AUTH, HELP, Request, RequestError};
 
 /// The configured tokens and the record of failed attempts.
 pub struct Auth {
@@ -73,12 +74,12 @@ pub enum Access {
     Granted(Arc<Token>),
 }
 
-/// What the connection does with a request, once [`Access::gate`] saw it.
+/// What the connection does with a message, once [`Access::gate`] saw it.
 pub enum Gate {
     /// Route it to its plugin.
     Route(Request),
     /// Answer with this, and go on.
-    Answer(Result<String, String>),
+    Answer(Reply),
     /// Answer with this error and close the connection.
     Close(String),
 }
@@ -186,8 +187,21 @@ impl Access {
 
     /// Authenticates `auth` requests, and lets through what this
     /// connection may run. `help` is always let through: it lists only what
-    /// the connection may run. `peer` is whose failures slow down.
-    pub async fn gate(&mut self, auth: Option<&Arc<Auth>>, request: Request, peer: IpAddr) -> Gate {
+    /// the connection may run. A message that is not a request is answered
+    /// with why. `peer` is whose failures slow down.
+    pub async fn gate(
+        &mut self,
+        auth: Option<&Arc<Auth>>,
+        message: Result<Request, RequestError>,
+        peer: IpAddr,
+    ) -> Gate {
+        let request = match message {
+            Ok(request) => request,
+            Err(err) => {
+                crate::telemetry::unrouted(crate::telemetry::Outcome::Invalid);
+                return Gate::Answer(Reply::error(err));
+            }
+        };
         let command = request.command.as_str();
         if command == AUTH {
             // Boxed: its wait would otherwise be part of every connection's
@@ -205,7 +219,7 @@ impl Access {
             Self::Granted(token) => {
                 crate::telemetry::permission_denied(&token.name);
                 tracing::debug!(token = token.name, command, "permission denied");
-                Gate::Answer(Err(format!(
+                Gate::Answer(Reply::error(format_args!(
                     "permission denied: token '{}' may not run '{command}'",
                     token.name
                 )))
@@ -220,7 +234,7 @@ impl Access {
         peer: IpAddr,
     ) -> Gate {
         let Some(auth) = auth else {
-            return Gate::Answer(Err("authentication is not enabled on this server".into()));
+            return Gate::Answer(Reply::error("authentication is not enabled on this server"));
         };
         let token = match request.args.as_slice() {
             [token] => auth.verify(token),
@@ -230,7 +244,7 @@ impl Access {
             Some(token) => {
                 tracing::debug!(token = token.name, "authenticated");
                 *self = Self::Granted(token);
-                Gate::Answer(Ok("success".into()))
+                Gate::Answer(Reply::ok("success".into()))
             }
             None => {
                 crate::telemetry::auth_failed();
@@ -289,8 +303,8 @@ mod tests {
         (Auth::new(&[settings]).unwrap().unwrap(), token)
     }
 
-    fn request(text: &str) -> Request {
-        Request::parse(text.as_bytes()).unwrap()
+    fn request(text: &str) -> Result<Request, RequestError> {
+        Request::parse(text.as_bytes())
     }
 
     fn ip() -> IpAddr {
@@ -309,7 +323,7 @@ mod tests {
         let granted = access
             .gate(auth, request(&format!("auth {token}")), ip())
             .await;
-        assert!(matches!(granted, Gate::Answer(Ok(_))));
+        assert!(matches!(granted, Gate::Answer(reply) if !reply.is_error()));
         assert!(matches!(
             access.gate(auth, request("status"), ip()).await,
             Gate::Route(_)
@@ -319,7 +333,9 @@ mod tests {
             Gate::Route(_)
         ));
         let denied = access.gate(auth, request("on"), ip()).await;
-        assert!(matches!(denied, Gate::Answer(Err(text)) if text.contains("permission denied")));
+        assert!(
+            matches!(denied, Gate::Answer(reply) if reply.as_str().contains("permission denied"))
+        );
         assert!(access.permits("status") && !access.permits("on"));
     }
 
@@ -345,7 +361,7 @@ mod tests {
             Gate::Route(_)
         ));
         let auth = access.gate(None, request("auth x"), ip()).await;
-        assert!(matches!(auth, Gate::Answer(Err(text)) if text.contains("not enabled")));
+        assert!(matches!(auth, Gate::Answer(reply) if reply.as_str().contains("not enabled")));
     }
 
     #[test]

@@ -41,7 +41,8 @@ use crate::plugin::Session;
 use crate::protocol::codec::{EofCodec, FrameError};
 use crate::protocol::reply::Reply;
 use crate::protocol::request::Request;
-use crate::router::{Batch, Routes};
+use crate::protocol::request::RequestError;
+use crate::router::{Pipeline, Routes};
 
 /// After a framing error, how long and how much of the client's remaining
 /// input is read and discarded before closing. Closing a socket with unread
@@ -56,7 +57,11 @@ const LINGER_BYTES: usize = 1 << 20;
 /// instance (about 10 us) per command, a negligible share of its time.
 /// Short, because a held instance is memory and a pool slot, and a slot
 /// once used keeps some memory resident (see `plugin/runtime.rs`).
-pub const IDLE_RELEASE: Duration = Duration::from_millis(100);
+pub const IDLE_RELEASE: Duration = match cfg!(feature = "instruction-count") {
+    false => Duration::from_millis(100),
+    // Measurement only: see the feature in Cargo.toml.
+    true => Duration::from_secs(600),
+};
 
 /// What [`Connection::next_frame`] yields: a frame, a reason to close, or
 /// `None` at the end of the stream.
@@ -98,9 +103,8 @@ pub struct Connection<S> {
     /// The last complete message's arrival, or the connect (see
     /// [`Connection::next_frame`] for how it is kept cheaply).
     last_complete: Instant,
-    /// A frame taken from the buffer while gathering a batch that did not
-    /// join it: the next one served.
-    lookahead: Option<NextFrame>,
+    /// What a batch read from the buffer and did not take: served next.
+    lookahead: Option<Incoming>,
     shutdown: CancellationToken,
 }
 
@@ -124,6 +128,57 @@ impl From<Expired> for Closing {
             Expired::Idle(limit) => Self::Idle(limit),
             Expired::Frame(limit) => Self::SlowMessage(limit),
         }
+    }
+}
+
+/// What a connection reads next.
+enum Incoming {
+    /// A message: a request, or why it is not one.
+    Message(Result<Request, RequestError>),
+    /// A reason to close, with a last reply saying so.
+    Closing(Closing),
+    /// The client is done (or the server is stopping).
+    End,
+}
+
+impl From<NextFrame> for Incoming {
+    fn from(frame: NextFrame) -> Self {
+        match frame {
+            Some(Ok(frame)) => Self::Message(Request::parse(&frame)),
+            Some(Err(closing)) => Self::Closing(closing),
+            None => Self::End,
+        }
+    }
+}
+
+/// The messages a client has already sent behind the one being served, as
+/// the router's batches take them: only what the client may run, parsed
+/// once; whatever else is read stays in `lookahead` for the next turn.
+struct Buffered<'c, S> {
+    framed: &'c mut Framed<S, EofCodec>,
+    lookahead: &'c mut Option<Incoming>,
+    access: &'c Access,
+}
+
+impl<S: Stream> Pipeline for Buffered<'_, S> {
+    fn next_buffered(&mut self) -> Option<Request> {
+        if self.lookahead.is_some() {
+            return None;
+        }
+        let frame = self.framed.next().now_or_never()?;
+        match Incoming::from(frame.map(|frame| frame.map_err(Closing::from))) {
+            Incoming::Message(Ok(request)) if self.access.permits(request.command.as_str()) => {
+                Some(request)
+            }
+            other => {
+                *self.lookahead = Some(other);
+                None
+            }
+        }
+    }
+
+    fn put_back(&mut self, request: Request) {
+        *self.lookahead = Some(Incoming::Message(Ok(request)));
     }
 }
 
@@ -181,70 +236,53 @@ impl<S: Stream> Connection<S> {
         let _ = self.framed.get_mut().shutdown().await;
     }
 
+    /// The loop of the connection: frame -> gate -> router -> replies.
     async fn serve(&mut self) -> Result<(), Closing> {
-        while let Some(frame) = self.next_frame().await {
-            let request = match Request::parse(&frame?) {
-                Ok(request) => {
-                    self.access
-                        .gate(self.auth.as_ref(), request, self.peer)
-                        .await
-                }
-                Err(err) => {
-                    crate::telemetry::unrouted(crate::telemetry::Outcome::Invalid);
-                    Gate::Answer(Err(err.to_string()))
-                }
+        loop {
+            let message = match self.next_message().await {
+                Incoming::Message(message) => message,
+                Incoming::Closing(closing) => return Err(closing),
+                Incoming::End => return Ok(()),
             };
-            match request {
-                // The table current now: a reload during these commands does
-                // not affect them, and the next command sees the new one.
-                Gate::Route(request) => {
-                    let routes = self.routes.load_full();
-                    let batch = routes.batch_for(request).map(|batch| self.gather(batch));
-                    match batch {
-                        Ok(batch) => {
-                            let replies = routes.dispatch_batch(batch, &mut self.session).await;
-                            for reply in replies {
-                                self.framed.feed(reply.as_str()).await?;
-                            }
-                        }
-                        Err(request) => {
-                            let access = &self.access;
-                            let permits = |command: &str| access.permits(command);
-                            let reply = routes.dispatch(request, &mut self.session, &permits).await;
-                            self.framed.feed(reply.as_str()).await?;
-                        }
-                    }
+            let request = match self
+                .access
+                .gate(self.auth.as_ref(), message, self.peer)
+                .await
+            {
+                Gate::Route(request) => request,
+                Gate::Answer(reply) => {
+                    self.framed.feed(reply.as_str()).await?;
+                    continue;
                 }
-                Gate::Answer(Ok(text)) => self.framed.feed(Reply::ok(text).as_str()).await?,
-                Gate::Answer(Err(text)) => self.framed.feed(Reply::error(text).as_str()).await?,
                 Gate::Close(why) => return Err(Closing::Denied(why)),
+            };
+            // The table current now: a reload during these commands does
+            // not affect them, and the next command sees the new one.
+            let routes = self.routes.load_full();
+            let mut pipeline = Buffered {
+                framed: &mut self.framed,
+                lookahead: &mut self.lookahead,
+                access: &self.access,
+            };
+            let access = &self.access;
+            let permits = |command: &str| access.permits(command);
+            let replies = routes
+                .serve(request, &mut pipeline, &mut self.session, &permits)
+                .await;
+            for reply in replies {
+                self.framed.feed(reply.as_str()).await?;
             }
         }
-        Ok(())
     }
 
-    /// Fills `batch` with the requests already buffered behind its first
-    /// that may run with it: routed to the same plugin, and let through by
-    /// the auth gate without a question (not `auth` or `help`, whose
-    /// replies come from the server). The first frame that does not join
-    /// is kept for the next turn.
-    fn gather<'r>(&mut self, mut batch: Batch<'r>) -> Batch<'r> {
-        while !batch.is_full() && self.lookahead.is_none() {
-            let Some(next) = self.framed.next().now_or_never() else {
-                break;
-            };
-            let joined = match &next {
-                Some(Ok(frame)) => Request::parse(frame)
-                    .ok()
-                    .filter(|request| self.access.permits(request.command.as_str()))
-                    .is_some_and(|request| batch.push(request).is_ok()),
-                _ => false,
-            };
-            if !joined {
-                self.lookahead = Some(next.map(|frame| frame.map_err(Closing::from)));
-            }
+    /// The next message, parsed (or why it could not be), or why the
+    /// connection ends: the one a batch left over, if any, else the next
+    /// frame (see [`Self::next_frame`]).
+    async fn next_message(&mut self) -> Incoming {
+        match self.lookahead.take() {
+            Some(incoming) => incoming,
+            None => Incoming::from(self.next_frame().await),
         }
-        batch
     }
 
     /// The next frame: at once if one is already buffered, else after flushing
@@ -257,9 +295,6 @@ impl<S: Stream> Connection<S> {
     /// now, and one clock read per wait costs nothing next to the flush
     /// before it.
     async fn next_frame(&mut self) -> NextFrame {
-        if let Some(next) = self.lookahead.take() {
-            return next;
-        }
         if let Some(buffered) = self.framed.next().now_or_never() {
             return buffered.map(|frame| frame.map_err(Closing::from));
         }

@@ -1,45 +1,28 @@
-//! The listener: load plugins, accept connections, hand each to its own task,
-//! and shut down gracefully.
-//!
-//! The shape follows mini-redis: a bounded number of connection tasks (a
-//! semaphore), accept errors that back off instead of ending the server, and
-//! shutdown as a token passed to every task rather than a global flag. A
-//! client over the connection limit is told so and closed at once, instead of
-//! being left waiting in the accept queue with no idea why.
+//! The server: bind, load the plugins, serve clients (`listener.rs`) until
+//! a shutdown signal, then let commands in flight finish.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::config::Config;
 use crate::net::auth::{self, Auth};
-use crate::net::connection::{self, Connection, Settings};
-use crate::net::per_address::{AddressPermit, PerAddress};
+use crate::net::connection::Settings;
+use crate::net::listener::{Listener, MAX_LINGERING_REFUSALS};
+use crate::net::per_address::PerAddress;
 use crate::net::status::Readiness;
 use crate::net::timeouts::Timeouts;
 use crate::net::tls;
-use crate::plugin::Runtime;
-use crate::protocol::codec::DELIMITER;
-use crate::protocol::reply::Reply;
+use crate::plugin::WasmRuntime;
 use crate::reload::PluginDir;
 use crate::reload::Reloader;
-use crate::router::Routes;
-use crate::telemetry::{Admit, ConnectionMetrics, LogBudget};
-use tokio_rustls::TlsAcceptor;
-
-/// Longest pause between retries when `accept` keeps failing (e.g. out of file descriptors).
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-
-/// Refused clients that may be lingering at once (see [`Listener::refuse`]).
-const MAX_LINGERING_REFUSALS: usize = 64;
+use crate::telemetry::{ConnectionMetrics, LogBudget};
 
 /// How to serve: the config, where it came from (what SIGHUP re-reads), and
 /// whether to watch the plugin directory.
@@ -126,7 +109,7 @@ pub async fn serve(
         listener.local_addr()?
     );
     let store = config.open_store()?;
-    let runtime = Runtime::new(config.runtime_options(), store)
+    let runtime = WasmRuntime::new(config.engine_options(), store)
         .context("cannot start the WebAssembly runtime")?;
     let mut shutdown_signal = std::pin::pin!(shutdown_signal);
     // A signal while plugins load (a cold compile of a large plugin takes
@@ -151,7 +134,7 @@ pub async fn serve(
     // which also says that the plugins are loaded.
     tracing::info!("listening on {local}");
     readiness.ready();
-    let server = Listener {
+    let mut server = Listener {
         listener,
         routes,
         connections: Arc::new(Semaphore::new(config.max_connections)),
@@ -171,7 +154,6 @@ pub async fn serve(
         tracker: TaskTracker::new(),
         shutdown,
     };
-    let mut server = server;
     tokio::select! {
         () = server.accept_loop() => {}
         () = &mut shutdown_signal => {}
@@ -216,25 +198,38 @@ async fn serve_status(
 /// Warns when clients beyond this machine can reach the server without
 /// what protects them: a credential, and encryption.
 fn warn_if_exposed(local: SocketAddr, config: &Config, authenticated: bool) {
+    for warning in exposure(local, config, authenticated) {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// What [`warn_if_exposed`] says about serving on `local`.
+fn exposure(local: SocketAddr, config: &Config, authenticated: bool) -> Vec<String> {
+    let mut warnings = Vec::new();
     if auth::is_loopback(local.ip()) {
-        return;
+        return warnings;
     }
     if !authenticated && config.protected_mode {
-        tracing::warn!(
+        warnings.push(format!(
             "listening on {local} with no auth token: protected mode serves only loopback clients"
-        );
+        ));
     } else if !authenticated {
-        tracing::warn!(
-            "listening on {local} with no auth token and protected_mode = false: anyone who can connect can run every command"
-        );
+        warnings.push(format!(
+            "listening on {local} with no auth token and protected_mode = false: anyone who can \
+             connect can run every command"
+        ));
     }
-    tracing::warn!(
-        "listening on {local} without TLS: commands, replies and tokens cross the network in clear text"
-    );
+    if config.tls.is_none() {
+        warnings.push(format!(
+            "listening on {local} without TLS: commands, replies and tokens cross the network \
+             in clear text"
+        ));
+    }
+    warnings
 }
 
 /// Logs what a freshly started server serves, and settings that match nothing.
-fn report_startup(runtime: &Runtime, config: &Config, plugins: &PluginDir) {
+fn report_startup(runtime: &WasmRuntime, config: &Config, plugins: &PluginDir) {
     let names: Vec<&str> = plugins.plugin_names().collect();
     if names.is_empty() {
         tracing::warn!(dir = %config.plugin_dir.display(), "no plugins loaded: every command will be unknown");
@@ -249,269 +244,10 @@ fn report_startup(runtime: &Runtime, config: &Config, plugins: &PluginDir) {
     }
 }
 
-struct Listener {
-    listener: TcpListener,
-    routes: Arc<Routes>,
-    connections: Arc<Semaphore>,
-    per_address: Arc<PerAddress>,
-    /// Refused clients being told why (see [`Listener::refuse`]).
-    refusals: Arc<Semaphore>,
-    refusal_log: LogBudget,
-    /// Protected mode is in force: no tokens, and `protected_mode` on.
-    protected: bool,
-    /// Set when the listener serves TLS (only).
-    tls: Option<TlsAcceptor>,
-    settings: Arc<Settings>,
-    metrics: Arc<ConnectionMetrics>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-}
-
-/// A connection's place under `max_connections` and its address's share,
-/// counted in the open-connections gauge. All are given back when it is
-/// dropped, however the connection's task ends.
-struct Slot {
-    _permit: OwnedSemaphorePermit,
-    _address: AddressPermit,
-    open: metrics::Gauge,
-}
-
-impl Slot {
-    fn new(permit: OwnedSemaphorePermit, address: AddressPermit, open: &metrics::Gauge) -> Self {
-        open.increment(1.0);
-        Self {
-            _permit: permit,
-            _address: address,
-            open: open.clone(),
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.open.decrement(1.0);
-    }
-}
-
-/// An admitted client, before its stream is ready: what its connection
-/// will need.
-struct Client {
-    peer: SocketAddr,
-    routes: Arc<Routes>,
-    settings: Arc<Settings>,
-    shutdown: CancellationToken,
-}
-
-impl Client {
-    async fn serve(self, stream: impl connection::Stream) {
-        Connection::new(
-            stream,
-            self.peer.ip(),
-            self.routes,
-            &self.settings,
-            self.shutdown,
-        )
-        .run()
-        .await;
-    }
-
-    async fn serve_tls(self, tls: TlsAcceptor, stream: TcpStream) {
-        let timeout = self.settings.handshake_timeout();
-        if let Some(stream) = handshake(&tls, stream, timeout).await {
-            self.serve(stream).await;
-        }
-    }
-}
-
-/// The server side of a TLS handshake, within `timeout`; `None` (counted,
-/// and logged at debug) if it fails or takes too long.
-async fn handshake(
-    tls: &TlsAcceptor,
-    stream: TcpStream,
-    timeout: Duration,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    match tokio::time::timeout(timeout, tls.accept(stream)).await {
-        Ok(Ok(stream)) => Some(stream),
-        Ok(Err(err)) => {
-            crate::telemetry::closed_by("tls_handshake_failed");
-            tracing::debug!("TLS handshake failed: {err}");
-            None
-        }
-        Err(_) => {
-            crate::telemetry::closed_by("tls_handshake_timeout");
-            tracing::debug!("TLS handshake not completed within {timeout:?}");
-            None
-        }
-    }
-}
-
-/// Why a client is refused as it connects.
-#[derive(Debug, Clone, Copy)]
-enum Refusal {
-    ProtectedMode,
-    MaxConnections,
-    PerAddress,
-}
-
-impl Refusal {
-    /// The metric label.
-    fn reason(self) -> &'static str {
-        match self {
-            Self::ProtectedMode => "protected_mode",
-            Self::MaxConnections => "max_connections",
-            Self::PerAddress => "max_connections_per_ip",
-        }
-    }
-
-    /// What the client is told.
-    fn reply(self) -> Reply {
-        match self {
-            Self::ProtectedMode => Reply::error(
-                "protected mode: no auth token is configured, so only loopback clients \
-                 are served; configure [[auth.tokens]], or set protected_mode = false",
-            ),
-            Self::MaxConnections => Reply::error("too many connections"),
-            Self::PerAddress => Reply::error("too many connections from your address"),
-        }
-    }
-}
-
-impl Listener {
-    /// Accepts forever; only shutdown stops it.
-    async fn accept_loop(&mut self) {
-        loop {
-            let (stream, peer) = self.accept().await;
-            let slot = match self.admit(peer) {
-                Ok(slot) => slot,
-                Err(refusal) => {
-                    crate::telemetry::rejected(refusal.reason());
-                    if let Admit::Write { unwritten_before } = self.refusal_log.admit() {
-                        tracing::warn!(
-                            %peer,
-                            unlogged_since = unwritten_before,
-                            "connection refused: {} reached",
-                            refusal.reason()
-                        );
-                    }
-                    self.refuse(stream, refusal.reply());
-                    continue;
-                }
-            };
-            self.metrics.accepted.increment(1);
-            if let Err(err) = stream.set_nodelay(true) {
-                tracing::debug!(%peer, "cannot set TCP_NODELAY: {err}");
-            }
-            let span = tracing::debug_span!("connection", %peer);
-            let client = Client {
-                peer,
-                routes: self.routes.clone(),
-                settings: self.settings.clone(),
-                shutdown: self.shutdown.clone(),
-            };
-            let tls = self.tls.clone();
-            self.tracker.spawn(
-                async move {
-                    match tls {
-                        None => client.serve(stream).await,
-                        // Boxed: a TLS session is large, and plain
-                        // connections should not carry its size.
-                        Some(tls) => Box::pin(client.serve_tls(tls, stream)).await,
-                    }
-                    drop(slot);
-                }
-                .instrument(span),
-            );
-        }
-    }
-
-    /// A place for a client from `peer`: in protected mode only for loopback
-    /// clients; within `max_connections`, then within its address's share.
-    fn admit(&self, peer: SocketAddr) -> Result<Slot, Refusal> {
-        if self.protected && !auth::is_loopback(peer.ip()) {
-            return Err(Refusal::ProtectedMode);
-        }
-        let permit = self
-            .connections
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::MaxConnections)?;
-        let address = self
-            .per_address
-            .try_acquire(peer.ip())
-            .ok_or(Refusal::PerAddress)?;
-        Ok(Slot::new(permit, address, &self.metrics.open))
-    }
-
-    /// Tells a client it is not served, and why, then closes: in a task of
-    /// its own, as the reply is followed by a linger (see `connection.rs`),
-    /// and on a TLS listener inside TLS, after the handshake. At most
-    /// [`MAX_LINGERING_REFUSALS`] are told at once, so that a flood of
-    /// refused clients cannot hold many sockets; beyond that a plain client
-    /// gets one non-blocking write into the fresh socket's empty buffer, a
-    /// TLS client just the close.
-    fn refuse(&self, stream: TcpStream, reply: Reply) {
-        let Ok(permit) = self.refusals.clone().try_acquire_owned() else {
-            if self.tls.is_none() {
-                let wire = [reply.as_str().as_bytes(), DELIMITER].concat();
-                if let Err(err) = stream.try_write(&wire) {
-                    tracing::debug!("cannot tell a refused client why: {err}");
-                }
-            }
-            return;
-        };
-        let tls = self.tls.clone();
-        let handshake_timeout = self.settings.handshake_timeout();
-        self.tracker.spawn(async move {
-            match tls {
-                None => connection::refuse(stream, reply).await,
-                Some(tls) => {
-                    if let Some(stream) = handshake(&tls, stream, handshake_timeout).await {
-                        connection::refuse(stream, reply).await;
-                    }
-                }
-            }
-            drop(permit);
-        });
-    }
-
-    /// The next connection. Accept errors are usually transient (a client that
-    /// reset before being accepted, a full file-descriptor table), so they are
-    /// logged and retried with backoff rather than ending the server.
-    async fn accept(&self) -> (TcpStream, std::net::SocketAddr) {
-        let mut backoff = Duration::from_millis(1);
-        loop {
-            match self.listener.accept().await {
-                Ok(accepted) => return accepted,
-                Err(err) => {
-                    tracing::warn!("accept failed, retrying in {backoff:?}: {err}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                }
-            }
-        }
-    }
-
-    /// Stops accepting, asks every connection to finish, waits for them.
-    async fn drain(self, timeout: Duration) {
-        drop(self.listener);
-        tracing::info!("shutting down: finishing in-flight commands");
-        self.shutdown.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(timeout, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                open = self.tracker.len(),
-                "shutdown timeout reached; closing the remaining connections"
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
     use tokio::sync::oneshot;
 
     use super::*;
@@ -586,6 +322,23 @@ mod tests {
         let mut received = Vec::new();
         stream.read_to_end(&mut received).await.unwrap();
         String::from_utf8(received).unwrap()
+    }
+
+    /// A listener others can reach is warned about for what it lacks: a
+    /// credential, encryption; loopback and a complete setup are not.
+    #[test]
+    fn exposure_names_what_protects_clients_and_what_does_not() {
+        let anywhere: SocketAddr = "0.0.0.0:1100".parse().unwrap();
+        let mut config = Config::default();
+        assert!(exposure("127.0.0.1:1100".parse().unwrap(), &config, false).is_empty());
+        let open = exposure(anywhere, &config, false);
+        assert!(open[0].contains("protected mode") && open[1].contains("without TLS"));
+        config.tls = Some(crate::config::TlsSettings {
+            cert: "cert.pem".into(),
+            key: "key.pem".into(),
+            client_ca: None,
+        });
+        assert!(exposure(anywhere, &config, true).is_empty());
     }
 
     #[tokio::test]

@@ -113,8 +113,9 @@ pub enum MemoryExceeded {
 pub struct MemoryLimiter {
     max_instance_bytes: usize,
     budget: Arc<MemoryBudget>,
-    /// Set when a growth was denied during this call, with the limit hit.
-    pub exceeded: Option<MemoryExceeded>,
+    /// Set when a growth was denied during the current command, with the
+    /// limit hit.
+    exceeded: Option<MemoryExceeded>,
     /// Bytes of memories and tables this store holds, reserved in `budget`
     /// and counted in `gauge`.
     held: usize,
@@ -134,6 +135,17 @@ impl MemoryLimiter {
             held: 0,
             gauge,
         }
+    }
+
+    /// A command begins: a refusal during an earlier one (that the plugin
+    /// survived) says nothing about how this one ends.
+    pub fn begin_command(&mut self) {
+        self.exceeded = None;
+    }
+
+    /// The limit a growth hit during the current command, if one was refused.
+    pub fn exceeded(&self) -> Option<MemoryExceeded> {
+        self.exceeded
     }
 
     /// Accounts `grown` more bytes, unless a limit forbids it.

@@ -13,16 +13,16 @@ use wasmtime::{
     Store, UpdateDeadline,
 };
 
-use super::Setup;
+use super::Terms;
 use super::bindings;
 use super::cache_check::CacheCheck;
 use super::epoch::EpochTicker;
 use super::limits::MemoryBudget;
 use super::sandbox::{InstanceHandles, Sandbox};
-use crate::store::Store as KvStore;
+use crate::store::Kv;
 
 /// Shared by every loaded plugin: compiling and instantiating need the same engine.
-pub struct Runtime {
+pub struct WasmRuntime {
     engine: Engine,
     linker: Linker<Sandbox>,
     /// `None` when epoch interruption is off (benchmarks only).
@@ -31,7 +31,7 @@ pub struct Runtime {
     /// Checksums of the cache's entries, when the cache is on.
     cache_check: Option<CacheCheck>,
     /// Plugins' key-value state, one namespace each.
-    kv: KvStore,
+    kv: Kv,
     /// All instances' memory together.
     memory_budget: Arc<MemoryBudget>,
 }
@@ -74,7 +74,7 @@ const HOST_STACK_BYTES: usize = 1536 << 10;
 /// that the benchmarks can measure what each costs. With epoch interruption
 /// off, a call that never returns cannot be stopped.
 #[derive(Debug, Clone)]
-pub struct RuntimeOptions {
+pub struct EngineOptions {
     /// Sizes the instance pool: each connection runs one call at a time.
     pub max_concurrent_calls: usize,
     /// Stack a plugin call may use; deeper recursion traps.
@@ -87,7 +87,7 @@ pub struct RuntimeOptions {
     pub max_total_memory_bytes: usize,
 }
 
-impl Default for RuntimeOptions {
+impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             max_concurrent_calls: 1024,
@@ -100,15 +100,22 @@ impl Default for RuntimeOptions {
     }
 }
 
-impl Runtime {
-    pub fn new(options: RuntimeOptions, kv: KvStore) -> anyhow::Result<Arc<Self>> {
+impl WasmRuntime {
+    pub fn new(options: EngineOptions, kv: Kv) -> anyhow::Result<Arc<Self>> {
         let mut config = wasmtime::Config::new();
         // Compiled code checks the epoch at loop headers and function entries,
         // which is what lets a call that never returns be interrupted at all.
         config.epoch_interruption(options.epoch_interruption);
         config.max_wasm_stack(options.max_wasm_stack_bytes);
         config.async_stack_size(options.max_wasm_stack_bytes + HOST_STACK_BYTES);
-        if options.pooling_allocator {
+        if cfg!(feature = "instruction-count") {
+            // Measurement only (see the feature in Cargo.toml): valgrind
+            // cannot map the pool's reservation, or the default 4 GiB one
+            // per memory.
+            config.memory_reservation(1 << 26);
+            config.memory_guard_size(0);
+            config.memory_reservation_for_growth(0);
+        } else if options.pooling_allocator {
             let pool = pool(options.max_concurrent_calls);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
@@ -126,13 +133,11 @@ impl Runtime {
         // Rust's std (and other languages' runtimes) import WASI even when the
         // plugin uses none of it; the sandbox decides what those imports can reach.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        // wasi:http for plugins granted `allow_http`; others are denied by
-        // their hooks (see `grants.rs`).
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        // wasi:http and name lookups, which reach only what each plugin's
+        // grants allow (see `grants/`).
+        super::grants::add_to_linker(&mut linker)?;
         // Waits on I/O give the call's CPU place up (see `io_waits.rs`).
         super::io_waits::add_to_linker(&mut linker)?;
-        // Names are looked up only when granted (see `name_lookup.rs`).
-        super::name_lookup::add_to_linker(&mut linker)?;
         bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |sandbox| sandbox)?;
         if kv.reads_at_once() {
             super::sandbox::add_local_reads_to_linker(&mut linker)?;
@@ -165,8 +170,8 @@ impl Runtime {
         self.memory_budget.max_bytes()
     }
 
-    /// Plugins' key-value state (not a wasmtime `Store`: see [`Self::new_store`]).
-    pub fn kv(&self) -> &KvStore {
+    /// Plugins' key-value state.
+    pub fn kv(&self) -> &Kv {
         &self.kv
     }
 
@@ -192,10 +197,10 @@ impl Runtime {
     }
 
     /// A store for one instance of a plugin, with the host's `handles` for
-    /// it, as `setup` says; set to yield at every epoch tick.
-    pub fn new_store(&self, handles: &InstanceHandles, setup: &Setup) -> Store<Sandbox> {
+    /// it, under `terms`; set to yield at every epoch tick.
+    pub fn new_store(&self, handles: &InstanceHandles, terms: &Terms) -> Store<Sandbox> {
         let ticking = self.ticker.as_ref().map(EpochTicker::keep_ticking);
-        let sandbox = Sandbox::new(handles, setup, &self.memory_budget, ticking);
+        let sandbox = Sandbox::new(handles, terms, &self.memory_budget, ticking);
         let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limiter);
         self.arm_deadline(&mut store);

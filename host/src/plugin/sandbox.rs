@@ -9,15 +9,18 @@
 //! host's log (see `log.rs`).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::Setup;
+use super::Terms;
+use super::batch::Queue;
 use super::bindings::plugboard::plugin::{config, host, kv, types};
 use super::cpu_share::Running;
 use super::epoch::TickingGuard;
+use super::grants::{Denials, InstanceGrants};
 use super::host_wait::HostWait;
 use super::limits::{MemoryBudget, MemoryLimiter};
 use super::log::{PluginLog, PluginOutput, StderrTail};
@@ -34,33 +37,50 @@ pub struct InstanceHandles {
     /// Its lines in the host's log.
     pub log: Arc<PluginLog>,
     /// Where its use of capabilities it was not granted is counted.
-    pub denials: super::grants::Denials,
+    pub denials: Denials,
+}
+
+impl InstanceHandles {
+    /// The handles of plugin `name` under `terms`: a new log budget, its
+    /// namespace and memory gauge.
+    pub fn new(
+        name: &Arc<str>,
+        kv: &Arc<Namespace>,
+        memory: &metrics::Gauge,
+        terms: &Terms,
+    ) -> Self {
+        let limits = &terms.limits;
+        Self {
+            kv: kv.clone(),
+            memory: memory.clone(),
+            log: Arc::new(PluginLog::new(
+                name.clone(),
+                limits.max_log_lines_per_sec,
+                limits.max_log_line_bytes,
+            )),
+            denials: Denials::new(name),
+        }
+    }
 }
 
 /// Host resources (WASI handles) one instance may hold at once: a plugin
 /// that leaked 96 000 of them once cost the host 23 MB per instance.
 const MAX_HOST_RESOURCES: usize = 4096;
 
-/// The data of one plugin instance's `Store`.
+/// The data of one plugin instance's `Store`: what it reaches while it
+/// lives, and the record of the call it is running ([`CallState`]).
 pub struct Sandbox {
-    log: Arc<PluginLog>,
-    /// Time the current call waited on the store (see `host_wait.rs`).
-    pub host_wait: HostWait,
-    /// The current call's place among the plugin's running calls.
-    pub running: Running,
-    /// What the current call wrote on stderr, for the log line of a trap.
-    pub stderr_tail: StderrTail,
+    /// The call under way: reset as each call (or batched command) begins.
+    pub call: CallState,
     /// This instance's place under the plugin's `max_instances`.
     pub instance_permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    /// The requests of the `serve-batch` call under way (see `batch.rs`).
-    pub batch: Option<super::batch::Batch>,
+    pub limiter: MemoryLimiter,
+    log: Arc<PluginLog>,
     wasi: WasiCtx,
     http: WasiHttpCtx,
-    http_hooks: super::grants::HttpHooks,
-    /// Its `allow_tcp` names, the lookups under way, what they resolved to.
-    names: super::grants::NameLookups,
+    /// What its grants keep while it lives (see `grants/`).
+    grants: InstanceGrants,
     table: ResourceTable,
-    pub limiter: MemoryLimiter,
     /// The plugin's `[plugins.<name>.config]` table.
     config: Arc<std::collections::BTreeMap<String, String>>,
     /// The plugin's key-value namespace.
@@ -69,60 +89,85 @@ pub struct Sandbox {
     _ticking: Option<TickingGuard>,
 }
 
+/// The record of the call an instance is running.
+#[derive(Default)]
+pub struct CallState {
+    /// Time the call waited on the store (see `host_wait.rs`).
+    pub host_wait: HostWait,
+    /// The call's place among the plugin's running calls.
+    pub running: Running,
+    /// What the call wrote on stderr, for the log line of a trap.
+    pub stderr_tail: StderrTail,
+    /// The requests of the `serve-batch` call under way (see `batch/`).
+    pub batch: Option<Queue>,
+}
+
 impl Sandbox {
     pub fn new(
         handles: &InstanceHandles,
-        setup: &Setup,
+        terms: &Terms,
         budget: &Arc<MemoryBudget>,
         ticking: Option<TickingGuard>,
     ) -> Self {
         let mut wasi = WasiCtx::builder();
-        let stderr_tail = StderrTail::default();
+        let call = CallState::default();
         wasi.stdout(PluginOutput::new(&handles.log, "stdout"))
-            .stderr(PluginOutput::new(&handles.log, "stderr").keeping_tail(&stderr_tail));
-        let names = setup.grants.apply(&mut wasi, &handles.denials);
+            .stderr(PluginOutput::new(&handles.log, "stderr").keeping_tail(&call.stderr_tail));
+        let grants = terms.grants.instance(&mut wasi, &handles.denials);
         let wasi = wasi.build();
         // Handles the host keeps for the instance (WASI streams, sockets'
         // futures...) are host memory: bounded, and freed with the instance.
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_HOST_RESOURCES);
         Self {
-            log: handles.log.clone(),
-            host_wait: HostWait::default(),
-            running: Running::default(),
-            stderr_tail,
+            call,
             instance_permit: None,
-            batch: None,
-            wasi,
-            http: WasiHttpCtx::new(),
-            http_hooks: setup.grants.http_hooks(&handles.denials),
-            names,
-            table,
             limiter: MemoryLimiter::new(
-                setup.limits.max_memory_bytes,
+                terms.limits.max_memory_bytes,
                 budget.clone(),
                 handles.memory.clone(),
             ),
-            config: setup.config.clone(),
+            log: handles.log.clone(),
+            wasi,
+            http: WasiHttpCtx::new(),
+            grants,
+            table,
+            config: terms.config.clone(),
             kv: handles.kv.clone(),
             _ticking: ticking,
         }
     }
 
-    /// What `wasi:sockets/ip-name-lookup` reaches (see `name_lookup.rs`).
-    pub fn lookups(&mut self) -> super::name_lookup::Lookups<'_> {
-        super::name_lookup::Lookups {
+    /// A call begins at `started`; see [`Self::begin_command`]. Returns the
+    /// waits' account, which its deadline follows.
+    pub fn begin_call(&mut self, started: Instant) -> HostWait {
+        self.begin_command(started);
+        self.call.host_wait.clone()
+    }
+
+    /// A command begins at `started` (a call's, or the next of a batch):
+    /// its time, its stderr and its memory refusals are counted afresh, so
+    /// nothing an earlier command did is charged to it.
+    pub fn begin_command(&mut self, started: Instant) {
+        self.call.host_wait.reset_from(started);
+        self.call.stderr_tail.clear();
+        self.limiter.begin_command();
+    }
+
+    /// What `wasi:sockets/ip-name-lookup` reaches (see `grants/tcp.rs`).
+    pub fn lookups(&mut self) -> super::grants::Lookups<'_> {
+        super::grants::Lookups {
             sockets: wasmtime_wasi::sockets::WasiSocketsCtxView {
                 ctx: self.wasi.sockets(),
                 table: &mut self.table,
             },
-            grants: &mut self.names,
+            grants: &mut self.grants.names,
         }
     }
 
     /// What the `wasi:io` imports that may wait reach (see `io_waits.rs`).
     pub fn io_waits(&mut self) -> super::io_waits::Waits<'_> {
-        super::io_waits::Waits::new(&mut self.table, &mut self.running)
+        super::io_waits::Waits::new(&mut self.table, &mut self.call.running)
     }
 }
 
@@ -140,7 +185,7 @@ impl WasiHttpView for Sandbox {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: &mut self.http_hooks,
+            hooks: &mut self.grants.http,
         }
     }
 }
@@ -191,7 +236,7 @@ impl Sandbox {
         write: Write,
     ) -> wasmtime::Result<Result<Written, kv::Error>> {
         let completion = self.kv.write(key, write);
-        settle(completion, &self.host_wait, &mut self.running).await
+        settle(completion, &self.call.host_wait, &mut self.call.running).await
     }
 }
 
@@ -277,7 +322,7 @@ fn reported<T>(
 impl kv::Host for Sandbox {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::Error>> {
         let completion = self.kv.get(&key);
-        settle(completion, &self.host_wait, &mut self.running).await
+        settle(completion, &self.call.host_wait, &mut self.call.running).await
     }
 
     async fn set(
@@ -301,7 +346,7 @@ impl kv::Host for Sandbox {
         prefix: String,
     ) -> wasmtime::Result<Result<Vec<String>, kv::Error>> {
         let completion = self.kv.list_keys(&prefix);
-        settle(completion, &self.host_wait, &mut self.running).await
+        settle(completion, &self.call.host_wait, &mut self.call.running).await
     }
 
     async fn increment(

@@ -14,6 +14,7 @@
 //! (see `connection.rs`), so idle clients hold no memory.
 
 use wasmtime::Store;
+use wasmtime::component::ComponentExportIndex;
 
 use super::bindings;
 use super::sandbox::Sandbox;
@@ -66,4 +67,22 @@ impl Session {
     pub(super) fn keep(&mut self, warm: Warm) {
         self.warm = Some(warm);
     }
+}
+
+/// A new instance of `pre` in `store`, with `serve-batch` looked up when
+/// the plugin has it.
+pub(super) async fn instantiate(
+    pre: &bindings::PluginPre<Sandbox>,
+    serve_batch: Option<&ComponentExportIndex>,
+    store: &mut Store<Sandbox>,
+) -> wasmtime::Result<Live> {
+    let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
+    let plugin = bindings::Plugin::new(&mut *store, &instance)?;
+    let serve_batch = serve_batch
+        .map(|index| instance.get_typed_func::<(), ()>(&mut *store, index))
+        .transpose()?;
+    Ok(Live {
+        plugin,
+        serve_batch,
+    })
 }

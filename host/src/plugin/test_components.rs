@@ -1,25 +1,18 @@
-//! Tiny plugins for in-process tests (built from WAT by the shared
-//! `tests/support/components.rs`), and a runtime to load them in.
+//! Tiny plugins for in-process tests (built from WAT by the test support
+//! crate's `components.rs`), and a runtime to load them in.
 
 use std::sync::Arc;
 
-#[path = "../../../tests/support/components.rs"]
-#[allow(
-    dead_code,
-    reason = "the batched components are for the end-to-end tests"
-)]
-mod components;
+pub use plugboard_test_support::components::{Handle, ServeBatch, batched_component, component};
 
-pub use components::{Handle, component};
-
-use super::{Runtime, RuntimeOptions};
-use crate::store::{KvLimits, Store};
+use super::{EngineOptions, WasmRuntime};
+use crate::store::{Kv, KvLimits};
 
 /// A runtime as the server makes one, with a small pool and an in-memory store.
-pub fn runtime() -> Arc<Runtime> {
-    let options = RuntimeOptions {
+pub fn runtime() -> Arc<WasmRuntime> {
+    let options = EngineOptions {
         max_concurrent_calls: 8,
-        ..RuntimeOptions::default()
+        ..EngineOptions::default()
     };
     let limits = KvLimits {
         max_key_bytes: 64,
@@ -27,5 +20,5 @@ pub fn runtime() -> Arc<Runtime> {
         max_keys: 16,
         max_bytes: 1 << 20,
     };
-    Runtime::new(options, Store::in_memory(limits)).expect("runtime")
+    WasmRuntime::new(options, Kv::in_memory(limits)).expect("runtime")
 }

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use super::test_components::{Handle, component, runtime};
 use super::*;
+use crate::protocol::request::Request;
 
-fn setup(limits: Limits) -> Setup {
-    Setup {
+fn terms(limits: Limits) -> Terms {
+    Terms {
         limits,
-        ..Setup::default()
+        ..Terms::default()
     }
 }
 
@@ -18,7 +19,7 @@ async fn load(handle: Handle, limits: Limits) -> Plugin {
         &runtime(),
         "test",
         component(&["go"], handle),
-        setup(limits),
+        terms(limits),
     )
     .await
     .expect("the test component loads")
@@ -41,7 +42,7 @@ async fn load_reads_the_declared_commands() {
         &runtime(),
         "two",
         component(&["a", "b-c"], Handle::Reply("x")),
-        Setup::default(),
+        Terms::default(),
     )
     .await
     .unwrap();
@@ -103,6 +104,44 @@ async fn growing_past_the_memory_limit_is_out_of_memory() {
     );
 }
 
+/// A refused growth the plugin survived is not the cause of a later
+/// failure on the same (warm) instance: that one is reported as itself.
+#[tokio::test]
+async fn a_memory_refusal_survived_earlier_is_not_blamed_for_a_later_trap() {
+    let limits = Limits {
+        max_memory_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let plugin = load(Handle::GrowDeniedThenTrap, limits).await;
+    let mut session = Session::default();
+    let survived = plugin.call(go(), &mut session).await;
+    assert!(
+        matches!(&survived, Answer::Reply(text) if text == "survived"),
+        "{survived:?}"
+    );
+    assert!(session.is_warm());
+    let trapped = plugin.call(go(), &mut session).await;
+    assert!(
+        matches!(trapped, Answer::Failure(CallError::Trapped(_))),
+        "{trapped:?}"
+    );
+}
+
+/// What the log says of a quarantined plugin's call: a share of its recent
+/// calls, not a run of them (see `health.rs`), and how it comes back.
+#[test]
+fn a_disabled_plugin_is_described_as_quarantine_counts() {
+    let said = CallError::Disabled(5).to_string();
+    assert!(
+        !said.contains("consecutive") && !said.contains("in a row"),
+        "{said}"
+    );
+    assert!(
+        said.contains("5 of its recent calls") && said.contains("SIGHUP"),
+        "{said}"
+    );
+}
+
 #[tokio::test]
 async fn a_reply_over_the_limit_is_refused_with_its_size() {
     let limits = Limits {
@@ -140,7 +179,7 @@ async fn consecutive_failures_quarantine_and_a_new_setup_starts_clean() {
         matches!(disabled, Answer::Failure(CallError::Disabled(2))),
         "{disabled:?}"
     );
-    let renewed = plugin.with_setup(setup(limits));
+    let renewed = plugin.with_terms(terms(limits));
     let failure = renewed.call(go(), &mut session).await;
     assert!(matches!(failure, Answer::Failure(CallError::Trapped(_))));
 }
@@ -148,13 +187,14 @@ async fn consecutive_failures_quarantine_and_a_new_setup_starts_clean() {
 #[tokio::test]
 async fn files_that_are_not_components_are_named_for_what_they_are() {
     let runtime = runtime();
-    let not_wasm = Plugin::from_bytes(&runtime, "x", b"hello".to_vec(), Setup::default()).await;
+    let not_wasm = Plugin::from_bytes(&runtime, "x", b"hello".to_vec(), Terms::default()).await;
     assert!(matches!(not_wasm, Err(LoadError::NotWasm)));
-    let core = wat::parse_str("(module)").unwrap();
-    let core = Plugin::from_bytes(&runtime, "x", core, Setup::default()).await;
+    // An empty core module: the magic, version 1, layer 0.
+    let core = b"\0asm\x01\0\0\0".to_vec();
+    let core = Plugin::from_bytes(&runtime, "x", core, Terms::default()).await;
     assert!(matches!(core, Err(LoadError::CoreModule)));
     let spaced = component(&["two words"], Handle::Reply("x"));
-    let spaced = Plugin::from_bytes(&runtime, "x", spaced, Setup::default()).await;
+    let spaced = Plugin::from_bytes(&runtime, "x", spaced, Terms::default()).await;
     assert!(matches!(spaced, Err(LoadError::InvalidCommandName(name)) if name == "two words"));
 }
 
@@ -196,7 +236,7 @@ async fn a_plugin_needing_more_than_the_ceiling_is_refused_at_load() {
             pages: 1,
         },
     );
-    let refused = Plugin::from_bytes(&runtime(), "huge", huge, Setup::default()).await;
+    let refused = Plugin::from_bytes(&runtime(), "huge", huge, Terms::default()).await;
     let Err(err) = refused else {
         panic!("a component with 9 memories loaded");
     };

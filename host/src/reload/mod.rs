@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::plugin::Runtime;
+use crate::plugin::WasmRuntime;
 use crate::router::Routes;
 use plugin_dir::is_plugin_file;
 
@@ -61,7 +61,7 @@ enum Trigger {
 
 /// The plugin set, what it serves through, and what makes it change.
 pub struct Reloader {
-    runtime: Arc<Runtime>,
+    runtime: Arc<WasmRuntime>,
     config: Config,
     config_path: Option<PathBuf>,
     plugins: PluginDir,
@@ -97,7 +97,7 @@ impl Reloader {
     /// then seen by the watcher, not missed. `config_path` is what SIGHUP
     /// re-reads; `None` when serving on the built-in defaults.
     pub async fn start(
-        runtime: Arc<Runtime>,
+        runtime: Arc<WasmRuntime>,
         config: Config,
         config_path: Option<PathBuf>,
         watch: bool,
@@ -112,7 +112,7 @@ impl Reloader {
         };
         let mut plugins = PluginDir::new(config.plugin_dir.clone());
         plugins
-            .rescan(&runtime, &|name| config.setup_for(name))
+            .rescan(&runtime, &|name| config.terms_for(name))
             .await?;
         let routes = Arc::new(Routes::from_pointee(plugins.router()));
         Ok(Self {
@@ -187,7 +187,7 @@ impl Reloader {
         let config = &self.config;
         match self
             .plugins
-            .rescan(&self.runtime, &|name| config.setup_for(name))
+            .rescan(&self.runtime, &|name| config.terms_for(name))
             .await
         {
             Ok(changes) if changes.alter_routes() => self.publish(),
@@ -222,7 +222,7 @@ impl Reloader {
         }
         self.rewatch();
         let config = &self.config;
-        let limits_changed = self.plugins.apply_limits(&|name| config.setup_for(name));
+        let limits_changed = self.plugins.apply_limits(&|name| config.terms_for(name));
         let revived = self.plugins.revive_quarantined();
         self.rescan().await;
         if limits_changed || revived {

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use anyhow::Context;
 use futures::StreamExt;
 
-use crate::plugin::{Plugin, Runtime, Setup};
+use crate::plugin::{Plugin, Terms, WasmRuntime};
 use crate::router::Router;
 
 /// The `*.wasm` files directly in `dir`, sorted by file name.
@@ -47,8 +47,8 @@ pub fn plugin_name(path: &Path) -> String {
 }
 
 /// How a plugin of a given name is set up (its limits and config table):
-/// the config's `setup_for`, passed in so that this module needs no config.
-pub type SetupFor<'a> = &'a (dyn Fn(&str) -> Setup + Sync);
+/// the config's `terms_for`, passed in so that this module needs no config.
+pub type TermsFor<'a> = &'a (dyn Fn(&str) -> Terms + Sync);
 
 /// What a rescan changed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -118,8 +118,8 @@ impl PluginDir {
     /// at most once per call, and only if its size or mtime changed.
     pub async fn rescan(
         &mut self,
-        runtime: &Arc<Runtime>,
-        setup_for: SetupFor<'_>,
+        runtime: &Arc<WasmRuntime>,
+        terms_for: TermsFor<'_>,
     ) -> anyhow::Result<Changes> {
         let paths = plugin_files(&self.dir)
             .with_context(|| format!("cannot list plugin_dir {}", self.dir.display()))?;
@@ -150,8 +150,8 @@ impl PluginDir {
             tracing::info!(file = %read.path.display(), bytes = read.bytes.len(), "compiling plugin");
             let started = std::time::Instant::now();
             let bytes = std::mem::take(&mut read.bytes);
-            let setup = setup_for(&read.name);
-            let loaded = Plugin::from_bytes(runtime, &read.name, bytes, setup).await;
+            let terms = terms_for(&read.name);
+            let loaded = Plugin::from_bytes(runtime, &read.name, bytes, terms).await;
             (read, started.elapsed(), loaded)
         });
         let mut compiled = futures::stream::iter(compiles).buffered(compile_slots());
@@ -251,16 +251,16 @@ impl PluginDir {
     /// Applies changed limits and plugin config to loaded plugins (without
     /// recompiling them).
     /// Returns whether any plugin changed.
-    pub fn apply_limits(&mut self, setup_for: SetupFor<'_>) -> bool {
+    pub fn apply_limits(&mut self, terms_for: TermsFor<'_>) -> bool {
         let mut changed = false;
         for loaded in self.files.values_mut() {
             let Some(plugin) = &loaded.plugin else {
                 continue;
             };
-            let setup = setup_for(plugin.name());
-            if *plugin.setup() != setup {
-                tracing::info!(plugin = plugin.name(), limits = ?setup.limits, "plugin settings changed");
-                loaded.plugin = Some(Arc::new(plugin.with_setup(setup)));
+            let terms = terms_for(plugin.name());
+            if *plugin.terms() != terms {
+                tracing::info!(plugin = plugin.name(), limits = ?terms.limits, "plugin settings changed");
+                loaded.plugin = Some(Arc::new(plugin.with_terms(terms)));
                 changed = true;
             }
         }
@@ -278,7 +278,7 @@ impl PluginDir {
             };
             if plugin.is_disabled() {
                 tracing::info!(plugin = plugin.name(), "SIGHUP: quarantined plugin revived");
-                loaded.plugin = Some(Arc::new(plugin.with_setup(plugin.setup().clone())));
+                loaded.plugin = Some(Arc::new(plugin.with_terms(plugin.terms().clone())));
                 revived = true;
             }
         }
@@ -316,8 +316,8 @@ mod tests {
     use crate::plugin::Limits;
     use crate::plugin::test_components::{Handle, component, runtime};
 
-    fn defaults(_: &str) -> Setup {
-        Setup::default()
+    fn defaults(_: &str) -> Terms {
+        Terms::default()
     }
 
     fn write(dir: &Path, file: &str, bytes: &[u8]) {
@@ -412,15 +412,15 @@ mod tests {
         let mut plugins = PluginDir::new(dir.path().to_owned());
         plugins.rescan(&runtime(), &defaults).await.unwrap();
         assert!(!plugins.apply_limits(&defaults));
-        let strict = |_: &str| Setup {
+        let strict = |_: &str| Terms {
             limits: Limits {
                 max_reply_bytes: 1,
                 ..Limits::default()
             },
-            ..Setup::default()
+            ..Terms::default()
         };
         assert!(plugins.apply_limits(&strict));
         let plugin = the_plugin(&plugins, "a.wasm");
-        assert_eq!(plugin.setup().limits.max_reply_bytes, 1);
+        assert_eq!(plugin.terms().limits.max_reply_bytes, 1);
     }
 }

@@ -235,14 +235,15 @@ fn grown(usage: Usage, old: Option<u64>, new: u64, limits: &KvLimits) -> Result<
     Ok(Usage { keys, bytes })
 }
 
-/// The store shared by all plugins: a backend plus the limits.
+/// Plugins' key-value state, shared by all of them: a backend plus the
+/// limits. Each plugin sees its own [`Namespace`] of it.
 #[derive(Clone)]
-pub struct Store {
+pub struct Kv {
     backend: Arc<dyn Backend>,
     limits: KvLimits,
 }
 
-impl Store {
+impl Kv {
     pub fn new(backend: Arc<dyn Backend>, limits: KvLimits) -> Self {
         Self { backend, limits }
     }
@@ -281,7 +282,7 @@ impl Store {
 /// One plugin's keys.
 #[derive(Clone)]
 pub struct Namespace {
-    store: Store,
+    store: Kv,
     ns: String,
 }
 

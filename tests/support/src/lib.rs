@@ -6,10 +6,10 @@
 //! Every blocking read has a timeout so that a broken server fails a test
 //! instead of hanging it.
 //!
-//! Included by `tests/e2e/main.rs` and each benchmark with `#[path]`; each
-//! uses its own part of it.
-
-#![allow(dead_code)]
+//! A dev-only crate: the host's unit tests use its test plugins, the
+//! end-to-end tests (`tests/e2e`) and the benchmarks the rest. It finds the
+//! build it belongs to from the running test's own path, as cargo lays a
+//! build out: `<target>/<profile>/deps/<test>` beside `<profile>/plugboard`.
 
 pub mod components;
 pub mod services;
@@ -51,10 +51,26 @@ pub fn built_guest(name: &str) -> PathBuf {
     expect_built(target_dir().join(format!("guest/{name}.wasm")))
 }
 
+/// The build profile's directory (`target/release`): the running test or
+/// benchmark is in its `deps/`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("a test runs from <target>/<profile>/deps")
+        .to_owned()
+}
+
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+    profile_dir()
+        .parent()
+        .expect("a profile directory is in the target directory")
+        .to_owned()
+}
+
+/// Scratch space that outlives a test run, as cargo's `CARGO_TARGET_TMPDIR`.
+pub fn tmp_dir() -> PathBuf {
+    target_dir().join("tmp")
 }
 
 fn expect_built(path: PathBuf) -> PathBuf {
@@ -68,7 +84,7 @@ fn expect_built(path: PathBuf) -> PathBuf {
 
 /// The compile cache every test server shares (see `Setup::new`).
 pub fn shared_cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache")
+    tmp_dir().join("compile-cache")
 }
 
 /// The bytes of a plugin built by `make plugins` (see [`built_plugin`]).
@@ -91,15 +107,22 @@ pub fn stderr(output: &std::process::Output) -> String {
 /// never the home directory.
 pub fn plugboard() -> Command {
     let mut command = Command::new(plugboard_path());
-    command.env("XDG_CACHE_HOME", shared_cache_dir()).env(
-        "XDG_STATE_HOME",
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("state-home"),
-    );
+    command
+        .env("XDG_CACHE_HOME", shared_cache_dir())
+        .env("XDG_STATE_HOME", tmp_dir().join("state-home"));
     command
 }
 
+/// The `plugboard` binary of this build (cargo builds it for the
+/// end-to-end tests and benchmarks).
 pub fn plugboard_path() -> &'static str {
-    env!("CARGO_BIN_EXE_plugboard")
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        profile_dir()
+            .join("plugboard")
+            .to_string_lossy()
+            .into_owned()
+    })
 }
 
 /// A server's plugin directory and config, before it starts.
@@ -120,6 +143,12 @@ pub struct Setup {
 /// it (the benchmarks pin it to a core with `taskset`; a test may run it in
 /// a network namespace of its own).
 pub type Launcher = Arc<dyn Fn() -> Command + Send + Sync>;
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Setup {
     pub fn new() -> Self {
@@ -617,9 +646,9 @@ pub struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// A tmpfs of `mib` MiB, or `None` (and a note on stderr) where the
-    /// test may not mount one (mounting needs root).
-    pub fn mount(mib: u32) -> Option<Self> {
+    /// A tmpfs of `mib` MiB: mounting one needs root (a test that does is
+    /// `#[ignore]`d unless run as root).
+    pub fn mount(mib: u32) -> Self {
         let dir = tempfile::tempdir().expect("mount point");
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
@@ -627,11 +656,8 @@ impl Tmpfs {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|status| status.success());
-        if !mounted {
-            eprintln!("skipped: cannot mount a tmpfs (needs root)");
-            return None;
-        }
-        Some(Self { dir })
+        assert!(mounted, "cannot mount a tmpfs: this test needs root");
+        Self { dir }
     }
 
     pub fn path(&self) -> &Path {

@@ -205,7 +205,7 @@ impl Haproxy {
         let port = free_port();
         let socket = dir.path().join("stats.sock");
         let shipped = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/haproxy.cfg"),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/haproxy.cfg"),
         )
         .expect("read deploy/haproxy.cfg");
         let config = dir.path().join("haproxy.cfg");

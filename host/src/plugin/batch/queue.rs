@@ -1,26 +1,15 @@
-//! Serving several of one connection's commands in one call: the host side
-//! of WIT's `batch` interface.
-//!
-//! A call into a component costs more than the work of a small command
-//! (wasmtime's async entry, a fiber switch, lifting and lowering), so when a
-//! client has pipelined several commands for one plugin, the connection
-//! hands them over together and the plugin's `serve-batch` takes them one at
-//! a time through `next-request`, giving each reply to `reply`. Each command
-//! keeps what it had one call each: its own deadline (restarted at the reply
-//! before it), its own reply size limit, its own outcome in the metrics and
-//! the plugin's health record. A trap or a timeout ends the call: commands
-//! already replied to keep their replies, the one being served gets the
-//! failure, and the rest are handed to a fresh instance (see
-//! `Plugin::call_batch`).
+//! The host side of WIT's `batch` interface: one `serve-batch` call's
+//! requests, handed out one at a time by `next-request`, and the replies
+//! `reply` takes back, each timed from its request.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::bindings::plugboard::plugin::{batch, types};
-use super::sandbox::Sandbox;
+use crate::plugin::bindings::plugboard::plugin::{batch, types};
+use crate::plugin::sandbox::Sandbox;
 
 /// One `serve-batch` call's requests and what became of them.
-pub struct Batch {
+pub struct Queue {
     /// Not handed out yet.
     pending: VecDeque<types::Request>,
     /// Replied to, in order.
@@ -48,7 +37,7 @@ pub struct Served {
 #[error("reply of {0} bytes is over the limit")]
 pub struct OversizedReply(pub usize);
 
-impl Batch {
+impl Queue {
     /// `started`: when the call began (its first command's time begins
     /// there, waiting for an instance included, as for one call).
     pub fn new(
@@ -73,8 +62,9 @@ impl Batch {
 }
 
 impl Sandbox {
-    fn batch(&mut self) -> wasmtime::Result<&mut Batch> {
-        self.batch
+    fn batch(&mut self) -> wasmtime::Result<&mut Queue> {
+        self.call
+            .batch
             .as_mut()
             .ok_or_else(|| wasmtime::Error::msg("`batch` used outside `serve-batch`"))
     }
@@ -97,8 +87,7 @@ impl batch::Host for Sandbox {
         // The first command's deadline started with the call; each next
         // one's starts at the reply before it.
         if !first {
-            self.host_wait.reset_from(started);
-            self.stderr_tail.clear();
+            self.begin_command(started);
         }
         Ok(Some(request))
     }

@@ -31,6 +31,9 @@ pub enum Handle {
     Work(u32),
     /// Asks for 1 GiB more memory and traps if refused, as an allocator does.
     GrowMemory,
+    /// On its instance's first call, asks for 1 GiB more memory, carries on
+    /// when refused and replies `survived`; every later call traps.
+    GrowDeniedThenTrap,
     /// Has `memories` more memories, grows each by `pages` (64 KiB each),
     /// trapping if refused, then replies `grown`.
     GrowExtraMemories { memories: u32, pages: u32 },
@@ -54,6 +57,9 @@ pub fn component(commands: &[&str], handle: Handle) -> Vec<u8> {
 /// batch protocol in one of the ways the host must survive.
 #[derive(Debug, Clone, Copy)]
 pub enum ServeBatch {
+    /// Serves every request it is given, replying to each with its command
+    /// name, as a well-behaved plugin does.
+    EchoAll,
     /// Takes one request, replies with its command name and returns: every
     /// call serves one command, however many it was given.
     OneThenReturn,
@@ -80,7 +86,7 @@ pub fn batched_component(commands: &[&str], handle: Handle, serve: ServeBatch) -
 fn encode(wat: &str, world: &str) -> Vec<u8> {
     let mut module = wat::parse_str(wat).expect("test WAT parses");
     let mut resolve = wit_parser::Resolve::default();
-    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../wit");
     let (package, _) = resolve.push_dir(&wit).expect("wit/ parses");
     let world = resolve
         .select_world(&[package], Some(world))
@@ -118,6 +124,7 @@ fn core_module(commands: &[&str], handle: Handle, serve: Option<ServeBatch>) -> 
     let text = match handle {
         Handle::Reply(text) | Handle::Refuse(text) => text,
         Handle::GrowExtraMemories { .. } => "grown",
+        Handle::GrowDeniedThenTrap => "survived",
         Handle::Work(_) => "worked",
         _ => "",
     };
@@ -138,6 +145,7 @@ fn core_module(commands: &[&str], handle: Handle, serve: Option<ServeBatch>) -> 
   (memory (export "memory") 1)
   {extra_memories}
   (global $heap (mut i32) (i32.const {HEAP_AT}))
+  (global $calls (mut i32) (i32.const 0))
   (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
     (local $at i32)
     (local.set $at (i32.and (i32.add (global.get $heap) (i32.const 7)) (i32.const -8)))
@@ -194,6 +202,13 @@ fn handle_body(handle: Handle, text_len: u32) -> String {
     {}",
             answer(0, &text_at, &text_len)
         ),
+        Handle::GrowDeniedThenTrap => format!(
+            "(if (global.get $calls) (then unreachable))
+    (global.set $calls (i32.const 1))
+    (drop (memory.grow (i32.const 16384)))
+    {}",
+            answer(0, &text_at, &text_len)
+        ),
         Handle::GrowMemory => format!(
             "(if (i32.eq (memory.grow (i32.const 16384)) (i32.const -1)) (then unreachable))
     {}",
@@ -230,6 +245,13 @@ fn serve_batch(serve: ServeBatch) -> String {
         len_at = RETURN_AT + 8,
     );
     let body = match serve {
+        ServeBatch::EchoAll => format!(
+            "(loop $serve
+      {take}
+      (if (i32.eqz (i32.load8_u (i32.const {RETURN_AT}))) (then return))
+      {reply_with_command}
+      (br $serve))"
+        ),
         ServeBatch::OneThenReturn => format!(
             "{take}
     (if (i32.eqz (i32.load8_u (i32.const {RETURN_AT}))) (then return))

@@ -1,0 +1,155 @@
+//! Loading: a file's bytes become a [`Plugin`], or a [`LoadError`] that says
+//! why not in the author's terms.
+//!
+//! A load compiles the component (or finds it in the compile cache), links
+//! it against the host's imports once (`InstancePre`), and asks a first
+//! instance for the commands it serves, under the plugin's own limits: a
+//! plugin that hangs or traps in `commands()` is refused, not served.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::runtime::{
+    MAX_CORE_INSTANCES_PER_INSTANCE, MAX_MEMORIES_PER_INSTANCE, MAX_TABLES_PER_INSTANCE,
+};
+use super::sandbox::InstanceHandles;
+use super::session::instantiate;
+use super::{CommandSpec, Compiled, Plugin, Terms, WasmRuntime, bindings};
+use crate::protocol::request::CommandName;
+
+/// Why a file could not become a plugin. The server logs it and starts without it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("not a WebAssembly file")]
+    NotWasm,
+    #[error(
+        "a core WebAssembly module, not a component: build for wasm32-wasip2, \
+         or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    #[error("not a valid WebAssembly component: {0:#}")]
+    Compile(anyhow::Error),
+    #[error(
+        "one instance would need more than a plugin may have (at most \
+         {MAX_CORE_INSTANCES_PER_INSTANCE} core instances, {MAX_MEMORIES_PER_INSTANCE} memories, \
+         {MAX_TABLES_PER_INSTANCE} tables): {0:#}"
+    )]
+    TooLarge(anyhow::Error),
+    #[error("does not match plugboard's `plugin` world: {0:#}")]
+    Link(anyhow::Error),
+    #[error("`commands()` failed: {0:#}")]
+    Commands(anyhow::Error),
+    #[error("declares an invalid command name {0:?} (empty or containing whitespace)")]
+    InvalidCommandName(String),
+}
+
+/// Catches the two most common wrong files with a message that says what to
+/// do, before the compiler reports them in its own terms.
+fn check_component_header(bytes: &[u8]) -> Result<(), LoadError> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_MODULE_LAYER: [u8; 2] = [0, 0];
+    if !bytes.starts_with(MAGIC) {
+        return Err(LoadError::NotWasm);
+    }
+    // Bytes 6..8 are the layer: 0 for a core module, 1 for a component.
+    if bytes.get(6..8) == Some(&CORE_MODULE_LAYER[..]) {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
+}
+
+impl Plugin {
+    /// Compiles the component at `path` as plugin `name` and asks it for
+    /// its commands.
+    pub async fn load(
+        runtime: &Arc<WasmRuntime>,
+        name: &str,
+        path: &Path,
+        terms: Terms,
+    ) -> Result<Self, LoadError> {
+        let bytes = tokio::fs::read(path).await?;
+        Self::from_bytes(runtime, name, bytes, terms).await
+    }
+
+    /// Like [`Plugin::load`] with the file already read: the plugin directory
+    /// reads each version of a file once, to hash it and to compile it.
+    pub async fn from_bytes(
+        runtime: &Arc<WasmRuntime>,
+        name: &str,
+        bytes: Vec<u8>,
+        terms: Terms,
+    ) -> Result<Self, LoadError> {
+        let name: Arc<str> = name.into();
+        let kv = Arc::new(runtime.kv().namespace(&name));
+        check_component_header(&bytes)?;
+        // Compiling is CPU-bound and can take seconds: keep it off the async workers.
+        let compiling = runtime.clone();
+        let component = tokio::task::spawn_blocking(move || compiling.compile(&bytes))
+            .await
+            .map_err(|join| LoadError::Compile(join.into()))?
+            .map_err(|err| {
+                // The engine checks a component against the pool's
+                // per-instance limits as it compiles it.
+                if format!("{err:#}").contains("pooling allocator") {
+                    LoadError::TooLarge(err.into())
+                } else {
+                    LoadError::Compile(err.into())
+                }
+            })?;
+        let imports = component
+            .component_type()
+            .imports(runtime.engine())
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let instance_pre = runtime
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|err| LoadError::Link(err.into()))?;
+        let pre =
+            bindings::PluginPre::new(instance_pre).map_err(|err| LoadError::Link(err.into()))?;
+        let serve_batch = component.get_export_index(None, "serve-batch");
+
+        let memory = crate::telemetry::plugin_memory(&name);
+        let handles = InstanceHandles::new(&name, &kv, &memory, &terms);
+        let mut store = runtime.new_store(&handles, &terms);
+        let call = async {
+            let live = instantiate(&pre, serve_batch.as_ref(), &mut store).await?;
+            live.plugin.call_commands(&mut store).await
+        };
+        let declared = tokio::time::timeout(terms.limits.call_timeout, call)
+            .await
+            .map_err(|_| LoadError::Commands(anyhow::anyhow!("timed out")))?
+            .map_err(|err| LoadError::Commands(err.into()))?;
+        let commands = declared
+            .into_iter()
+            .map(|info| match CommandName::new(&info.name) {
+                Some(name) => Ok(CommandSpec {
+                    name,
+                    summary: one_help_line(&info.summary),
+                }),
+                None => Err(LoadError::InvalidCommandName(info.name)),
+            })
+            .collect::<Result<_, _>>()?;
+
+        let compiled = Compiled {
+            name,
+            pre,
+            serve_batch,
+            commands,
+            imports,
+            kv,
+            memory,
+            runtime: runtime.clone(),
+        };
+        Ok(Self::set_up(Arc::new(compiled), terms))
+    }
+}
+
+/// A command's summary as `help` can show it: one line, and never the
+/// delimiter, which would end `help`'s reply early and shift every reply
+/// after it (the plugin's text, so the plugin's to get wrong).
+fn one_help_line(summary: &str) -> String {
+    summary.replace(['\r', '\n'], " ").replace("<EOF>", "<eof>")
+}
