@@ -3,7 +3,7 @@
 //! throughput with 1, 16 and 64 concurrent writers, disk and Redis against
 //! memory. Every disk write is durable (fsynced) before it completes;
 //! concurrent writers share commits (group commit). Redis is a real
-//! `redis-server` on loopback with `appendfsync always`, as the README asks
+//! `redis-server` on loopback with `appendfsync always`, as docs/deployment.md asks
 //! for durable state. Prints figures; asserts nothing.
 //!
 //! Run with `make bench-kv`.

@@ -215,8 +215,8 @@ fn the_limit_keys_are_the_struct_fields() {
 /// The field names serde's derive gives `T` (skipped fields left out): the
 /// keys a table of `T` takes, from the struct itself.
 fn keys_of<'de, T: Deserialize<'de>>() -> Vec<&'static str> {
-    use serde::de::{Error as _, Visitor};
     use serde::de::value::Error;
+    use serde::de::{Error as _, Visitor};
 
     struct Introspect<'k>(&'k mut Vec<&'static str>);
 

@@ -24,8 +24,9 @@ pub struct Limits {
     pub max_memory_bytes: usize,
     /// Longest reply (success or error text) sent to a client.
     pub max_reply_bytes: usize,
-    /// Consecutive failed calls (traps, timeouts, memory) before the plugin is
-    /// disabled; 0 never disables it.
+    /// Failed calls (traps, timeouts, memory) among the plugin's last 4 x
+    /// this many (at most 64) that disable it; 0 never disables it (see
+    /// `health.rs`).
     pub quarantine_after: u32,
     /// Lines a second the plugin may write to the host's log (`host.log`,
     /// stdout and stderr together), in bursts of as many.

@@ -19,7 +19,7 @@
 //! that touch no state never wait on Redis. The connection manager
 //! reconnects by itself, in the background, when Redis is back. Durability
 //! of an acknowledged write is Redis's: with `appendonly yes` and
-//! `appendfsync always` it is on disk before the reply (see the README).
+//! `appendfsync always` it is on disk before the reply (see docs/deployment.md).
 
 use std::path::PathBuf;
 use std::sync::Arc;

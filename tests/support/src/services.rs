@@ -56,7 +56,7 @@ fn spawn_service(program: &str, command: &mut Command) -> (Child, Output) {
 
 /// A `redis-server` on 127.0.0.1, with every acknowledged write fsynced to
 /// its append-only file (`appendonly yes`, `appendfsync always`): what the
-/// README asks of a Redis that holds plugin state.
+/// deployment docs ask of a Redis that holds plugin state.
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
