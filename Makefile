@@ -18,7 +18,7 @@ PYTHON ?= python3
 COMPONENTIZE_PY_VERSION := 0.25.1
 NPM ?= npm
 
-.PHONY: run build plugins test lint wasm-target services install bench bench-load bench-call bench-reload bench-kv
+.PHONY: run build plugins test lint wasm-target services install bench bench-load bench-call bench-reload bench-kv aarch64 smoke-aarch64
 
 run: build
 	./target/release/plugboard serve --config config.toml
@@ -40,15 +40,15 @@ wasm-target:
 	rustup target add $(WASM_TARGET)
 
 # The scale-out tests and benchmarks run a real redis-server and HAProxy,
-# and the TLS tests openssl, from Debian's packages; installed once, if
-# missing (as root, or with sudo).
+# the TLS tests openssl, the systemd unit's test systemd-analyze, from
+# Debian's packages; installed once, if missing (as root, or with sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 services:
 	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null || \
-		! command -v openssl >/dev/null || \
+		! command -v openssl >/dev/null || ! command -v systemd-analyze >/dev/null || \
 		! { command -v haproxy || test -x /usr/sbin/haproxy; } >/dev/null; then \
 		$(SUDO) apt-get update && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends redis-server redis-tools haproxy openssl; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends redis-server redis-tools haproxy openssl systemd; \
 	fi
 
 # Every guest, shipped and test-only alike: the workspace's Rust crates and
@@ -119,3 +119,24 @@ $(GUEST_OUT)/text.wasm: plugins/js/text/plugin.js $(JS_BUILD) plugins/js/text/pa
 	mkdir -p $(GUEST_OUT)
 	sed -e 's|{{file}}|text|' -e 's|{{wit}}|../../../wit|' $(JS_BUILD) > plugins/js/text/.build.mjs
 	cd plugins/js/text && $(NPM) ci --silent --no-audit --no-fund && node .build.mjs ../../../$@
+
+# A server for a 64-bit ARM board (a Raspberry Pi 3, 4 or 5 on a 64-bit OS):
+# the Rust target, and Debian's cross C compiler (ring and mimalloc build C),
+# installed if missing. The binary: target/aarch64-unknown-linux-gnu/release/plugboard.
+AARCH64 := aarch64-unknown-linux-gnu
+aarch64:
+	rustup target add $(AARCH64)
+	@command -v aarch64-linux-gnu-gcc >/dev/null || { $(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends gcc-aarch64-linux-gnu libc6-dev-arm64-cross; }
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+		$(CARGO) build --release --locked -p plugboard --target $(AARCH64)
+
+# Runs that binary under qemu-user (Debian's qemu-user-static, installed if
+# missing): it serves onoff on the shipped config's settings and hot-reloads
+# it. Not part of `make test`: the cross build takes about as long as the
+# rest of the suite (see docs/deployment.md, "Small machines").
+smoke-aarch64: aarch64 plugins
+	@{ command -v qemu-aarch64-static || command -v qemu-aarch64; } >/dev/null || { $(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends qemu-user-static; }
+	$(CARGO) build --release --locked -p plugboard
+	tests/aarch64-smoke.sh

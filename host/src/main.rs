@@ -108,6 +108,28 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Compile every plugin of the config's plugin directory into the
+    /// compile cache, and exit: a server started next serves at once.
+    Compile {
+        /// Config file [default: config.toml, or built-in defaults if it does not exist]
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Internal: compile one component, read from stdin, into the compile
+    /// cache. The server runs this to compile outside its own process.
+    #[command(hide = true)]
+    CompilePlugin {
+        #[arg(long)]
+        cache_dir: PathBuf,
+        #[arg(long)]
+        max_stack_bytes: usize,
+        #[arg(long)]
+        incremental_cache_bytes: u64,
+        #[arg(long)]
+        memory_limit_bytes: u64,
+        #[arg(long)]
+        no_epoch_interruption: bool,
+    },
     /// Create a plugin project that builds and loads as is, answering a
     /// command named after it.
     New {
@@ -148,6 +170,10 @@ enum Command {
 /// reader is its user.
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A compile child needs no runtime, and its memory limit is its own.
+    if let Command::CompilePlugin { .. } = cli.command {
+        return compile_plugin(cli.command);
+    }
     // Dropped last, after the runtime: it flushes the log's last lines.
     let mut log = None;
     // `serve` and `dev` log as their config says, once they have read it.
@@ -175,6 +201,35 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     drop(log);
     code
+}
+
+/// `plugboard compile-plugin`: the child side of a compile (see
+/// `plugin/compile.rs`). Errors go to stderr, where the server reads them.
+fn compile_plugin(command: Command) -> ExitCode {
+    let Command::CompilePlugin {
+        cache_dir,
+        max_stack_bytes,
+        incremental_cache_bytes,
+        memory_limit_bytes,
+        no_epoch_interruption,
+    } = command
+    else {
+        return ExitCode::FAILURE;
+    };
+    let job = plugboard::plugin::ChildCompile {
+        options: plugboard::plugin::EngineOptions {
+            max_wasm_stack_bytes: max_stack_bytes,
+            epoch_interruption: !no_epoch_interruption,
+            cache_dir: Some(cache_dir),
+            incremental_cache_bytes,
+            ..plugboard::plugin::EngineOptions::default()
+        },
+        memory_limit_bytes,
+    };
+    match plugboard::plugin::compile_plugin_from_stdin(&job) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(err),
+    }
 }
 
 /// How long an idle blocking thread lives (see `main`).
@@ -216,6 +271,7 @@ async fn run(cli: Cli, log: &mut Option<LogGuard>) -> anyhow::Result<ExitCode> {
                 config,
                 config_path,
                 watch: !no_watch,
+                control: None,
             };
             plugboard::net::server::run(options, shutdown).await?;
             Ok(ExitCode::SUCCESS)
@@ -270,6 +326,12 @@ async fn run(cli: Cli, log: &mut Option<LogGuard>) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Compile { config } => {
+            let (config, _) = load_config(config)?;
+            plugboard::cli::compile::run(&config).await
+        }
+        // Handled before the runtime starts (see `main`).
+        Command::CompilePlugin { .. } => Ok(ExitCode::FAILURE),
         Command::Check { file, config } => {
             plugboard::cli::standalone::check(&file, &tool_config(config)?).await
         }

@@ -3,6 +3,7 @@
 mod batch;
 mod capabilities;
 mod cli;
+mod compile;
 mod dev;
 mod kv_backends;
 mod languages;

@@ -73,6 +73,7 @@ pub async fn run(
             config,
             config_path: None,
             watch: true,
+            control: None,
         },
         stop.clone().cancelled_owned(),
     ));

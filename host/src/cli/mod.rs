@@ -1,13 +1,14 @@
 //! The `plugboard` subcommands other than `serve`: the [`client`] behind
-//! `send` (and its interactive `prompt`), [`dev`] behind `dev`, [`scaffold`]
-//! behind `new`, [`standalone`] behind `check` and `call`, and [`token`]
-//! behind `token`. `main.rs` parses the command line and calls into these.
+//! `send` (and its interactive `prompt`), [`compile`] behind `compile`,
+//! [`dev`] behind `dev`, [`scaffold`] behind `new`, [`standalone`] behind
+//! `check` and `call`, and [`token`] behind `token`. `main.rs` parses the command line and calls into these.
 
 use std::path::PathBuf;
 
 use crate::config::{Config, StateStore};
 
 pub mod client;
+pub mod compile;
 pub mod dev;
 mod prompt;
 pub mod scaffold;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::{Config, StateStore};
-use crate::plugin::{Plugin, Session, WasmRuntime};
+use crate::plugin::{CompiledBy, Plugin, Session, WasmRuntime};
 use crate::protocol::request::Request;
 use crate::reload::plugin_dir::plugin_name;
 use crate::router::Router;
@@ -43,8 +43,9 @@ async fn load(file: &Path, config: &Config) -> anyhow::Result<Loaded> {
     let plugin = Plugin::load(&runtime, &name, file, config.terms_for(&name))
         .await
         .with_context(|| format!("{} would be rejected", file.display()))?;
-    let compile = match (runtime.cache_stats(), cache_dir) {
-        (Some((hits, 0)), Some(dir)) if hits > 0 => Compile::FromCache(dir),
+    let cache_dir = cache_dir.filter(|_| runtime.cache_stats().is_some());
+    let compile = match (plugin.compiled_by(), cache_dir) {
+        (CompiledBy::Cache, Some(dir)) => Compile::FromCache(dir),
         (_, dir) => Compile::Compiled(started.elapsed(), dir),
     };
     Ok(Loaded { plugin, compile })

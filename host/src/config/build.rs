@@ -4,12 +4,21 @@
 use std::time::Duration;
 
 use super::{Config, StateStore};
-use crate::plugin::EngineOptions;
+use crate::plugin::{ChildLimits, Compiler, EngineOptions};
 use crate::store::{Kv, KvLimits, RedisSettings};
 
 impl Config {
-    /// The engine settings this config asks for.
+    /// The engine settings this config asks for. With the compile cache,
+    /// plugins compile in a child process of this very binary.
     pub fn engine_options(&self) -> EngineOptions {
+        let compiler = match (self.compile_cache, std::env::current_exe()) {
+            (true, Ok(program)) => Compiler::Child(ChildLimits {
+                program,
+                memory_bytes: self.compile_memory_mib.saturating_mul(1 << 20),
+                timeout: Duration::from_millis(self.compile_timeout_ms),
+            }),
+            _ => Compiler::InProcess,
+        };
         EngineOptions {
             max_concurrent_calls: self.max_connections,
             max_wasm_stack_bytes: self.max_stack_kib << 10,
@@ -19,6 +28,8 @@ impl Config {
                 .map_or_else(crate::plugin::default_total_memory_bytes, |mib| {
                     (mib as usize).saturating_mul(1 << 20)
                 }),
+            compiler,
+            incremental_cache_bytes: self.incremental_cache_mib.saturating_mul(1 << 20),
             ..EngineOptions::default()
         }
     }

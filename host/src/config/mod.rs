@@ -65,6 +65,13 @@ pub struct Config {
     pub compile_cache: bool,
     /// Where the compile cache lives. Relative to the config file.
     pub cache_dir: PathBuf,
+    /// The longest a plugin's compile (in a child process) may take, in
+    /// milliseconds; past it the compile is stopped and the file rejected.
+    pub compile_timeout_ms: u64,
+    /// Memory a plugin's compile (in a child process) may use, in MiB.
+    pub compile_memory_mib: u64,
+    /// Disk the incremental compilation cache may take, in MiB; 0: none.
+    pub incremental_cache_mib: u64,
     /// The limits of every plugin call (top-level keys, read by `parse.rs`);
     /// a `[plugins.<name>]` table overrides them.
     #[serde(skip)]
@@ -141,6 +148,9 @@ impl Default for Config {
             hot_reload: true,
             compile_cache: true,
             cache_dir: "plugboard-cache".into(),
+            compile_timeout_ms: 300_000,
+            compile_memory_mib: 2048,
+            incremental_cache_mib: 512,
             limits: LimitSettings::default(),
             max_stack_kib: EngineOptions::default().max_wasm_stack_bytes >> 10,
             max_total_memory_mib: None,

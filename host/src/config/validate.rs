@@ -8,6 +8,8 @@ use super::{Config, StateStore};
 /// Stack limits outside this range are mistakes: too small for any real
 /// program, or large enough to reserve absurd address space per connection.
 const STACK_KIB_RANGE: std::ops::RangeInclusive<usize> = 64..=65536;
+/// Below this a compile process cannot start, let alone compile.
+const MIN_COMPILE_MEMORY_MIB: u64 = 64;
 
 impl Config {
     pub(super) fn validate(&self) -> anyhow::Result<()> {
@@ -32,6 +34,14 @@ impl Config {
             "`max_stack_kib` must be between {} and {}",
             STACK_KIB_RANGE.start(),
             STACK_KIB_RANGE.end()
+        );
+        ensure!(
+            self.compile_timeout_ms > 0,
+            "`compile_timeout_ms` must be at least 1"
+        );
+        ensure!(
+            self.compile_memory_mib >= MIN_COMPILE_MEMORY_MIB,
+            "`compile_memory_mib` must be at least {MIN_COMPILE_MEMORY_MIB}"
         );
         ensure!(
             self.redis_timeout_ms > 0,

@@ -19,7 +19,7 @@ use crate::net::per_address::PerAddress;
 use crate::net::status::Readiness;
 use crate::net::timeouts::Timeouts;
 use crate::net::tls;
-use crate::plugin::WasmRuntime;
+use crate::plugin::{CompiledBy, WasmRuntime};
 use crate::reload::PluginDir;
 use crate::reload::Reloader;
 use crate::telemetry::{ConnectionMetrics, LogBudget};
@@ -30,6 +30,9 @@ pub struct ServeOptions {
     pub config: Config,
     pub config_path: Option<PathBuf>,
     pub watch: bool,
+    /// Requests to the reloader from the program running the server
+    /// (`plugboard dev`); `None` for `serve`.
+    pub control: Option<tokio::sync::mpsc::UnboundedReceiver<crate::reload::Control>>,
 }
 
 /// Binds `listen` and serves there until `shutdown_signal` completes (see
@@ -93,6 +96,7 @@ pub async fn serve(
         config,
         config_path,
         watch,
+        control,
     } = options;
     let readiness = Readiness::default();
     // The operator's endpoint outlives the drain (it says `stopping` then)
@@ -115,7 +119,7 @@ pub async fn serve(
     // A signal while plugins load (a cold compile of a large plugin takes
     // seconds) ends the server at once: the compile is abandoned.
     let reloader = tokio::select! {
-        started = Reloader::start(runtime.clone(), config.clone(), config_path, watch) => started?,
+        started = Reloader::start(runtime.clone(), config.clone(), config_path, watch, control) => started?,
         () = &mut shutdown_signal => {
             tracing::info!("shutting down while plugins load: abandoning the load");
             return Ok(());
@@ -239,8 +243,12 @@ fn report_startup(runtime: &WasmRuntime, config: &Config, plugins: &PluginDir) {
             tracing::warn!("config has [plugins.{name}] but no plugin of that name is loaded");
         }
     }
-    if let Some((hits, misses)) = runtime.cache_stats() {
-        tracing::info!(hits, misses, dir = %config.cache_dir.display(), "compile cache");
+    if runtime.cache_stats().is_some() {
+        let (from_cache, compiled): (Vec<_>, Vec<_>) = plugins
+            .plugins()
+            .partition(|plugin| plugin.compiled_by() == CompiledBy::Cache);
+        let (from_cache, compiled) = (from_cache.len(), compiled.len());
+        tracing::info!(from_cache, compiled, dir = %config.cache_dir.display(), "compile cache");
     }
 }
 
@@ -288,6 +296,7 @@ mod tests {
             config,
             config_path: None,
             watch: false,
+            control: None,
         };
         tokio::spawn(async move {
             let stopped = async {

@@ -65,7 +65,9 @@ impl CacheCheck {
 
     /// Before a compile: removes every entry whose checksum does not match
     /// (or that has none), so that wasmtime never runs it.
-    pub fn verify(&self) {
+    /// Returns whether it removed any.
+    pub fn verify(&self) -> bool {
+        let mut removed = false;
         let mut verified = self.lock();
         for entry in self.entries() {
             let stamp = Stamp::of(&entry);
@@ -95,9 +97,11 @@ impl CacheCheck {
                     let _ = std::fs::remove_file(&entry);
                     let _ = std::fs::remove_file(&checksum);
                     verified.remove(&entry);
+                    removed = true;
                 }
             }
         }
+        removed
     }
 
     /// After a compile: gives the entries written meanwhile their checksum.

@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::call::Trap;
 use super::runtime::{
     MAX_CORE_INSTANCES_PER_INSTANCE, MAX_MEMORIES_PER_INSTANCE, MAX_TABLES_PER_INSTANCE,
 };
@@ -84,20 +85,7 @@ impl Plugin {
         let name: Arc<str> = name.into();
         let kv = Arc::new(runtime.kv().namespace(&name));
         check_component_header(&bytes)?;
-        // Compiling is CPU-bound and can take seconds: keep it off the async workers.
-        let compiling = runtime.clone();
-        let component = tokio::task::spawn_blocking(move || compiling.compile(&bytes))
-            .await
-            .map_err(|join| LoadError::Compile(join.into()))?
-            .map_err(|err| {
-                // The engine checks a component against the pool's
-                // per-instance limits as it compiles it.
-                if format!("{err:#}").contains("pooling allocator") {
-                    LoadError::TooLarge(err.into())
-                } else {
-                    LoadError::Compile(err.into())
-                }
-            })?;
+        let (component, compiled_by) = runtime.component(bytes).await?;
         let imports = component
             .component_type()
             .imports(runtime.engine())
@@ -110,19 +98,54 @@ impl Plugin {
         let pre =
             bindings::PluginPre::new(instance_pre).map_err(|err| LoadError::Link(err.into()))?;
         let serve_batch = component.get_export_index(None, "serve-batch");
+        let compiled = Compiled {
+            compiled_by,
+            memory: crate::telemetry::plugin_memory(&name),
+            name,
+            pre,
+            serve_batch,
+            commands: Vec::new(),
+            imports,
+            kv,
+            runtime: runtime.clone(),
+        };
+        Self::declared(compiled, terms).await
+    }
 
-        let memory = crate::telemetry::plugin_memory(&name);
-        let handles = InstanceHandles::new(&name, &kv, &memory, &terms);
-        let mut store = runtime.new_store(&handles, &terms);
+    /// The same compiled plugin, asked for its commands again in a new
+    /// instance: for a runner, whose instances load the plugin's source
+    /// as they start (`plugboard dev`), an edit is a new version. Warm
+    /// instances of this one are not reused (a new plugin id).
+    pub async fn renewed(&self) -> Result<Self, LoadError> {
+        let compiled = Compiled {
+            commands: Vec::new(),
+            ..Compiled::clone(&self.compiled)
+        };
+        Self::declared(compiled, self.terms.clone()).await
+    }
+
+    /// `compiled` under `terms`, with the commands a first instance
+    /// declares, within the plugin's call deadline. A plugin that fails to
+    /// say is refused, with what it wrote on stderr as it failed (a Python
+    /// traceback's last line, a syntax error's place).
+    async fn declared(mut compiled: Compiled, terms: Terms) -> Result<Self, LoadError> {
+        let handles = InstanceHandles::new(&compiled.name, &compiled.kv, &compiled.memory, &terms);
+        let mut store = compiled.runtime.new_store(&handles, &terms);
         let call = async {
-            let live = instantiate(&pre, serve_batch.as_ref(), &mut store).await?;
+            let live =
+                instantiate(&compiled.pre, compiled.serve_batch.as_ref(), &mut store).await?;
             live.plugin.call_commands(&mut store).await
         };
-        let declared = tokio::time::timeout(terms.limits.call_timeout, call)
-            .await
-            .map_err(|_| LoadError::Commands(anyhow::anyhow!("timed out")))?
-            .map_err(|err| LoadError::Commands(err.into()))?;
-        let commands = declared
+        let declared = match tokio::time::timeout(terms.limits.call_timeout, call).await {
+            Ok(Ok(declared)) => declared,
+            Ok(Err(error)) => {
+                let said = store.data().call.stderr_tail.take();
+                let trap = Trap { said, error };
+                return Err(LoadError::Commands(anyhow::anyhow!("{trap}")));
+            }
+            Err(_) => return Err(LoadError::Commands(anyhow::anyhow!("timed out"))),
+        };
+        compiled.commands = declared
             .into_iter()
             .map(|info| match CommandName::new(&info.name) {
                 Some(name) => Ok(CommandSpec {
@@ -132,17 +155,6 @@ impl Plugin {
                 None => Err(LoadError::InvalidCommandName(info.name)),
             })
             .collect::<Result<_, _>>()?;
-
-        let compiled = Compiled {
-            name,
-            pre,
-            serve_batch,
-            commands,
-            imports,
-            kv,
-            memory,
-            runtime: runtime.clone(),
-        };
         Ok(Self::set_up(Arc::new(compiled), terms))
     }
 }

@@ -16,11 +16,13 @@
 mod batch;
 mod cache_check;
 mod call;
+mod compile;
 mod cpu_share;
 mod epoch;
 mod grants;
 mod health;
 mod host_wait;
+mod incremental;
 mod io_waits;
 mod limits;
 mod load;
@@ -35,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use wasmtime::component::ComponentExportIndex;
 
 pub use call::{Answer, CallError, Trap};
+pub use compile::{ChildCompile, ChildLimits, CompiledBy, Compiler, compile_plugin_from_stdin};
 use cpu_share::CpuShare;
 pub use grants::{DirGrant, GrantEntries, Grants, Origin, TcpGrant};
 use health::Health;
@@ -119,7 +122,10 @@ pub struct Plugin {
 
 /// What compiling and linking one version of a file produced, and the host
 /// handles its instances use: shared by every setup of that version.
+#[derive(Clone)]
 struct Compiled {
+    /// How its code was had: from the cache, or compiled (where).
+    compiled_by: CompiledBy,
     name: Arc<str>,
     pre: bindings::PluginPre<sandbox::Sandbox>,
     /// Its `serve-batch` export, when it has one (`batched-plugin` world).
@@ -153,6 +159,11 @@ impl Plugin {
 
     pub fn imports(&self) -> &[String] {
         &self.compiled.imports
+    }
+
+    /// How its code was had when it was loaded.
+    pub fn compiled_by(&self) -> CompiledBy {
+        self.compiled.compiled_by
     }
 
     pub fn terms(&self) -> &Terms {

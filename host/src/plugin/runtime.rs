@@ -16,7 +16,9 @@ use wasmtime::{
 use super::Terms;
 use super::bindings;
 use super::cache_check::CacheCheck;
+use super::compile::Compiler;
 use super::epoch::EpochTicker;
+use super::incremental::DiskCacheStore;
 use super::limits::MemoryBudget;
 use super::sandbox::{InstanceHandles, Sandbox};
 use crate::store::Kv;
@@ -24,6 +26,10 @@ use crate::store::Kv;
 /// Shared by every loaded plugin: compiling and instantiating need the same engine.
 pub struct WasmRuntime {
     engine: Engine,
+    /// The serving engine's settings without its pool, for compiles in this
+    /// process (see `compile.rs`); `None` when a child compiles.
+    compile_engine: Option<Engine>,
+    options: EngineOptions,
     linker: Linker<Sandbox>,
     /// `None` when epoch interruption is off (benchmarks only).
     ticker: Option<Arc<EpochTicker>>,
@@ -85,6 +91,11 @@ pub struct EngineOptions {
     pub cache_dir: Option<std::path::PathBuf>,
     /// Memory all plugin instances may hold together.
     pub max_total_memory_bytes: usize,
+    /// Where plugins are compiled (see `compile.rs`); a child needs the cache.
+    pub compiler: Compiler,
+    /// The incremental compilation cache's bound on disk, in `cache_dir`
+    /// (see `incremental.rs`); 0: none.
+    pub incremental_cache_bytes: u64,
 }
 
 impl Default for EngineOptions {
@@ -96,38 +107,98 @@ impl Default for EngineOptions {
             pooling_allocator: true,
             cache_dir: None,
             max_total_memory_bytes: default_total_memory_bytes(),
+            compiler: Compiler::InProcess,
+            incremental_cache_bytes: 0,
         }
     }
 }
 
+/// What the serving engine and every compile share: the settings compiled
+/// code depends on, so that what one compiles the other can load.
+fn base_config(options: &EngineOptions) -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    // Compiled code checks the epoch at loop headers and function entries,
+    // which is what lets a call that never returns be interrupted at all.
+    config.epoch_interruption(options.epoch_interruption);
+    config.max_wasm_stack(options.max_wasm_stack_bytes);
+    config.async_stack_size(options.max_wasm_stack_bytes + HOST_STACK_BYTES);
+    if cfg!(feature = "instruction-count") {
+        // Measurement only (see the feature in Cargo.toml): valgrind
+        // cannot map the pool's reservation, or the default 4 GiB one
+        // per memory.
+        config.memory_reservation(1 << 26);
+        config.memory_guard_size(0);
+        config.memory_reservation_for_growth(0);
+    }
+    config
+}
+
+/// The child's side of a compile (`compile.rs`): compiles `bytes` into the
+/// cache of `options`, with the incremental cache; returns how many
+/// functions came from the incremental cache and how many were compiled.
+pub fn compile_into_cache(options: &EngineOptions, bytes: &[u8]) -> anyhow::Result<(u64, u64)> {
+    let cache_dir = options
+        .cache_dir
+        .as_deref()
+        .context("compiling for the cache needs a cache directory")?;
+    let mut config = base_config(options);
+    config.cache(Some(compile_cache(cache_dir)?));
+    let store = (options.incremental_cache_bytes > 0)
+        .then(|| {
+            let dir = super::incremental::dir(cache_dir);
+            DiskCacheStore::open(dir, options.incremental_cache_bytes)
+                .map(Arc::new)
+                .context("cannot open the incremental compilation cache")
+        })
+        .transpose()?;
+    if let Some(store) = &store {
+        config.enable_incremental_compilation(store.clone())?;
+    }
+    let engine = Engine::new(&config)?;
+    // What this process writes gets its checksum; what it finds is not
+    // verified first (unlike the server's loads): a compile runs nothing
+    // it finds, and the server verifies an entry before it loads it.
+    let compiled = wasmtime::component::Component::new(&engine, bytes);
+    CacheCheck::new(cache_dir).record();
+    compiled?;
+    let (hits, misses) = store.as_ref().map_or((0, 0), |s| s.hits_and_misses());
+    if let Some(damaged) = store.as_ref().map(|s| s.damaged()).filter(|n| *n > 0) {
+        eprintln!(
+            "incremental compilation cache: {damaged} damaged entries ignored, compiled again"
+        );
+    }
+    Ok((hits, misses))
+}
+
 impl WasmRuntime {
     pub fn new(options: EngineOptions, kv: Kv) -> anyhow::Result<Arc<Self>> {
-        let mut config = wasmtime::Config::new();
-        // Compiled code checks the epoch at loop headers and function entries,
-        // which is what lets a call that never returns be interrupted at all.
-        config.epoch_interruption(options.epoch_interruption);
-        config.max_wasm_stack(options.max_wasm_stack_bytes);
-        config.async_stack_size(options.max_wasm_stack_bytes + HOST_STACK_BYTES);
-        if cfg!(feature = "instruction-count") {
-            // Measurement only (see the feature in Cargo.toml): valgrind
-            // cannot map the pool's reservation, or the default 4 GiB one
-            // per memory.
-            config.memory_reservation(1 << 26);
-            config.memory_guard_size(0);
-            config.memory_reservation_for_growth(0);
-        } else if options.pooling_allocator {
+        let mut config = base_config(&options);
+        if options.pooling_allocator && !cfg!(feature = "instruction-count") {
             let pool = pool(options.max_concurrent_calls);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         // Compiled code is cached on disk, keyed by the wasm's content and the
         // engine's settings: a restart with unchanged plugins skips Cranelift.
-        let cache = options
-            .cache_dir
-            .as_deref()
-            .map(compile_cache)
-            .transpose()?;
+        // Without a usable directory, plugins compile in this process.
+        let cache = options.cache_dir.as_deref().and_then(|dir| {
+            compile_cache(dir)
+                .inspect_err(|err| {
+                    tracing::warn!(
+                        "{err:#}: plugins are compiled in the server's own process, at every start"
+                    );
+                })
+                .ok()
+        });
         config.cache(cache.clone());
         let engine = Engine::new(&config)?;
+        let compile_engine = match options.compiler {
+            Compiler::Child(_) if cache.is_some() => None,
+            _ => {
+                let mut compile = base_config(&options);
+                compile.cache(cache.clone());
+                Some(Engine::new(&compile)?)
+            }
+        };
 
         let mut linker = Linker::new(&engine);
         // Rust's std (and other languages' runtimes) import WASI even when the
@@ -149,12 +220,17 @@ impl WasmRuntime {
             .transpose()?;
         Ok(Arc::new(Self {
             engine,
+            compile_engine,
             linker,
             ticker,
-            cache_check: options.cache_dir.as_deref().map(CacheCheck::new),
+            cache_check: cache
+                .as_ref()
+                .and(options.cache_dir.as_deref())
+                .map(CacheCheck::new),
             cache,
             kv,
             memory_budget: MemoryBudget::new(options.max_total_memory_bytes),
+            options,
         }))
     }
 
@@ -179,12 +255,49 @@ impl WasmRuntime {
         &self.engine
     }
 
-    /// Compiles a component, or loads it from the compile cache once the
-    /// cache's entries are verified (see `cache_check.rs`). Blocks: CPU-bound.
-    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<wasmtime::component::Component> {
-        if let Some(check) = &self.cache_check {
-            check.verify();
+    pub(super) fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// Where plugins are compiled: in a child only when there is a cache to
+    /// hand the compiled code over.
+    pub(super) fn compiler(&self) -> &Compiler {
+        match self.compile_engine {
+            Some(_) => &Compiler::InProcess,
+            None => &self.options.compiler,
         }
+    }
+
+    /// Removes the compile cache's entries that are not what was written
+    /// (see `cache_check.rs`); returns whether it removed any.
+    pub(super) fn verify_cache(&self) -> bool {
+        self.cache_check.as_ref().is_some_and(CacheCheck::verify)
+    }
+
+    pub(super) fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.cache.as_ref().and(self.options.cache_dir.as_deref())
+    }
+
+    /// Compiles `bytes` on the engine without the pool, in this process:
+    /// whether it compiles at all, told apart from whether the pool can
+    /// hold it (see `compile.rs`). Blocks: CPU-bound.
+    pub(super) fn compile_for_check(&self, bytes: &[u8]) -> wasmtime::Result<()> {
+        let Some(engine) = &self.compile_engine else {
+            return Ok(());
+        };
+        self.verify_cache();
+        let compiled = wasmtime::component::Component::new(engine, bytes);
+        if let Some(check) = &self.cache_check {
+            check.record();
+        }
+        compiled.map(drop)
+    }
+
+    /// The component on the serving engine: from the compile cache once the
+    /// cache's entries are verified (see `cache_check.rs`), else compiled.
+    /// Blocks: CPU-bound.
+    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<wasmtime::component::Component> {
+        self.verify_cache();
         let component = wasmtime::component::Component::new(&self.engine, bytes);
         if let Some(check) = &self.cache_check {
             check.record();
@@ -247,6 +360,10 @@ fn compile_cache(dir: &std::path::Path) -> anyhow::Result<Cache> {
         .with_context(|| format!("cannot create `cache_dir` {}", dir.display()))?;
     let mut config = CacheConfig::new();
     config.with_directory(wasmtime_dir);
+    // Left to itself, wasmtime's cache recompresses an entry used 256 times
+    // and renames the new file over the old: its bytes change, its checksum
+    // no longer matches, and the plugin would be compiled again for nothing.
+    config.with_optimized_compression_usage_counter_threshold(u64::MAX);
     Cache::new(config)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("cannot use `cache_dir` {}", dir.display()))

@@ -59,6 +59,15 @@ enum Trigger {
     DirGone,
 }
 
+/// What the program that runs a server (`plugboard dev`) may ask of its
+/// reloader, beside the plugin directory's own changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// The source a runner plugin loads as its instances start changed:
+    /// load the plugin of this file anew, from the code it has.
+    Renew(String),
+}
+
 /// The plugin set, what it serves through, and what makes it change.
 pub struct Reloader {
     runtime: Arc<WasmRuntime>,
@@ -71,6 +80,8 @@ pub struct Reloader {
     /// Where watchers send their triggers; `None` when not watching.
     events: Option<mpsc::UnboundedSender<Trigger>>,
     watch: DirWatch,
+    /// Requests of the program running the server, if it makes any.
+    control: Option<mpsc::UnboundedReceiver<Control>>,
 }
 
 /// The watch on the plugin directory, and which directory it is on: the
@@ -101,6 +112,7 @@ impl Reloader {
         config: Config,
         config_path: Option<PathBuf>,
         watch: bool,
+        control: Option<mpsc::UnboundedReceiver<Control>>,
     ) -> anyhow::Result<Self> {
         // Installed at startup: a SIGHUP's default action is to end the process.
         let hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
@@ -125,6 +137,7 @@ impl Reloader {
             triggers,
             events,
             watch,
+            control,
         })
     }
 
@@ -150,6 +163,7 @@ impl Reloader {
                     self.rescan().await;
                 }
                 _ = self.hangup.recv() => self.reload_config().await,
+                Some(control) = next_control(&mut self.control) => self.obey(control).await,
                 _ = dir_check.tick() => self.follow_replaced_dir().await,
                 () = shutdown.cancelled() => return,
             }
@@ -179,6 +193,16 @@ impl Reloader {
         if let Some(events) = &self.events {
             self.watch = DirWatch::default();
             self.watch = DirWatch::on(&self.config.plugin_dir, events.clone());
+        }
+    }
+
+    async fn obey(&mut self, control: Control) {
+        match control {
+            Control::Renew(file) => {
+                if self.plugins.renew(&file).await.alter_routes() {
+                    self.publish();
+                }
+            }
         }
     }
 
@@ -231,6 +255,14 @@ impl Reloader {
         // Only now: a command sent after this line is served under the new
         // limits, which is what an operator (and a test) waiting on it means.
         tracing::info!("config reloaded");
+    }
+}
+
+/// The next request of `control`; never, when there is none to ask.
+async fn next_control(control: &mut Option<mpsc::UnboundedReceiver<Control>>) -> Option<Control> {
+    match control {
+        Some(control) => control.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -73,7 +73,7 @@ pub struct PluginDir {
 /// One file and what came of it.
 struct LoadedFile {
     /// Size and modification time when last read: unchanged means not re-read.
-    stamp: (u64, Option<SystemTime>),
+    stamp: Stamp,
     /// Hash of the content last read, loaded or rejected: the same bytes
     /// rewritten (a `touch`, a no-op rebuild) are not loaded again.
     content: u64,
@@ -88,7 +88,7 @@ struct Read {
     file: OsString,
     /// The plugin's name: the file's stem.
     name: String,
-    stamp: (u64, Option<SystemTime>),
+    stamp: Stamp,
     content: u64,
     bytes: Vec<u8>,
     /// The version serving now, if any.
@@ -166,8 +166,8 @@ impl PluginDir {
     /// cannot be read is logged (and counted).
     async fn read_if_changed(&mut self, path: &Path) -> Option<Read> {
         let file = path.file_name().map(OsString::from)?;
-        let stamp = match std::fs::metadata(path) {
-            Ok(meta) => (meta.len(), meta.modified().ok()),
+        let stamp = match std::fs::metadata(path).map(|meta| stamp(&meta)) {
+            Ok(stamp) => stamp,
             Err(err) => {
                 tracing::error!(file = %path.display(), "cannot read plugin file: {err}");
                 return None;
@@ -218,13 +218,20 @@ impl PluginDir {
         loaded: Result<Plugin, crate::plugin::LoadError>,
         changes: &mut Changes,
     ) {
+        // A version replaced while it compiled is never published: the
+        // next rescan loads what is there now.
+        if loaded.is_ok() && stamp_of(&read.path).is_none_or(|now| now != read.stamp) {
+            tracing::info!(file = %read.path.display(), "superseded while it compiled: not loaded");
+            return;
+        }
         let plugin = match loaded {
             Ok(plugin) => {
                 let commands: Vec<&str> =
                     plugin.commands().iter().map(|c| c.name.as_str()).collect();
                 let ms = took.as_millis();
+                let compiled = plugin.compiled_by().describe();
                 crate::telemetry::reload(true);
-                tracing::info!(plugin = plugin.name(), commands = ?commands, ms, "loaded plugin");
+                tracing::info!(plugin = plugin.name(), commands = ?commands, ms, compiled, "loaded plugin");
                 changes.loaded.push(read.name);
                 Some(Arc::new(plugin))
             }
@@ -246,6 +253,39 @@ impl PluginDir {
                 plugin,
             },
         );
+    }
+
+    /// Loads the plugin of `file` anew from its compiled code, asking it
+    /// for its commands again: the code is a runner whose source changed
+    /// (`plugboard dev`). If that fails, the version serving keeps serving.
+    pub async fn renew(&mut self, file: &str) -> Changes {
+        let mut changes = Changes::default();
+        let Some(loaded) = self.files.get_mut(std::ffi::OsStr::new(file)) else {
+            return changes;
+        };
+        let Some(plugin) = &loaded.plugin else {
+            return changes;
+        };
+        let started = std::time::Instant::now();
+        match plugin.renewed().await {
+            Ok(renewed) => {
+                let commands: Vec<&str> =
+                    renewed.commands().iter().map(|c| c.name.as_str()).collect();
+                let ms = started.elapsed().as_millis();
+                crate::telemetry::reload(true);
+                tracing::info!(plugin = renewed.name(), commands = ?commands, ms, "loaded plugin source");
+                changes.loaded.push(renewed.name().to_owned());
+                loaded.plugin = Some(Arc::new(renewed));
+            }
+            Err(err) => {
+                crate::telemetry::reload(false);
+                tracing::error!(
+                    plugin = plugin.name(),
+                    "rejected plugin source: {err}; the previous version keeps serving"
+                );
+            }
+        }
+        changes
     }
 
     /// Applies changed limits and plugin config to loaded plugins (without
@@ -294,12 +334,31 @@ impl PluginDir {
         )
     }
 
+    /// The plugins serving now.
+    pub fn plugins(&self) -> impl Iterator<Item = &Plugin> {
+        self.files
+            .values()
+            .filter_map(|loaded| loaded.plugin.as_deref())
+    }
+
     /// Names of the plugins serving now.
     pub fn plugin_names(&self) -> impl Iterator<Item = &str> {
         self.files
             .values()
             .filter_map(|loaded| loaded.plugin.as_deref().map(Plugin::name))
     }
+}
+
+/// What tells a file's versions apart without reading it.
+type Stamp = (u64, Option<SystemTime>);
+
+fn stamp(meta: &std::fs::Metadata) -> Stamp {
+    (meta.len(), meta.modified().ok())
+}
+
+/// The stamp of the file at `path` now, if there is one.
+fn stamp_of(path: &Path) -> Option<Stamp> {
+    std::fs::metadata(path).ok().map(|meta| stamp(&meta))
 }
 
 fn content_hash(bytes: &[u8]) -> u64 {

@@ -271,3 +271,28 @@ fn serve_batch(serve: ServeBatch) -> String {
 fn escape(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("\\{byte:02x}")).collect()
 }
+
+/// `component` with a custom section of its own appended: the same code as
+/// far as any engine is concerned, but other bytes, so none of the compile
+/// caches keyed by the bytes has it (the incremental cache, keyed by each
+/// function's code, does).
+pub fn with_custom_section(component: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"plugboard-test";
+    let mut body = vec![name.len() as u8];
+    body.extend_from_slice(name);
+    body.extend_from_slice(tag.as_bytes());
+    let mut bytes = component.to_vec();
+    bytes.push(0); // a custom section
+    let mut len = body.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            bytes.push(byte);
+            break;
+        }
+        bytes.push(byte | 0x80);
+    }
+    bytes.extend_from_slice(&body);
+    bytes
+}

@@ -457,6 +457,14 @@ pub struct Server {
 }
 
 impl Server {
+    /// Puts `bytes` in the plugin directory as `file`, the way a build
+    /// installs a plugin: written beside it, then renamed into place.
+    pub fn install(&self, file: &str, bytes: &[u8]) {
+        let partial = self.plugin_dir.join(format!(".{file}.partial"));
+        std::fs::write(&partial, bytes).expect("write the new plugin");
+        std::fs::rename(&partial, self.plugin_dir.join(file)).expect("rename it into place");
+    }
+
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
     }
