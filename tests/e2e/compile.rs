@@ -124,7 +124,7 @@ fn a_version_superseded_while_it_compiles_is_never_served() {
         server.log.text()
     );
     assert!(
-        server.log.wait_for_count("loaded plugin", 2),
+        server.log.wait_for_count("plugin set updated", 1),
         "the newer version loads: {}",
         server.log.text()
     );
@@ -157,8 +157,9 @@ fn a_damaged_incremental_cache_entry_is_compiled_again() {
     }
     let onoff = built_plugin_bytes("onoff");
     let reused = |server: &Server, nth: usize| {
+        // Published (and so serving) once the table is swapped.
         assert!(
-            server.log.wait_for_count("loaded plugin", nth),
+            server.log.wait_for_count("plugin set updated", nth - 1),
             "{}",
             server.log.text()
         );

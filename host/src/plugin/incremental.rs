@@ -11,7 +11,9 @@
 //! written anew). Entries are written under a temporary name and renamed,
 //! so a compile killed midway leaves no half entry behind. The store is
 //! bounded: past `max_bytes`, the oldest entries are removed when a compile
-//! process opens it.
+//! process opens it. What it holds is counted in a file beside the entries
+//! (each compile adds what it wrote), so that opening it costs no scan of
+//! tens of thousands of files until the count says it is over.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,9 @@ const CHECKSUM_BYTES: usize = 32;
 /// before the next eviction.
 const EVICT_TO_PERCENT: u64 = 80;
 
+/// The file that counts the bytes the store holds.
+const SIZE_FILE: &str = "size";
+
 #[derive(Debug)]
 pub struct DiskCacheStore {
     dir: PathBuf,
@@ -44,6 +49,8 @@ pub struct DiskCacheStore {
     /// Names this process's partial writes apart: compile threads may
     /// write the same function (the same key) at once.
     writes: AtomicU64,
+    /// Bytes this process wrote, for the count (see [`Self::finish`]).
+    written: AtomicU64,
 }
 
 impl DiskCacheStore {
@@ -51,13 +58,20 @@ impl DiskCacheStore {
     /// removed while it holds more than `max_bytes`.
     pub fn open(dir: PathBuf, max_bytes: u64) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        evict_oldest(&dir, max_bytes);
+        let counted = std::fs::read_to_string(dir.join(SIZE_FILE))
+            .ok()
+            .and_then(|size| size.trim().parse::<u64>().ok());
+        if counted.is_none_or(|size| size > max_bytes) {
+            let size = evict_oldest(&dir, max_bytes);
+            let _ = std::fs::write(dir.join(SIZE_FILE), size.to_string());
+        }
         Ok(Self {
             dir,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             damaged: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         })
     }
 
@@ -65,6 +79,22 @@ impl DiskCacheStore {
     pub fn hits_and_misses(&self) -> (u64, u64) {
         let load = |count: &AtomicU64| count.load(Ordering::Relaxed);
         (load(&self.hits), load(&self.misses))
+    }
+
+    /// Adds what this process wrote to the store's count. Concurrent
+    /// compiles may lose each other's additions: the count is then low,
+    /// and the next full count (once it is over the bound) puts it right.
+    pub fn finish(&self) {
+        let written = self.written.load(Ordering::Relaxed);
+        if written == 0 {
+            return;
+        }
+        let path = self.dir.join(SIZE_FILE);
+        let counted = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|size| size.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let _ = std::fs::write(path, (counted + written).to_string());
     }
 
     /// Entries found damaged (and ignored) so far.
@@ -133,13 +163,16 @@ impl wasmtime::CacheStore for DiskCacheStore {
         if written.is_err() {
             let _ = std::fs::remove_file(&partial);
         }
+        let size = (CHECKSUM_BYTES + value.len()) as u64;
+        self.written.fetch_add(size, Ordering::Relaxed);
         written.is_ok()
     }
 }
 
 /// Removes the oldest entries of the store in `dir` (by modification
-/// time) while it holds more than `max_bytes`, down to a share of it.
-fn evict_oldest(dir: &Path, max_bytes: u64) {
+/// time) while it holds more than `max_bytes`, down to a share of it;
+/// returns the bytes it holds then.
+fn evict_oldest(dir: &Path, max_bytes: u64) -> u64 {
     let mut entries: Vec<(SystemTime, u64, PathBuf)> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -154,7 +187,7 @@ fn evict_oldest(dir: &Path, max_bytes: u64) {
         .collect();
     let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
     if total <= max_bytes {
-        return;
+        return total;
     }
     let target = max_bytes / 100 * EVICT_TO_PERCENT;
     entries.sort_unstable_by_key(|(modified, _, _)| *modified);
@@ -166,6 +199,7 @@ fn evict_oldest(dir: &Path, max_bytes: u64) {
             total = total.saturating_sub(len);
         }
     }
+    total
 }
 
 #[cfg(test)]
@@ -215,6 +249,7 @@ mod tests {
                 .unwrap();
             file.set_modified(old).unwrap();
         }
+        store.finish();
         let reopened = DiskCacheStore::open(dir.path().to_owned(), 5_000).unwrap();
         let kept: Vec<u8> = (0u8..10)
             .filter(|key| reopened.get(&[*key]).is_some())
