@@ -18,7 +18,7 @@ PYTHON ?= python3
 COMPONENTIZE_PY_VERSION := 0.25.1
 NPM ?= npm
 
-.PHONY: run build plugins test lint wasm-target services install bench bench-load bench-call bench-reload bench-kv aarch64 smoke-aarch64
+.PHONY: run build plugins test lint wasm-target services install bench bench-load bench-call bench-reload bench-dev bench-kv aarch64 smoke-aarch64
 
 run: build
 	./target/release/plugboard serve --config config.toml
@@ -97,6 +97,10 @@ bench-call: plugins
 # Hot-reload latency and restart time with a cold and a warm compile cache.
 bench-reload: plugins
 	$(CARGO) bench --locked -p plugboard --bench reload
+
+# The author's loop: saved edit -> first new reply, Rust, Python, JavaScript.
+bench-dev: plugins
+	$(CARGO) bench --locked -p plugboard --bench dev
 
 # Cost of each key-value store operation, in memory and on disk.
 bench-kv: services

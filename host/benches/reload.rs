@@ -5,6 +5,12 @@
 //!   between two versions of `onoff.wasm`.
 //! - Restart time: from spawning `plugboard serve` to its first reply, with
 //!   a cold compile cache and with a warm one.
+//! - The four shipped plugins: start to `listening on`, cold and warm, one
+//!   compile at a time and two, and resident memory 3 s after.
+//! - The Python plugin rebuilt with one line changed (componentize-py, not
+//!   timed) and renamed into a running server's plugin directory: to its
+//!   first reply from the new version (the incremental compile cache warm
+//!   from the first version, as on a server that ran it).
 //!
 //! Prints figures; asserts nothing about time. Run with `make bench-reload`.
 
@@ -13,7 +19,7 @@ use plugboard_test_support as support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{Server, Setup, built_plugin_bytes};
+use support::{Server, Setup, built_guest, built_plugin_bytes};
 
 const SWAPS: usize = 20;
 const RESTARTS: usize = 5;
@@ -70,6 +76,87 @@ fn restart_time(cache: &Path, cold: bool) -> Duration {
     started.elapsed()
 }
 
+/// The four shipped plugins with `cache` (emptied first if `cold`), with
+/// `slots` compiles at once: start to `listening on`, and resident MiB 3 s
+/// after it.
+fn shipped_start(cache: &Path, cold: bool, slots: usize) -> (Duration, f64) {
+    if cold {
+        let _ = std::fs::remove_dir_all(cache);
+    }
+    let started = Instant::now();
+    let server = Setup::new()
+        .plugin("onoff", "onoff")
+        .plugin("relay", "relay")
+        .guest("stats", "stats")
+        .guest("text", "text")
+        .config(&format!("cache_dir = {cache:?}"))
+        .start_with(move || {
+            let mut command = std::process::Command::new(support::plugboard_path());
+            command.env("PLUGBOARD_COMPILE_SLOTS", slots.to_string());
+            command
+        });
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    (took, server.resident_mib())
+}
+
+/// `app.py` of the Python plugin with one line changed, componentized.
+fn stats_rebuilt(edit: usize) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let app = std::fs::read_to_string(repo.join("plugins/python/stats/app.py")).unwrap();
+    let changed = app.replace("count={", &format!("count{edit}={{"));
+    assert_ne!(app, changed, "the edited line is in app.py");
+    std::fs::write(dir.path().join("app.py"), changed).unwrap();
+    let scripts = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .unwrap();
+    let componentize =
+        Path::new(String::from_utf8_lossy(&scripts.stdout).trim()).join("componentize-py");
+    let output = dir.path().join("stats.wasm");
+    let built = std::process::Command::new(componentize)
+        .current_dir(dir.path())
+        .args(["-d"])
+        .arg(repo.join("wit"))
+        .args(["-w", "batched-plugin", "componentize", "app", "-o"])
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    std::fs::read(output).unwrap()
+}
+
+/// The Python plugin rebuilt with one line changed, renamed into a running
+/// server's directory: to the first reply from the new version.
+fn python_rebuild_latency(rebuilds: usize) -> Vec<Duration> {
+    let cache = tempfile::tempdir().unwrap();
+    let server = Setup::new()
+        .guest("stats", "stats")
+        .config(&format!("cache_dir = {:?}", cache.path()))
+        .start();
+    let mut client = server.connect();
+    assert!(client.request("stats 1").starts_with("count="));
+    (1..=rebuilds)
+        .map(|edit| {
+            let bytes = stats_rebuilt(edit);
+            let partial = server.plugin_dir.join(".stats.partial");
+            std::fs::write(&partial, bytes).unwrap();
+            let renamed = Instant::now();
+            std::fs::rename(&partial, server.plugin_dir.join("stats.wasm")).unwrap();
+            let expected = format!("count{edit}=");
+            while !client.request("stats 1").starts_with(&expected) {
+                assert!(renamed.elapsed() < Duration::from_secs(120), "no reload");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            renamed.elapsed()
+        })
+        .collect()
+}
+
 fn summary(mut samples: Vec<Duration>) -> String {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -104,5 +191,23 @@ fn main() {
     println!(
         "start to first reply, warm compile cache: {}",
         summary(warm)
+    );
+
+    let shipped = cache.path().join("shipped");
+    for slots in [1, 2] {
+        let (cold, cold_mib) = shipped_start(&shipped, true, slots);
+        let (warm, warm_mib) = shipped_start(&shipped, false, slots);
+        println!(
+            "four shipped plugins, {slots} compile(s) at once: start to listening {:.1} s cold \
+             ({cold_mib:.0} MiB resident 3 s after), {:.2} s warm ({warm_mib:.0} MiB)",
+            cold.as_secs_f64(),
+            warm.as_secs_f64()
+        );
+    }
+
+    assert!(built_guest("stats").exists());
+    println!(
+        "Python plugin rebuilt with one line changed, renamed in -> first new reply: {}",
+        summary(python_rebuild_latency(3))
     );
 }

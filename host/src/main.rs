@@ -95,8 +95,9 @@ enum Command {
         #[arg(long = "command", short = 'c', value_delimiter = ',')]
         commands: Vec<String>,
     },
-    /// Build plugin projects, serve them, and rebuild and reload each one
-    /// whenever its sources change.
+    /// Serve plugin projects, and reload each one whenever its sources
+    /// change: Rust projects rebuilt, Python and JavaScript ones served by
+    /// a runner that loads their source (no build per edit).
     Dev {
         /// Plugin project directories (made by `plugboard new`).
         #[arg(default_value = ".")]
@@ -107,6 +108,10 @@ enum Command {
         /// Address to serve on [default: the config's, 127.0.0.1:1100]
         #[arg(long)]
         listen: Option<String>,
+        /// Serve every project's real build (`make build`), rebuilt on each
+        /// edit, as a release would be: no runner for Python and JavaScript.
+        #[arg(long)]
+        build: bool,
     },
     /// Compile every plugin of the config's plugin directory into the
     /// compile cache, and exit: a server started next serves at once.
@@ -303,10 +308,15 @@ async fn run(cli: Cli, log: &mut Option<LogGuard>) -> anyhow::Result<ExitCode> {
             projects,
             config,
             listen,
+            build,
         } => {
             let base = tool_config(config)?;
             *log = Some(init_logging(base.log_format));
-            let options = plugboard::cli::dev::DevOptions { projects, listen };
+            let options = plugboard::cli::dev::DevOptions {
+                projects,
+                listen,
+                build,
+            };
             plugboard::cli::dev::run(options, base, shutdown_signal()?).await
         }
         Command::Token { name, commands } => {

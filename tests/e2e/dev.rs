@@ -15,11 +15,16 @@ struct Dev {
 
 impl Dev {
     fn start(projects: &[&Path]) -> Self {
+        Self::start_with(projects, &[])
+    }
+
+    fn start_with(projects: &[&Path], args: &[&str]) -> Self {
         // Rust builds share one target directory between test runs.
         let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target");
         let mut child = plugboard()
             .arg("dev")
             .args(projects)
+            .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .env("CARGO_TARGET_DIR", target)
             .env("RUST_LOG", "info")
@@ -44,13 +49,38 @@ impl Dev {
 
     /// Edits `file` and waits until the server has reloaded `reloads` times.
     fn edit(&self, file: &Path, from: &str, to: &str, reloads: usize) {
-        let text = std::fs::read_to_string(file).unwrap();
-        assert!(text.contains(from), "{text}");
-        std::fs::write(file, text.replace(from, to)).unwrap();
+        replace_in(file, from, to);
         let reloaded =
             self.log
                 .wait_for_count_within("plugin set updated", reloads, COMPILE_TIMEOUT);
         assert!(reloaded, "no reload:\n{}", self.log.text());
+    }
+
+    /// Edits a runner project's `file` and waits until the server loaded
+    /// or rejected the new source of `plugin`: what it logged either way.
+    fn edit_source(&self, file: &Path, from: &str, to: &str, plugin: &str) -> String {
+        let of_plugin = format!("plugin=\"{plugin}\"");
+        let lines = || -> Vec<String> {
+            let text = self.log.text();
+            let lines = text.lines().filter(|line| line.contains("from its source"));
+            lines
+                .filter(|line| line.contains(&of_plugin))
+                .map(str::to_owned)
+                .collect()
+        };
+        let before = lines().len();
+        let mut seen = self.log.count("from its source");
+        replace_in(file, from, to);
+        loop {
+            if let Some(line) = lines().into_iter().nth(before) {
+                return line;
+            }
+            seen += 1;
+            let loaded = self
+                .log
+                .wait_for_count_within("from its source", seen, COMPILE_TIMEOUT);
+            assert!(loaded, "the edit was not loaded:\n{}", self.log.text());
+        }
     }
 }
 
@@ -63,6 +93,13 @@ impl Drop for Dev {
     }
 }
 
+/// Replaces `from` by `to` in `file`, as an editor saves it.
+fn replace_in(file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(from), "{text}");
+    std::fs::write(file, text.replace(from, to)).unwrap();
+}
+
 fn new_project(parent: &Path, name: &str, lang: &str) -> PathBuf {
     let created = plugboard()
         .args(["new", name, "--lang", lang, "--dir"])
@@ -73,15 +110,16 @@ fn new_project(parent: &Path, name: &str, lang: &str) -> PathBuf {
     parent.join(name)
 }
 
-/// A Rust and a Python project: built and served at start; an edit to
-/// either is rebuilt and served with no other step; a broken edit prints
-/// the compiler's complaint and the last good version keeps serving.
+/// A Rust and a Python project built and served at start (`--build`: the
+/// real builds, as a release); an edit to either is rebuilt and served
+/// with no other step; a broken edit prints the compiler's complaint and
+/// the last good version keeps serving.
 #[test]
-fn dev_rebuilds_and_reloads_projects_on_edit() {
+fn dev_build_rebuilds_and_reloads_projects_on_edit() {
     let projects = tempfile::tempdir().unwrap();
     let rust = new_project(projects.path(), "dev-rust", "rust");
     let python = new_project(projects.path(), "dev-py", "python");
-    let dev = Dev::start(&[&rust, &python]);
+    let dev = Dev::start_with(&[&rust, &python], &["--build"]);
     assert_eq!(dev.request("dev-rust Ada"), "hello, Ada");
     assert_eq!(dev.request("dev-py Ada"), "hello, Ada");
 
@@ -121,4 +159,173 @@ fn dev_refuses_a_directory_that_is_not_a_project() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("has no Makefile"), "{stderr}");
+}
+
+/// A Python and a JavaScript project served by runners: no build, an edit
+/// is loaded as it is saved (the new reply at once, a renamed command in
+/// `help`), a source that does not load is reported with its file and line
+/// while the last good version answers, and an exception's message is the
+/// reply.
+#[test]
+fn runners_serve_python_and_javascript_edits_without_a_build() {
+    let projects = tempfile::tempdir().unwrap();
+    let python = new_project(projects.path(), "run-py", "python");
+    let js = new_project(projects.path(), "run-js", "js");
+    let dev = Dev::start(&[&python, &js]);
+    assert_eq!(dev.request("run-py Ada"), "hello, Ada");
+    assert_eq!(dev.request("run-js Ada"), "hello, Ada");
+    assert!(!python.join("run_py.wasm").exists(), "no build");
+
+    let app = python.join("app.py");
+    let plugin = js.join("plugin.js");
+    dev.edit_source(&app, "f\"hello, {who}\"", "f\"hiya, {who}\"", "run_py");
+    assert_eq!(dev.request("run-py Ada"), "hiya, Ada");
+    dev.edit_source(&plugin, "`hello, ${who}`", "`hiya, ${who}`", "run_js");
+    assert_eq!(dev.request("run-js Ada"), "hiya, Ada");
+
+    dev.edit_source(
+        &app,
+        "COMMAND = \"run-py\"",
+        "COMMAND = \"greet-py\"",
+        "run_py",
+    );
+    let help = dev.request("help");
+    assert!(
+        help.contains("greet-py (run_py)") && !help.contains("run-py "),
+        "{help}"
+    );
+    assert_eq!(dev.request("greet-py Ada"), "hiya, Ada");
+
+    let broken = dev.edit_source(&app, "return f\"hiya", "return (f\"hiya", "run_py");
+    assert!(
+        broken.contains("source rejected") && broken.contains("app.py:"),
+        "{broken}"
+    );
+    assert_eq!(
+        dev.request("greet-py Ada"),
+        "hiya, Ada",
+        "the last good version"
+    );
+    let broken = dev.edit_source(&plugin, "return `hiya", "return (`hiya", "run_js");
+    assert!(broken.contains("source rejected"), "{broken}");
+    assert!(dev.log.text().contains("plugin.js:"), "{}", dev.log.text());
+    assert_eq!(
+        dev.request("run-js Ada"),
+        "hiya, Ada",
+        "the last good version"
+    );
+
+    dev.edit_source(
+        &app,
+        "return (f\"hiya, {who}\"",
+        "return f\"{1 / 0}\" + f\"hiya, {who}\"",
+        "run_py",
+    );
+    let failed = dev.request("greet-py Ada");
+    assert!(
+        failed.starts_with("error: internal error: app.py:")
+            && failed.ends_with("ZeroDivisionError: division by zero"),
+        "{failed}"
+    );
+    dev.edit_source(
+        &plugin,
+        "return (`hiya, ${who}`",
+        "throw new RangeError(`no greeting for ${who}`); return `hiya, ${who}`",
+        "run_js",
+    );
+    assert_eq!(dev.request("run-js Ada"), "error: no greeting for Ada");
+}
+
+/// A runner answers as the built plugin does: the shipped Python and
+/// JavaScript plugins' sources, served by runners, reply to the same
+/// commands with the same text as their componentized builds.
+#[test]
+fn a_runner_answers_as_the_built_plugin_does() {
+    let projects = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let stats = new_project(projects.path(), "stats", "python");
+    std::fs::copy(
+        repo.join("plugins/python/stats/app.py"),
+        stats.join("app.py"),
+    )
+    .unwrap();
+    let text = new_project(projects.path(), "text", "js");
+    std::fs::copy(
+        repo.join("plugins/js/text/plugin.js"),
+        text.join("plugin.js"),
+    )
+    .unwrap();
+    let dev = Dev::start(&[&stats, &text]);
+    let built = crate::support::Setup::new()
+        .guest("stats", "stats")
+        .guest("text", "text")
+        .start();
+    let commands = [
+        "stats 1 2 3 4",
+        "stats 2.5 -1 1e3",
+        "stats",
+        "stats one",
+        "upper hello",
+        "upper héllo wörld",
+        "json-get a {\"a\": {\"b\": [1, 2]}}",
+        "json-get missing {}",
+        "json-get a not json",
+        "json-get",
+    ];
+    let mut runner = Client::connect(dev.addr);
+    let mut component = built.connect();
+    for command in commands {
+        assert_eq!(
+            runner.request(command),
+            component.request(command),
+            "{command}"
+        );
+    }
+}
+
+/// A project's third-party packages (Python's requirements.txt, the
+/// `dependencies` of package.json) are built into a runner of its own,
+/// once; an edit after that is loaded from the source, with no build.
+#[test]
+fn runners_bundle_a_projects_dependencies() {
+    let projects = tempfile::tempdir().unwrap();
+    let python = new_project(projects.path(), "deps-py", "python");
+    std::fs::write(python.join("requirements.txt"), "tabulate==0.9.0\n").unwrap();
+    replace_in(
+        &python.join("app.py"),
+        "return f\"hello, {who}\"",
+        "import tabulate\n        return tabulate.tabulate([[who, len(who)]], tablefmt=\"plain\")",
+    );
+    let js = new_project(projects.path(), "deps-js", "js");
+    replace_in(
+        &js.join("package.json"),
+        "\"devDependencies\"",
+        "\"dependencies\": { \"ms\": \"2.1.3\" },\n  \"devDependencies\"",
+    );
+    replace_in(
+        &js.join("plugin.js"),
+        "const COMMAND",
+        "import ms from 'ms';\n\nconst COMMAND",
+    );
+    replace_in(
+        &js.join("plugin.js"),
+        "return `hello, ${who}`",
+        "return `${ms(who)}`",
+    );
+    let dev = Dev::start(&[&python, &js]);
+    assert_eq!(dev.request("deps-py Ada"), "Ada  3");
+    assert_eq!(dev.request("deps-js 2h"), "7200000");
+    let runners_built = dev.log.count("building the");
+    dev.edit_source(
+        &js.join("plugin.js"),
+        "return `${ms(who)}`",
+        "return `${ms(who) / 1000} s`",
+        "deps_js",
+    );
+    assert_eq!(dev.request("deps-js 2h"), "7200 s");
+    assert_eq!(
+        dev.log.count("building the"),
+        runners_built,
+        "no build for an edit"
+    );
 }

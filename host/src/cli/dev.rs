@@ -1,13 +1,24 @@
 //! `plugboard dev [PROJECT...]`: the plugin author's loop in one command.
 //!
-//! Builds each project (`make build`, as every project `plugboard new`
-//! makes has it), serves the plugins on a server of its own, watches the
-//! projects' sources, and on every change rebuilds that project and copies
-//! its `.wasm` into the server's plugin directory, where hot reload does the
-//! rest: from an edit to the new behaviour with no step in between. A
-//! failed build prints the compiler's output as it is and the previous
-//! version keeps serving; the server's log says what loaded and its
-//! commands.
+//! Serves each project on a server of its own and watches its sources; an
+//! edit reaches the server with no step in between:
+//! - A Rust project (or any project with `--build`) is built (`make
+//!   build`, as every project `plugboard new` makes has it) and its
+//!   `.wasm` copied into the server's plugin directory, where hot reload
+//!   does the rest. A failed build prints the compiler's output as it is
+//!   and the previous version keeps serving.
+//! - A Python or JavaScript project is served by a runner (`runner/`): a
+//!   component built once that loads the project's source, granted to it
+//!   read-only, as each instance starts. An edit is only a new version of
+//!   the same code: the source is copied (a snapshot, so that the version
+//!   serving keeps the source it loaded), the server asks the runner for
+//!   its commands again with the copy granted (`Control::Renew`), and new
+//!   instances run the new source, in a fraction of a second. A source
+//!   that does not load (a syntax error) is reported with its file and
+//!   line, and the previous version keeps serving its own. A change to the
+//!   project's dependency list builds (once) a runner that bundles them.
+//!
+//! The server's log says what loaded and its commands.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -19,25 +30,45 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::runner::{self, Language, SOURCE_DIR};
 use crate::config::Config;
 use crate::net::server::ServeOptions;
+use crate::reload::Control;
 
 /// A plugin project being developed.
 struct Project {
     dir: PathBuf,
-    /// The `.wasm` its build writes (`make print-wasm`).
+    /// The `.wasm` its build writes (`make print-wasm`): its file name is
+    /// the plugin's, built or served by a runner.
     wasm: PathBuf,
+    /// How it is served: built, or by a runner of its language.
+    serving: Serving,
+    /// The copies of its source taken for a runner, newest last.
+    snapshots: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+/// Copies of a runner project's source kept at once: the one serving and
+/// a few before it, which instances of earlier versions may still read.
+const SNAPSHOTS_KEPT: usize = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serving {
+    Built,
+    Runner(Language),
 }
 
 /// What `plugboard dev` was asked to do.
 pub struct DevOptions {
     pub projects: Vec<PathBuf>,
     pub listen: Option<String>,
+    /// Serve every project's real build (`make build`), as a release
+    /// would: no runner.
+    pub build: bool,
 }
 
 /// Edits arriving closer together than this are one change (an editor's
 /// save writes, renames and touches several files).
-const QUIET: Duration = Duration::from_millis(200);
+const QUIET: Duration = Duration::from_millis(100);
 
 /// Runs until `shutdown` completes, on `base_config` (limits and grants;
 /// its `plugin_dir` is replaced).
@@ -49,17 +80,25 @@ pub async fn run(
     let projects = options
         .projects
         .iter()
-        .map(|dir| Project::find(dir))
+        .map(|dir| Project::find(dir, options.build))
         .collect::<anyhow::Result<Vec<_>>>()?;
     refuse_clashes(&projects)?;
-    let plugin_dir = DevDir::create()?;
+    let dev_dir = DevDir::create()?;
+    let plugin_dir = dev_dir.plugins();
     let mut config = base_config;
-    config.plugin_dir = plugin_dir.0.clone();
+    config.plugin_dir = plugin_dir.clone();
     if let Some(listen) = options.listen {
         config.listen = listen;
     }
+    let cache = super::user_dir("XDG_CACHE_HOME", ".cache")
+        .context("no cache directory for runners: set XDG_CACHE_HOME or HOME")?;
     for project in &projects {
-        project.build_and_install(&plugin_dir.0).await;
+        if let Serving::Runner(_) = project.serving
+            && let Some(source) = project.snapshot(&dev_dir.sources())?
+        {
+            grant_source(&mut config, project, source);
+        }
+        project.install(&plugin_dir, &cache).await;
     }
     let (changed, mut changes) = mpsc::unbounded_channel();
     let _watchers = projects
@@ -67,13 +106,14 @@ pub async fn run(
         .enumerate()
         .map(|(index, project)| watch(&project.dir, index, changed.clone()))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let (control, controls) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
     let serving = tokio::spawn(crate::net::server::run(
         ServeOptions {
             config,
             config_path: None,
             watch: true,
-            control: None,
+            control: Some(controls),
         },
         stop.clone().cancelled_owned(),
     ));
@@ -82,9 +122,8 @@ pub async fn run(
     loop {
         tokio::select! {
             Some(first) = changes.recv() => {
-                let touched = settle(first, &mut changes).await;
-                for index in touched {
-                    projects[index].build_and_install(&plugin_dir.0).await;
+                for (index, paths) in settle(first, &mut changes).await {
+                    projects[index].changed(&paths, &dev_dir, &cache, &control).await;
                 }
             }
             served = &mut serving => {
@@ -100,29 +139,47 @@ pub async fn run(
     }
 }
 
-/// The projects touched by `first` and by whatever follows it until the
-/// edits pause for [`QUIET`].
-async fn settle(first: usize, changes: &mut mpsc::UnboundedReceiver<usize>) -> BTreeSet<usize> {
-    let mut touched = BTreeSet::from([first]);
-    while let Ok(Some(index)) = tokio::time::timeout(QUIET, changes.recv()).await {
-        touched.insert(index);
+/// Grants the runner serving `project` its `source`, read-only, on top of
+/// whatever the config grants the plugin.
+fn grant_source(config: &mut Config, project: &Project, source: PathBuf) {
+    let name = project.plugin_name();
+    let settings = config.plugins.entry(name).or_default();
+    settings.dirs.insert(SOURCE_DIR.to_owned(), source);
+}
+
+/// A change to a watched project: which one, and the paths it touched.
+type Change = (usize, PathBuf);
+
+/// The paths each project's edits touched, from `first` until the edits
+/// pause for [`QUIET`].
+async fn settle(
+    first: Change,
+    changes: &mut mpsc::UnboundedReceiver<Change>,
+) -> std::collections::BTreeMap<usize, BTreeSet<PathBuf>> {
+    let mut touched = std::collections::BTreeMap::<usize, BTreeSet<PathBuf>>::new();
+    let mut add = |(index, path): Change| {
+        touched.entry(index).or_default().insert(path);
+    };
+    add(first);
+    while let Ok(Some(change)) = tokio::time::timeout(QUIET, changes.recv()).await {
+        add(change);
     }
     touched
 }
 
-/// Watches `dir` for source changes; each is sent as `index`.
+/// Watches `dir` for source changes; each is sent with `index`.
 fn watch(
     dir: &Path,
     index: usize,
-    changed: mpsc::UnboundedSender<usize>,
+    changed: mpsc::UnboundedSender<Change>,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if event.kind.is_access() {
             return;
         }
-        if event.paths.iter().any(|path| is_source(path)) {
-            let _ = changed.send(index);
+        for path in event.paths.into_iter().filter(|path| is_source(path)) {
+            let _ = changed.send((index, path));
         }
     })
     .context("cannot watch the projects")?;
@@ -135,13 +192,14 @@ fn watch(
 /// Whether a change to `path` is an edit worth a build: not the build's
 /// own output, dependencies or caches.
 fn is_source(path: &Path) -> bool {
-    const NOT_SOURCES: [&str; 6] = [
+    const NOT_SOURCES: [&str; 7] = [
         "target",
         "node_modules",
         ".venv",
         "__pycache__",
         ".git",
         ".plugboard-entry.js",
+        ".runner-deps.js",
     ];
     let generated = path.components().any(|part| {
         NOT_SOURCES
@@ -158,8 +216,9 @@ fn is_source(path: &Path) -> bool {
 }
 
 impl Project {
-    /// A project directory with a Makefile that builds a plugin.
-    fn find(dir: &Path) -> anyhow::Result<Self> {
+    /// A project directory with a Makefile that builds a plugin; served by
+    /// a runner when it is Python or JavaScript, unless `build`.
+    fn find(dir: &Path, build: bool) -> anyhow::Result<Self> {
         let dir = dir
             .canonicalize()
             .with_context(|| format!("no project at {}", dir.display()))?;
@@ -183,18 +242,86 @@ impl Project {
             );
         }
         let wasm = dir.join(wasm);
-        Ok(Self { dir, wasm })
+        let serving = match Language::of_project(&dir) {
+            Some(language) if !build => Serving::Runner(language),
+            _ => Serving::Built,
+        };
+        Ok(Self {
+            dir,
+            wasm,
+            serving,
+            snapshots: std::sync::Mutex::default(),
+        })
+    }
+
+    /// A copy of the project's source (what a build would read, not its
+    /// outputs or dependencies) in `sources`, unless it is the same as the
+    /// newest copy (`None`: an editor's save that came as two events); the
+    /// oldest copies beyond [`SNAPSHOTS_KEPT`] are removed.
+    fn snapshot(&self, sources: &Path) -> anyhow::Result<Option<PathBuf>> {
+        let mut snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let taken = TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let copy = sources.join(format!("{}-{taken}", self.plugin_name()));
+        copy_sources(&self.dir, &copy)
+            .with_context(|| format!("cannot copy the source of {}", self.dir.display()))?;
+        if snapshots
+            .last()
+            .is_some_and(|newest| same_tree(newest, &copy))
+        {
+            let _ = std::fs::remove_dir_all(&copy);
+            return Ok(None);
+        }
+        snapshots.push(copy.clone());
+        while snapshots.len() > SNAPSHOTS_KEPT {
+            let _ = std::fs::remove_dir_all(snapshots.remove(0));
+        }
+        Ok(Some(copy))
     }
 
     fn file_name(&self) -> &std::ffi::OsStr {
         self.wasm.file_name().unwrap_or_default()
     }
 
-    /// Builds the project and, if that worked, puts its plugin where the
-    /// server loads it. A failed build is reported and changes nothing.
-    async fn build_and_install(&self, plugin_dir: &Path) {
+    /// The plugin's name: its file's stem.
+    fn plugin_name(&self) -> String {
+        crate::reload::plugin_dir::plugin_name(Path::new(self.file_name()))
+    }
+
+    /// Puts the project's plugin where the server loads it: its build, or
+    /// its runner. A failure is reported and changes nothing.
+    async fn install(&self, plugin_dir: &Path, cache: &Path) {
         let started = Instant::now();
         let name = self.file_name().to_string_lossy().into_owned();
+        let wasm = match self.serving {
+            Serving::Built => match self.build(&name).await {
+                Some(()) => self.wasm.clone(),
+                None => return,
+            },
+            Serving::Runner(language) => {
+                match runner::runner_for(language, &self.dir, cache).await {
+                    Ok(wasm) => wasm,
+                    Err(err) => {
+                        tracing::error!(project = %self.dir.display(), "cannot build the {} runner: {err:#}", language.name());
+                        return;
+                    }
+                }
+            }
+        };
+        match install(&wasm, plugin_dir, self.file_name()) {
+            Ok(()) => tracing::info!(
+                ms = started.elapsed().as_millis(),
+                "{name} ready; the server loads it now"
+            ),
+            Err(err) => tracing::error!("cannot install {name}: {err:#}"),
+        }
+    }
+
+    /// `make build`; `None` (the compiler's output printed) if it failed.
+    async fn build(&self, name: &str) -> Option<()> {
         tracing::info!(project = %self.dir.display(), "building {name}");
         let built = tokio::process::Command::new("make")
             .args(["--no-print-directory", "build"])
@@ -203,7 +330,7 @@ impl Project {
             .output()
             .await;
         match built {
-            Ok(output) if output.status.success() => {}
+            Ok(output) if output.status.success() => Some(()),
             Ok(output) => {
                 eprintln!(
                     "{}{}",
@@ -214,29 +341,97 @@ impl Project {
                     project = %self.dir.display(),
                     "build of {name} failed (above); the last version that built keeps serving"
                 );
-                return;
+                None
             }
             Err(err) => {
                 tracing::error!(project = %self.dir.display(), "cannot run make: {err}");
-                return;
+                None
             }
         }
-        match install(&self.wasm, plugin_dir) {
-            Ok(()) => tracing::info!(
-                ms = started.elapsed().as_millis(),
-                "built {name}; the server loads it now"
-            ),
-            Err(err) => tracing::error!("cannot install {name}: {err:#}"),
+    }
+
+    /// The project's files at `paths` changed: a build, a runner for a new
+    /// dependency list, or a new source for the runner serving it.
+    async fn changed(
+        &self,
+        paths: &BTreeSet<PathBuf>,
+        dev_dir: &DevDir,
+        cache: &Path,
+        control: &mpsc::UnboundedSender<Control>,
+    ) {
+        let Serving::Runner(language) = self.serving else {
+            return self.install(&dev_dir.plugins(), cache).await;
+        };
+        let dependencies = paths
+            .iter()
+            .any(|path| path.file_name() == Some(std::ffi::OsStr::new(language.dependency_file())));
+        if dependencies {
+            self.install(&dev_dir.plugins(), cache).await;
         }
+        let source = match self.snapshot(&dev_dir.sources()) {
+            Ok(Some(source)) => source,
+            Ok(None) => return,
+            Err(err) => return tracing::error!("{err:#}"),
+        };
+        tracing::info!(project = %self.dir.display(), "source changed: loading it");
+        let _ = control.send(Control::Renew {
+            file: self.file_name().to_string_lossy().into_owned(),
+            guest: SOURCE_DIR.to_owned(),
+            source,
+        });
     }
 }
 
-/// Copies `wasm` into `plugin_dir` under its own name, through a rename,
-/// so the server never reads half a file.
-fn install(wasm: &Path, plugin_dir: &Path) -> anyhow::Result<()> {
-    let name = wasm
-        .file_name()
-        .context("the build output has no file name")?;
+/// Copies the files of `from` that are sources (see [`is_source`]) to
+/// `to`, keeping the tree's layout.
+fn copy_sources(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let path = entry.path();
+        if !is_source(&path) {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_sources(&path, &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(&path, &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the trees at `a` and `b` hold the same files with the same
+/// contents.
+fn same_tree(a: &Path, b: &Path) -> bool {
+    fn files(root: &Path, dir: &Path, into: &mut Vec<(PathBuf, Vec<u8>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files(root, &path, into);
+            } else if let (Ok(relative), Ok(bytes)) =
+                (path.strip_prefix(root), std::fs::read(&path))
+            {
+                into.push((relative.to_owned(), bytes));
+            }
+        }
+    }
+    let (mut left, mut right) = (Vec::new(), Vec::new());
+    files(a, a, &mut left);
+    files(b, b, &mut right);
+    left.sort();
+    right.sort();
+    left == right
+}
+
+/// Copies `wasm` into `plugin_dir` as `name`, through a rename, so the
+/// server never reads half a file.
+fn install(wasm: &Path, plugin_dir: &Path, name: &std::ffi::OsStr) -> anyhow::Result<()> {
     let staging = plugin_dir.join(format!(".{}.partial", name.to_string_lossy()));
     std::fs::copy(wasm, &staging).with_context(|| format!("cannot copy {}", wasm.display()))?;
     std::fs::rename(&staging, plugin_dir.join(name)).context("cannot move it into place")?;
@@ -257,15 +452,27 @@ fn refuse_clashes(projects: &[Project]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The dev server's plugin directory, removed when dev ends.
+/// The dev server's directory, removed when dev ends: its plugin
+/// directory, and the copies of runner projects' sources.
 struct DevDir(PathBuf);
 
 impl DevDir {
     fn create() -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("plugboard-dev-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(Self(dir))
+        let dev = Self(dir);
+        for dir in [dev.plugins(), dev.sources()] {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        Ok(dev)
+    }
+
+    fn plugins(&self) -> PathBuf {
+        self.0.join("plugins")
+    }
+
+    fn sources(&self) -> PathBuf {
+        self.0.join("sources")
     }
 }
 
@@ -292,6 +499,7 @@ mod tests {
             "/p/.venv/lib/x.py",
             "/p/__pycache__/app.pyc",
             "/p/.plugboard-entry.js",
+            "/p/.runner-deps.js",
             "/p/Cargo.lock",
             "/p/app.py~",
         ] {

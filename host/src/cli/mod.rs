@@ -11,6 +11,7 @@ pub mod client;
 pub mod compile;
 pub mod dev;
 mod prompt;
+pub mod runner;
 pub mod scaffold;
 pub mod standalone;
 pub mod token;

@@ -112,16 +112,17 @@ impl Plugin {
         Self::declared(compiled, terms).await
     }
 
-    /// The same compiled plugin, asked for its commands again in a new
-    /// instance: for a runner, whose instances load the plugin's source
-    /// as they start (`plugboard dev`), an edit is a new version. Warm
-    /// instances of this one are not reused (a new plugin id).
-    pub async fn renewed(&self) -> Result<Self, LoadError> {
+    /// The same compiled plugin under `terms`, asked for its commands
+    /// again in a new instance: for a runner, whose instances load the
+    /// plugin's source as they start (`plugboard dev`), a new source is a
+    /// new version. Warm instances of this one are not reused (a new
+    /// plugin id).
+    pub async fn renewed(&self, terms: Terms) -> Result<Self, LoadError> {
         let compiled = Compiled {
             commands: Vec::new(),
             ..Compiled::clone(&self.compiled)
         };
-        Self::declared(compiled, self.terms.clone()).await
+        Self::declared(compiled, terms).await
     }
 
     /// `compiled` under `terms`, with the commands a first instance

@@ -160,6 +160,9 @@ pub fn compile_into_cache(options: &EngineOptions, bytes: &[u8]) -> anyhow::Resu
     // it finds, and the server verifies an entry before it loads it.
     let compiled = wasmtime::component::Component::new(&engine, bytes);
     CacheCheck::new(cache_dir).record();
+    if let Some(store) = &store {
+        store.finish();
+    }
     compiled?;
     let (hits, misses) = store.as_ref().map_or((0, 0), |s| s.hits_and_misses());
     if let Some(damaged) = store.as_ref().map(|s| s.damaged()).filter(|n| *n > 0) {

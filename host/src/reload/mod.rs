@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::plugin::WasmRuntime;
+use crate::plugin::{DirGrant, WasmRuntime};
 use crate::router::Routes;
 use plugin_dir::is_plugin_file;
 
@@ -64,8 +64,13 @@ enum Trigger {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     /// The source a runner plugin loads as its instances start changed:
-    /// load the plugin of this file anew, from the code it has.
-    Renew(String),
+    /// load the plugin of `file` anew, from the code it has, with
+    /// `source` granted (read-only) at `guest` instead of what was.
+    Renew {
+        file: String,
+        guest: String,
+        source: PathBuf,
+    },
 }
 
 /// The plugin set, what it serves through, and what makes it change.
@@ -198,9 +203,24 @@ impl Reloader {
 
     async fn obey(&mut self, control: Control) {
         match control {
-            Control::Renew(file) => {
-                if self.plugins.renew(&file).await.alter_routes() {
+            Control::Renew {
+                file,
+                guest,
+                source,
+            } => {
+                let grant = DirGrant {
+                    guest,
+                    host: source,
+                    writable: false,
+                };
+                let started = std::time::Instant::now();
+                if let Some(plugin) = self.plugins.renew(&file, grant).await {
                     self.publish();
+                    // Only now: a command sent after this line runs the new source.
+                    let commands: Vec<&str> =
+                        plugin.commands().iter().map(|c| c.name.as_str()).collect();
+                    let ms = started.elapsed().as_millis();
+                    tracing::info!(plugin = plugin.name(), commands = ?commands, ms, "reloaded from its source");
                 }
             }
         }

@@ -19,7 +19,7 @@ use std::time::SystemTime;
 use anyhow::Context;
 use futures::StreamExt;
 
-use crate::plugin::{Plugin, Terms, WasmRuntime};
+use crate::plugin::{DirGrant, Grants, Plugin, Terms, WasmRuntime};
 use crate::router::Router;
 
 /// The `*.wasm` files directly in `dir`, sorted by file name.
@@ -101,7 +101,12 @@ struct Read {
 /// took 14.2 s, as long as one after the other (6.2 + 7.7 s), with both
 /// in memory at once; the serial parts of a compile (parsing, linking) are
 /// what more cores overlap.
+/// `PLUGBOARD_COMPILE_SLOTS` sets it for the benchmark that measures it.
 fn compile_slots() -> usize {
+    let set = std::env::var("PLUGBOARD_COMPILE_SLOTS").ok();
+    if let Some(slots) = set.and_then(|slots| slots.parse().ok()) {
+        return usize::max(slots, 1);
+    }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     (cores / 2).max(1)
 }
@@ -255,37 +260,36 @@ impl PluginDir {
         );
     }
 
-    /// Loads the plugin of `file` anew from its compiled code, asking it
-    /// for its commands again: the code is a runner whose source changed
-    /// (`plugboard dev`). If that fails, the version serving keeps serving.
-    pub async fn renew(&mut self, file: &str) -> Changes {
-        let mut changes = Changes::default();
-        let Some(loaded) = self.files.get_mut(std::ffi::OsStr::new(file)) else {
-            return changes;
-        };
-        let Some(plugin) = &loaded.plugin else {
-            return changes;
-        };
-        let started = std::time::Instant::now();
-        match plugin.renewed().await {
+    /// Loads the plugin of `file` anew from its compiled code, with
+    /// `source` granted in place of the directory granted at its guest
+    /// path, and asks it for its commands again: the code is a runner and
+    /// `source` its new source (`plugboard dev`). Returns the new version,
+    /// to publish; if it fails (logged), the version serving keeps
+    /// serving, with the source it had.
+    pub async fn renew(&mut self, file: &str, source: DirGrant) -> Option<Arc<Plugin>> {
+        let loaded = self.files.get_mut(std::ffi::OsStr::new(file))?;
+        let plugin = loaded.plugin.as_ref()?;
+        let mut terms = plugin.terms().clone();
+        let mut grants = Grants::clone(&terms.grants);
+        grants.dirs.retain(|dir| dir.guest != source.guest);
+        grants.dirs.push(source);
+        terms.grants = Arc::new(grants);
+        match plugin.renewed(terms).await {
             Ok(renewed) => {
-                let commands: Vec<&str> =
-                    renewed.commands().iter().map(|c| c.name.as_str()).collect();
-                let ms = started.elapsed().as_millis();
                 crate::telemetry::reload(true);
-                tracing::info!(plugin = renewed.name(), commands = ?commands, ms, "loaded plugin source");
-                changes.loaded.push(renewed.name().to_owned());
-                loaded.plugin = Some(Arc::new(renewed));
+                let renewed = Arc::new(renewed);
+                loaded.plugin = Some(renewed.clone());
+                Some(renewed)
             }
             Err(err) => {
                 crate::telemetry::reload(false);
                 tracing::error!(
                     plugin = plugin.name(),
-                    "rejected plugin source: {err}; the previous version keeps serving"
+                    "reload from its source rejected: {err}; the previous version keeps serving"
                 );
+                None
             }
         }
-        changes
     }
 
     /// Applies changed limits and plugin config to loaded plugins (without
