@@ -133,6 +133,81 @@ fn with_tokens_nothing_runs_before_auth() {
     client.expect_closed();
 }
 
+/// Before `auth`, a message that is not a request closes the connection
+/// too: nothing keeps a connection open unauthenticated.
+#[test]
+fn before_auth_an_empty_or_non_utf8_message_closes_the_connection() {
+    let (server, _) = with_token(&["*"]);
+    for message in [&b"<EOF>"[..], b"\xff\xfe<EOF>"] {
+        let mut client = server.connect();
+        client.send(message);
+        let reply = client.reply().unwrap_or_default();
+        assert!(
+            reply.ends_with("; authentication required: send `auth <token>` first"),
+            "{reply}"
+        );
+        client.expect_closed();
+    }
+}
+
+/// With tokens, an unauthenticated connection has a deadline of its own,
+/// short next to the idle timeout; an authenticated one keeps the idle
+/// timeout.
+#[test]
+fn a_connection_that_does_not_authenticate_in_time_is_closed() {
+    let (token, entry) = new_token(&["*"]);
+    let server = onoff()
+        .tables(&format!("[auth]\ntimeout_ms = 300\n\n{entry}"))
+        .start();
+    let mut authenticated = server.connect();
+    assert_eq!(authenticated.request(&format!("auth {token}")), "success");
+    let mut silent = server.connect();
+    let started = Instant::now();
+    assert_eq!(
+        silent.reply().as_deref(),
+        Some("error: not authenticated within 300ms, closing")
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    silent.expect_closed();
+    assert!(!authenticated.has_reply_ready(), "closed while idle");
+    assert_eq!(authenticated.request("on"), "success");
+}
+
+/// Silent sockets from two addresses fill `max_connections`; a client with
+/// the token, from a third, still gets in: the unauthenticated hold at most
+/// half the places, the newest displaces the oldest, and a newcomer with
+/// every place taken displaces the oldest too. (No auth deadline here, so
+/// that only the share can make room.)
+#[test]
+fn silent_connections_cannot_keep_a_token_holder_out() {
+    let (token, entry) = new_token(&["*"]);
+    let server = onoff()
+        .config("max_connections = 8")
+        .tables(&format!("[auth]\ntimeout_ms = 0\n\n{entry}"))
+        .start();
+    let mut silent: Vec<Client> = (0..8)
+        .map(|n| Client::connect_from(["127.0.0.2", "127.0.0.3"][n % 2], server.addr))
+        .collect();
+    let mut holder = Client::connect_from("127.0.0.4", server.addr);
+    assert_eq!(holder.request(&format!("auth {token}")), "success");
+    assert_eq!(holder.request("on"), "success");
+    // Accepted in order, so the five oldest were displaced.
+    for (n, socket) in silent.iter_mut().enumerate() {
+        if n < 5 {
+            assert_eq!(
+                socket.reply().as_deref(),
+                Some(
+                    "error: not authenticated, and newer connections waiting to authenticate need the place, closing"
+                ),
+                "socket {n}"
+            );
+            socket.expect_closed();
+        } else {
+            assert!(!socket.has_reply_ready(), "socket {n} was closed");
+        }
+    }
+}
+
 #[test]
 fn a_wrong_token_is_refused_and_nothing_after_it_runs() {
     let (server, _) = with_token(&["*"]);

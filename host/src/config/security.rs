@@ -19,11 +19,28 @@ pub struct TlsSettings {
 }
 
 /// The `[auth]` table.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// `[[auth.tokens]]`: with any, every connection must authenticate first.
     pub tokens: Vec<TokenSettings>,
+    /// How long a connection may stay unauthenticated, from connect, in
+    /// milliseconds; 0: as long as `idle_timeout_ms`.
+    pub timeout_ms: u64,
+    /// The share of `max_connections` that connections not yet
+    /// authenticated may hold together; past it a newcomer displaces the
+    /// oldest, so silent connections can never keep a token holder out.
+    pub max_unauthenticated_percent: u8,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            timeout_ms: 5_000,
+            max_unauthenticated_percent: 50,
+        }
+    }
 }
 
 /// One `[[auth.tokens]]` entry. The token itself is never in the config:
@@ -40,7 +57,18 @@ pub struct TokenSettings {
 }
 
 impl AuthSettings {
+    /// How many connections may wait to authenticate at once, of
+    /// `max_connections`: at least one.
+    pub fn max_unauthenticated(&self, max_connections: usize) -> usize {
+        (max_connections * usize::from(self.max_unauthenticated_percent) / 100).max(1)
+    }
+
     pub(super) fn validate(&self) -> anyhow::Result<()> {
+        ensure!(
+            (1..=100).contains(&self.max_unauthenticated_percent),
+            "`auth.max_unauthenticated_percent` must be between 1 and 100, not {}",
+            self.max_unauthenticated_percent
+        );
         let mut names = std::collections::BTreeSet::new();
         for (index, token) in self.tokens.iter().enumerate() {
             let at = format!("`auth.tokens[{index}]`");

@@ -12,17 +12,27 @@
 //! constant time, so neither the config nor the timing of a reply says
 //! anything about a token. Tokens are never logged.
 //!
+//! A connection that has not authenticated holds a place under
+//! `max_connections` and has done nothing to earn it, so it gets a deadline
+//! of its own (`auth.timeout_ms`, see `timeouts.rs`), and together such
+//! connections hold at most `auth.max_unauthenticated_percent` of the
+//! places: past it, a newcomer displaces the oldest (see [`Waiting`]).
+//! Silent sockets can then never keep a client with a token out: it
+//! connects, displaces one of them, and authenticates a round trip later.
+//!
 //! With no tokens, protected mode (on by default, as in Redis) serves only
 //! loopback clients: a server reachable from a network with no credential
 //! is refused, not silently open.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::TokenSettings;
 use crate::protocol::reply::Reply;
@@ -32,6 +42,23 @@ use crate::protocol::request::{AUTH, HELP, Request, RequestError};
 pub struct Auth {
     tokens: Vec<Arc<Token>>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
+    waiting: Waiting,
+}
+
+/// The connections that have not authenticated yet, oldest first (ids
+/// grow), each with the token that closes it when it is displaced.
+struct Waiting {
+    limit: usize,
+    next_id: AtomicU64,
+    connections: Mutex<BTreeMap<u64, CancellationToken>>,
+}
+
+/// A connection's place among the unauthenticated: given up when it
+/// authenticates or closes, taken from it when it is displaced.
+pub struct WaitingPlace {
+    id: u64,
+    displaced: CancellationToken,
+    auth: Arc<Auth>,
 }
 
 /// One token: who holds it, its hash, what it may run.
@@ -64,12 +91,11 @@ const MAX_DELAY: Duration = Duration::from_secs(5);
 const MAX_REMEMBERED_ADDRESSES: usize = 10_000;
 
 /// Where a connection stands.
-#[derive(Clone)]
 pub enum Access {
     /// No tokens are configured: every command may run.
     Open,
     /// Tokens are configured and the connection has not authenticated.
-    Pending,
+    Pending(WaitingPlace),
     /// Authenticated with this token.
     Granted(Arc<Token>),
 }
@@ -86,7 +112,11 @@ pub enum Gate {
 
 impl Auth {
     /// The runtime form of `[[auth.tokens]]`; `None` when there are none.
-    pub fn new(tokens: &[TokenSettings]) -> anyhow::Result<Option<Arc<Self>>> {
+    /// At most `max_unauthenticated` connections wait to authenticate.
+    pub fn new(
+        tokens: &[TokenSettings],
+        max_unauthenticated: usize,
+    ) -> anyhow::Result<Option<Arc<Self>>> {
         if tokens.is_empty() {
             return Ok(None);
         }
@@ -111,7 +141,32 @@ impl Auth {
         Ok(Some(Arc::new(Self {
             tokens,
             failures: Mutex::new(HashMap::new()),
+            waiting: Waiting {
+                limit: max_unauthenticated.max(1),
+                next_id: AtomicU64::new(0),
+                connections: Mutex::new(BTreeMap::new()),
+            },
         })))
+    }
+
+    /// A place among the connections waiting to authenticate; the oldest
+    /// waiting connection is displaced if they are at their limit.
+    fn wait(self: &Arc<Self>) -> WaitingPlace {
+        let id = self.waiting.next_id.fetch_add(1, Ordering::Relaxed);
+        let displaced = CancellationToken::new();
+        let mut connections = self.waiting.lock();
+        connections.insert(id, displaced.clone());
+        while connections.len() > self.waiting.limit {
+            if let Some((_, oldest)) = connections.pop_first() {
+                oldest.cancel();
+            }
+        }
+        drop(connections);
+        WaitingPlace {
+            id,
+            displaced,
+            auth: self.clone(),
+        }
     }
 
     /// The token whose hash matches `presented`'s. Every configured hash is
@@ -148,6 +203,29 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// Closes the oldest connection waiting to authenticate, if there is
+    /// one: for a newcomer when every place is taken.
+    pub fn displace_oldest(&self) -> bool {
+        let oldest = self.waiting.lock().pop_first();
+        oldest.map(|(_, displaced)| displaced.cancel()).is_some()
+    }
+}
+
+impl Waiting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, CancellationToken>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for WaitingPlace {
+    fn drop(&mut self) {
+        self.auth.waiting.lock().remove(&self.id);
+    }
+}
+
 /// The wait before answering the `count`th recent failure of an address.
 fn delay_after(count: u32) -> Duration {
     match count {
@@ -172,7 +250,21 @@ impl Access {
     pub fn new(auth: Option<&Arc<Auth>>) -> Self {
         match auth {
             None => Self::Open,
-            Some(_) => Self::Pending,
+            Some(auth) => Self::Pending(auth.wait()),
+        }
+    }
+
+    /// Whether the connection has yet to authenticate.
+    pub fn is_pending(&self) -> bool {
+        matches!(self, Self::Pending(_))
+    }
+
+    /// Cancelled when this unauthenticated connection is displaced by a
+    /// newer one; `None` once it has authenticated (or never had to).
+    pub fn displaced(&self) -> Option<CancellationToken> {
+        match self {
+            Self::Pending(place) => Some(place.displaced.clone()),
+            Self::Open | Self::Granted(_) => None,
         }
     }
 
@@ -180,7 +272,7 @@ impl Access {
     pub fn permits(&self, command: &str) -> bool {
         match self {
             Self::Open => true,
-            Self::Pending => false,
+            Self::Pending(_) => false,
             Self::Granted(token) => token.permits(command),
         }
     }
@@ -188,7 +280,10 @@ impl Access {
     /// Authenticates `auth` requests, and lets through what this
     /// connection may run. `help` is always let through: it lists only what
     /// the connection may run. A message that is not a request is answered
-    /// with why. `peer` is whose failures slow down.
+    /// with why, except before authentication: a message that is not
+    /// `auth <token>` then closes the connection, whatever it is, so that
+    /// no client stays unauthenticated by sending messages that are not
+    /// requests. `peer` is whose failures slow down.
     pub async fn gate(
         &mut self,
         auth: Option<&Arc<Auth>>,
@@ -199,7 +294,12 @@ impl Access {
             Ok(request) => request,
             Err(err) => {
                 crate::telemetry::unrouted(crate::telemetry::Outcome::Invalid);
-                return Gate::Answer(Reply::error(err));
+                return match self {
+                    Self::Pending(_) => Gate::Close(format!(
+                        "{err}; authentication required: send `auth <token>` first"
+                    )),
+                    Self::Open | Self::Granted(_) => Gate::Answer(Reply::error(err)),
+                };
             }
         };
         let command = request.command.as_str();
@@ -210,7 +310,7 @@ impl Access {
         }
         match self {
             Self::Open => Gate::Route(request),
-            Self::Pending => {
+            Self::Pending(_) => {
                 Gate::Close("authentication required: send `auth <token>` first".into())
             }
             Self::Granted(token) if command == HELP || token.permits(command) => {
@@ -251,7 +351,9 @@ impl Access {
                 let delay = auth.record_failure(peer);
                 tracing::debug!(%peer, ?delay, "authentication failed");
                 tokio::time::sleep(delay).await;
-                *self = Self::Pending;
+                if let Self::Granted(_) = self {
+                    *self = Self::Pending(auth.wait());
+                }
                 Gate::Close("invalid token".into())
             }
         }
@@ -300,7 +402,7 @@ mod tests {
             sha256,
             commands: commands.iter().map(|c| c.to_string()).collect(),
         };
-        (Auth::new(&[settings]).unwrap().unwrap(), token)
+        (Auth::new(&[settings], 4).unwrap().unwrap(), token)
     }
 
     fn request(text: &str) -> Result<Request, RequestError> {
@@ -354,6 +456,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn past_the_limit_a_newcomer_displaces_the_oldest_unauthenticated() {
+        let (auth, token) = auth(&["*"]);
+        let waiting: Vec<Access> = (0..4).map(|_| Access::new(Some(&auth))).collect();
+        let displaced: Vec<_> = waiting.iter().map(|a| a.displaced().unwrap()).collect();
+        assert!(displaced.iter().all(|d| !d.is_cancelled()));
+        let mut newcomer = Access::new(Some(&auth));
+        assert!(displaced[0].is_cancelled());
+        assert!(displaced[1..].iter().all(|d| !d.is_cancelled()));
+        // Authenticated and closed connections give their places up.
+        let granted = newcomer
+            .gate(Some(&auth), request(&format!("auth {token}")), ip())
+            .await;
+        assert!(matches!(granted, Gate::Answer(_)));
+        assert!(newcomer.displaced().is_none());
+        drop(waiting);
+        let after: Vec<Access> = (0..4).map(|_| Access::new(Some(&auth))).collect();
+        assert!(after.iter().all(|a| !a.displaced().unwrap().is_cancelled()));
+    }
+
+    #[tokio::test]
+    async fn before_auth_a_message_that_is_not_a_request_closes() {
+        let (auth, _) = auth(&["*"]);
+        let auth = Some(&auth);
+        let mut access = Access::new(auth);
+        let empty = access.gate(auth, request(""), ip()).await;
+        assert!(matches!(empty, Gate::Close(why) if why.contains("empty message")));
+        let not_utf8 = Request::parse(b"\xff\xfe");
+        let mut access = Access::new(auth);
+        assert!(matches!(
+            access.gate(auth, not_utf8, ip()).await,
+            Gate::Close(_)
+        ));
+    }
+
+    #[tokio::test]
     async fn without_tokens_everything_runs_and_auth_is_refused() {
         let mut access = Access::new(None);
         assert!(matches!(
@@ -403,7 +540,7 @@ mod tests {
             sha256,
             commands: vec!["*".into()],
         };
-        let auth = Auth::new(&[settings]).unwrap().unwrap();
+        let auth = Auth::new(&[settings], 4).unwrap().unwrap();
         assert!(auth.verify(&token).is_some());
         assert!(auth.verify("not it").is_none());
     }

@@ -117,9 +117,25 @@ enum Closing {
     Idle(Duration),
     #[error("message not completed within {0:?}, closing")]
     SlowMessage(Duration),
+    #[error("not authenticated within {0:?}, closing")]
+    AuthTimeout(Duration),
+    #[error(
+        "not authenticated, and newer connections waiting to authenticate need the place, closing"
+    )]
+    Displaced,
     /// Refused by the auth gate (the text says why).
     #[error("{0}")]
     Denied(String),
+}
+
+impl Closing {
+    /// Whether closing waits for the client to read the last reply (see
+    /// [`send_last_reply`]). Not for a connection closed because it never
+    /// authenticated: it has sent nothing left unread, and its place is
+    /// wanted now, not a second later.
+    fn lingers(&self) -> bool {
+        !matches!(self, Self::AuthTimeout(_) | Self::Displaced)
+    }
 }
 
 impl From<Expired> for Closing {
@@ -127,6 +143,7 @@ impl From<Expired> for Closing {
         match expired {
             Expired::Idle(limit) => Self::Idle(limit),
             Expired::Frame(limit) => Self::SlowMessage(limit),
+            Expired::Auth(limit) => Self::AuthTimeout(limit),
         }
     }
 }
@@ -186,6 +203,7 @@ impl<S: Stream> Connection<S> {
     pub fn new(
         stream: S,
         peer: std::net::IpAddr,
+        access: Access,
         routes: Arc<Routes>,
         settings: &Settings,
         shutdown: CancellationToken,
@@ -194,7 +212,7 @@ impl<S: Stream> Connection<S> {
             framed: Framed::new(stream, EofCodec::new(settings.max_frame_bytes)),
             routes,
             session: Session::default(),
-            access: Access::new(settings.auth.as_ref()),
+            access,
             auth: settings.auth.clone(),
             peer,
             timeouts: settings.timeouts,
@@ -224,7 +242,8 @@ impl<S: Stream> Connection<S> {
                     _ => {}
                 }
                 tracing::debug!("closing the connection: {closing}");
-                if let Err(lost) = self.reply_and_close(Reply::error(&closing)).await {
+                let linger = closing.lingers();
+                if let Err(lost) = self.reply_and_close(Reply::error(&closing), linger).await {
                     tracing::debug!("connection lost while reporting {closing:?}: {lost}");
                 }
                 return;
@@ -303,26 +322,46 @@ impl<S: Stream> Connection<S> {
         }
         let waiting_since = Instant::now();
         self.last_complete = waiting_since;
+        let timeouts = self.timeouts();
+        let displaced = self.access.displaced();
+        let displaced = async {
+            match &displaced {
+                Some(displaced) => displaced.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(displaced);
         loop {
             // Created each time but only armed (polled) while memory is held.
             let idle = tokio::time::sleep(IDLE_RELEASE);
             let partial_since = self.framed.codec().partial_since();
-            let check = self
-                .timeouts
-                .next_check(self.last_complete, partial_since, Instant::now());
+            let check = timeouts.next_check(self.last_complete, partial_since, Instant::now());
             let check = tokio::time::sleep_until(check.unwrap_or(waiting_since).into());
             tokio::select! {
                 frame = self.framed.next() => return frame.map(|frame| frame.map_err(Closing::from)),
                 () = self.shutdown.cancelled() => return None,
                 () = idle, if self.holds_idle_memory() => self.release_idle_memory(),
-                () = check, if self.timeouts.idle.is_some() || self.timeouts.frame.is_some() => {
+                () = &mut displaced => {
+                    crate::telemetry::closed_by("auth_displaced");
+                    return Some(Err(Closing::Displaced));
+                }
+                () = check, if timeouts.any() => {
                     let partial_since = self.framed.codec().partial_since();
-                    if let Some(expired) = self.timeouts.expired(self.last_complete, partial_since, Instant::now()) {
+                    if let Some(expired) = timeouts.expired(self.last_complete, partial_since, Instant::now()) {
                         crate::telemetry::closed_by(expired.as_str());
                         return Some(Err(expired.into()));
                     }
                 }
             }
+        }
+    }
+
+    /// The time limits that apply now: the auth deadline only until the
+    /// connection has authenticated.
+    fn timeouts(&self) -> Timeouts {
+        match self.access.is_pending() {
+            true => self.timeouts,
+            false => self.timeouts.authenticated(),
         }
     }
 
@@ -352,8 +391,8 @@ impl<S: Stream> Connection<S> {
 
     /// Sends a last reply after a framing error or a timeout, then closes
     /// without resetting.
-    async fn reply_and_close(self, reply: Reply) -> Result<(), FrameError> {
-        send_last_reply(self.framed, reply).await
+    async fn reply_and_close(self, reply: Reply, linger: bool) -> Result<(), FrameError> {
+        send_last_reply(self.framed, reply, linger).await
     }
 }
 
@@ -361,7 +400,7 @@ impl<S: Stream> Connection<S> {
 /// then closes without resetting. Nothing it sent is read as a command.
 pub async fn refuse(stream: impl Stream, reply: Reply) {
     let framed = Framed::new(stream, EofCodec::new(0));
-    if let Err(err) = send_last_reply(framed, reply).await {
+    if let Err(err) = send_last_reply(framed, reply, true).await {
         tracing::debug!("cannot tell a refused client why: {err}");
     }
 }
@@ -369,14 +408,18 @@ pub async fn refuse(stream: impl Stream, reply: Reply) {
 /// Sends `reply`, ends our side, and reads (and discards) what the client
 /// still sends for up to [`LINGER_TIME`]: closing a socket with unread input
 /// makes the kernel send a reset, which can destroy the reply before the
-/// client reads it.
+/// client reads it. Without `linger`, it closes once the reply is sent.
 async fn send_last_reply<S: Stream>(
     mut framed: Framed<S, EofCodec>,
     reply: Reply,
+    linger: bool,
 ) -> Result<(), FrameError> {
     framed.send(reply.as_str()).await?;
     let mut stream = framed.into_inner();
     stream.shutdown().await?;
+    if !linger {
+        return Ok(());
+    }
     // On the heap: an array here would be part of every connection's future.
     let mut discard = vec![0u8; 8192];
     let mut drained = 0;

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::net::auth;
+use crate::net::auth::{self, Access};
 use crate::net::connection::{self, Connection, Settings};
 use crate::net::per_address::{AddressPermit, PerAddress};
 use crate::protocol::codec::DELIMITER;
@@ -30,15 +30,26 @@ use crate::telemetry::{Admit, ConnectionMetrics, LogBudget};
 /// Longest pause between retries when `accept` keeps failing (e.g. out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Refused clients that may be lingering at once (see [`Listener::refuse`]).
+/// Refused clients that may be lingering at once (see [`Door::refuse`]).
 pub const MAX_LINGERING_REFUSALS: usize = 64;
+
+/// How long a newcomer that displaced an unauthenticated connection waits
+/// for its place (the time that connection takes to send its last reply).
+const DISPLACED_PLACE_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Listener {
     pub listener: TcpListener,
+    pub door: Arc<Door>,
+}
+
+/// Who gets a place and how it is served: what the accept loop and the
+/// tasks it spawns share.
+pub struct Door {
     pub routes: Arc<Routes>,
     pub connections: Arc<Semaphore>,
     pub per_address: Arc<PerAddress>,
-    /// Refused clients being told why (see [`Listener::refuse`]).
+    /// Refused clients being told why (see [`Door::refuse`]), and newcomers
+    /// waiting for a displaced connection's place.
     pub refusals: Arc<Semaphore>,
     pub refusal_log: LogBudget,
     /// Protected mode is in force: no tokens, and `protected_mode` on.
@@ -81,6 +92,9 @@ impl Drop for Slot {
 /// will need.
 struct Admitted {
     peer: SocketAddr,
+    /// Where it stands with auth, from the moment it is accepted: the
+    /// oldest unauthenticated connection is the first accepted.
+    access: Access,
     routes: Arc<Routes>,
     settings: Arc<Settings>,
     shutdown: CancellationToken,
@@ -91,6 +105,7 @@ impl Admitted {
         Connection::new(
             stream,
             self.peer.ip(),
+            self.access,
             self.routes,
             &self.settings,
             self.shutdown,
@@ -165,47 +180,71 @@ impl Listener {
     pub async fn accept_loop(&mut self) {
         loop {
             let (stream, peer) = self.accept().await;
-            let slot = match self.admit(peer) {
-                Ok(slot) => slot,
-                Err(refusal) => {
-                    crate::telemetry::rejected(refusal.reason());
-                    if let Admit::Write { unwritten_before } = self.refusal_log.admit() {
-                        tracing::warn!(
-                            %peer,
-                            unlogged_since = unwritten_before,
-                            "connection refused: {} reached",
-                            refusal.reason()
-                        );
-                    }
-                    self.refuse(stream, refusal.reply());
-                    continue;
+            self.door.admit_or_refuse(stream, peer);
+        }
+    }
+
+    /// The next connection. Accept errors are usually transient (a client that
+    /// reset before being accepted, a full file-descriptor table), so they are
+    /// logged and retried with backoff rather than ending the server.
+    async fn accept(&self) -> (TcpStream, std::net::SocketAddr) {
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            match self.listener.accept().await {
+                Ok(accepted) => return accepted,
+                Err(err) => {
+                    tracing::warn!("accept failed, retrying in {backoff:?}: {err}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                 }
-            };
-            self.metrics.accepted.increment(1);
-            if let Err(err) = stream.set_nodelay(true) {
-                tracing::debug!(%peer, "cannot set TCP_NODELAY: {err}");
             }
-            let span = tracing::debug_span!("connection", %peer);
-            let client = Admitted {
-                peer,
-                routes: self.routes.clone(),
-                settings: self.settings.clone(),
-                shutdown: self.shutdown.clone(),
-            };
-            let tls = self.tls.clone();
-            self.tracker.spawn(
-                async move {
-                    match tls {
-                        None => client.serve(stream).await,
-                        // Boxed: a TLS session is large, and plain
-                        // connections should not carry its size.
-                        Some(tls) => Box::pin(client.serve_tls(tls, stream)).await,
-                    }
-                    drop(slot);
-                }
-                .instrument(span),
+        }
+    }
+
+    /// Stops accepting, asks every connection to finish, waits for them.
+    pub async fn drain(self, timeout: Duration) {
+        drop(self.listener);
+        tracing::info!("shutting down: finishing in-flight commands");
+        let door = &self.door;
+        door.shutdown.cancel();
+        door.tracker.close();
+        if tokio::time::timeout(timeout, door.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = door.tracker.len(),
+                "shutdown timeout reached; closing the remaining connections"
             );
         }
+    }
+}
+
+impl Door {
+    /// Serves the client from `peer` if it gets a place, else tells it why not.
+    fn admit_or_refuse(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        match self.admit(peer) {
+            Ok(slot) => self.serve(stream, peer, slot),
+            Err(Refusal::MaxConnections) if self.displace_unauthenticated() => {
+                self.admit_when_displaced(stream, peer);
+            }
+            Err(refusal) => self.refuse_for(stream, peer, refusal),
+        }
+    }
+
+    /// Refuses the client from `peer`: counted, logged (within the log's
+    /// budget), told why.
+    fn refuse_for(&self, stream: TcpStream, peer: SocketAddr, refusal: Refusal) {
+        crate::telemetry::rejected(refusal.reason());
+        if let Admit::Write { unwritten_before } = self.refusal_log.admit() {
+            tracing::warn!(
+                %peer,
+                unlogged_since = unwritten_before,
+                "connection refused: {} reached",
+                refusal.reason()
+            );
+        }
+        self.refuse(stream, refusal.reply());
     }
 
     /// A place for a client from `peer`: in protected mode only for loopback
@@ -224,6 +263,72 @@ impl Listener {
             .try_acquire(peer.ip())
             .ok_or(Refusal::PerAddress)?;
         Ok(Slot::new(permit, address, &self.metrics.open))
+    }
+
+    /// Serves an admitted client in a task of its own, holding `slot`.
+    fn serve(&self, stream: TcpStream, peer: SocketAddr, slot: Slot) {
+        self.metrics.accepted.increment(1);
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, "cannot set TCP_NODELAY: {err}");
+        }
+        let span = tracing::debug_span!("connection", %peer);
+        let client = Admitted {
+            peer,
+            access: Access::new(self.settings.auth.as_ref()),
+            routes: self.routes.clone(),
+            settings: self.settings.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        let tls = self.tls.clone();
+        self.tracker.spawn(
+            async move {
+                match tls {
+                    None => client.serve(stream).await,
+                    // Boxed: a TLS session is large, and plain
+                    // connections should not carry its size.
+                    Some(tls) => Box::pin(client.serve_tls(tls, stream)).await,
+                }
+                drop(slot);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// With every place taken, closes the oldest connection still waiting
+    /// to authenticate, if there is one and the newcomer can wait for its
+    /// place (see [`Self::admit_when_displaced`]).
+    fn displace_unauthenticated(&self) -> bool {
+        match &self.settings.auth {
+            Some(auth) if self.refusals.available_permits() > 0 => auth.displace_oldest(),
+            _ => false,
+        }
+    }
+
+    /// Admits a newcomer once the place of the connection it displaced is
+    /// given back, which takes that connection's last reply: waits for it
+    /// (holding one of the lingering places, as a refusal would), and
+    /// refuses the newcomer as usual if it does not come in time.
+    fn admit_when_displaced(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let Ok(waiting) = self.refusals.clone().try_acquire_owned() else {
+            return self.refuse_for(stream, peer, Refusal::MaxConnections);
+        };
+        let door = self.clone();
+        self.tracker.spawn(async move {
+            let place = door.connections.clone().acquire_owned();
+            let admitted = match tokio::time::timeout(DISPLACED_PLACE_WAIT, place).await {
+                Ok(Ok(permit)) => door
+                    .per_address
+                    .try_acquire(peer.ip())
+                    .map(|address| Slot::new(permit, address, &door.metrics.open))
+                    .ok_or(Refusal::PerAddress),
+                _ => Err(Refusal::MaxConnections),
+            };
+            drop(waiting);
+            match admitted {
+                Ok(slot) => door.serve(stream, peer, slot),
+                Err(refusal) => door.refuse_for(stream, peer, refusal),
+            }
+        });
     }
 
     /// Tells a client it is not served, and why, then closes: in a task of
@@ -256,39 +361,5 @@ impl Listener {
             }
             drop(permit);
         });
-    }
-
-    /// The next connection. Accept errors are usually transient (a client that
-    /// reset before being accepted, a full file-descriptor table), so they are
-    /// logged and retried with backoff rather than ending the server.
-    async fn accept(&self) -> (TcpStream, std::net::SocketAddr) {
-        let mut backoff = Duration::from_millis(1);
-        loop {
-            match self.listener.accept().await {
-                Ok(accepted) => return accepted,
-                Err(err) => {
-                    tracing::warn!("accept failed, retrying in {backoff:?}: {err}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                }
-            }
-        }
-    }
-
-    /// Stops accepting, asks every connection to finish, waits for them.
-    pub async fn drain(self, timeout: Duration) {
-        drop(self.listener);
-        tracing::info!("shutting down: finishing in-flight commands");
-        self.shutdown.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(timeout, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                open = self.tracker.len(),
-                "shutdown timeout reached; closing the remaining connections"
-            );
-        }
     }
 }

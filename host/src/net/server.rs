@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::net::auth::{self, Auth};
 use crate::net::connection::Settings;
-use crate::net::listener::{Listener, MAX_LINGERING_REFUSALS};
+use crate::net::listener::{Door, Listener, MAX_LINGERING_REFUSALS};
 use crate::net::per_address::PerAddress;
 use crate::net::status::Readiness;
 use crate::net::timeouts::Timeouts;
@@ -130,7 +130,10 @@ pub async fn serve(
     let shutdown = CancellationToken::new();
     let reloading = tokio::spawn(reloader.run(shutdown.clone()));
 
-    let auth = Auth::new(&config.auth.tokens)?;
+    let auth = Auth::new(
+        &config.auth.tokens,
+        config.auth.max_unauthenticated(config.max_connections),
+    )?;
     let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let local = listener.local_addr()?;
     warn_if_exposed(local, &config, auth.is_some());
@@ -138,8 +141,7 @@ pub async fn serve(
     // which also says that the plugins are loaded.
     tracing::info!("listening on {local}");
     readiness.ready();
-    let mut server = Listener {
-        listener,
+    let door = Door {
         routes,
         connections: Arc::new(Semaphore::new(config.max_connections)),
         per_address: PerAddress::new(config.max_connections_per_ip()),
@@ -151,12 +153,20 @@ pub async fn serve(
         tls,
         settings: Arc::new(Settings {
             max_frame_bytes: config.max_frame_bytes,
-            timeouts: Timeouts::from_millis(config.idle_timeout_ms, config.frame_timeout_ms),
+            timeouts: Timeouts::from_millis(
+                config.idle_timeout_ms,
+                config.frame_timeout_ms,
+                config.auth.timeout_ms,
+            ),
             auth,
         }),
         metrics: Arc::new(ConnectionMetrics::register()),
         tracker: TaskTracker::new(),
         shutdown,
+    };
+    let mut server = Listener {
+        listener,
+        door: Arc::new(door),
     };
     tokio::select! {
         () = server.accept_loop() => {}

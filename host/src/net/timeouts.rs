@@ -2,11 +2,15 @@
 //! `max_connections` (and its address's share), so one that sends nothing,
 //! or a message a byte a minute, must not hold it forever.
 //!
-//! Two independent limits, each off when zero: `idle_timeout_ms`, the
-//! longest time without a complete message (from the last one, or from
-//! connect), and `frame_timeout_ms`, the longest time one message may take
-//! to arrive (from its first byte). A connection waiting for input sleeps
-//! until the earlier of the two could expire, then asks [`Timeouts::expired`].
+//! Independent limits, each off when zero: `idle_timeout_ms`, the longest
+//! time without a complete message (from the last one, or from connect),
+//! `frame_timeout_ms`, the longest time one message may take to arrive
+//! (from its first byte), and, with tokens, `auth.timeout_ms`, the longest a
+//! connection may stay unauthenticated (from connect: every message before
+//! a successful `auth` closes the connection, so the last complete message
+//! of an unauthenticated connection is its connect). A connection waiting
+//! for input sleeps until the earliest could expire, then asks
+//! [`Timeouts::expired`].
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +19,8 @@ use std::time::{Duration, Instant};
 pub struct Timeouts {
     pub idle: Option<Duration>,
     pub frame: Option<Duration>,
+    /// Set only for a connection that has yet to authenticate.
+    pub auth: Option<Duration>,
 }
 
 /// Which limit a connection ran out of.
@@ -22,6 +28,7 @@ pub struct Timeouts {
 pub enum Expired {
     Idle(Duration),
     Frame(Duration),
+    Auth(Duration),
 }
 
 impl Expired {
@@ -30,18 +37,31 @@ impl Expired {
         match self {
             Self::Idle(_) => "idle_timeout",
             Self::Frame(_) => "frame_timeout",
+            Self::Auth(_) => "auth_timeout",
         }
     }
 }
 
 impl Timeouts {
-    /// From the config's milliseconds, where 0 is never.
-    pub fn from_millis(idle_ms: u64, frame_ms: u64) -> Self {
+    /// From the config's milliseconds, where 0 is never; `auth_ms` applies
+    /// until the connection authenticates (see [`Self::authenticated`]).
+    pub fn from_millis(idle_ms: u64, frame_ms: u64, auth_ms: u64) -> Self {
         let limit = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
         Self {
             idle: limit(idle_ms),
             frame: limit(frame_ms),
+            auth: limit(auth_ms),
         }
+    }
+
+    /// The limits of a connection that has authenticated (or never had to).
+    pub fn authenticated(self) -> Self {
+        Self { auth: None, ..self }
+    }
+
+    /// Whether any limit is set: with none, nothing needs checking.
+    pub fn any(&self) -> bool {
+        self.idle.is_some() || self.frame.is_some() || self.auth.is_some()
     }
 
     /// `last_complete`: the last complete message, or the connect;
@@ -56,6 +76,11 @@ impl Timeouts {
             && now >= last_complete + idle
         {
             return Some(Expired::Idle(idle));
+        }
+        if let Some(auth) = self.auth
+            && now >= last_complete + auth
+        {
+            return Some(Expired::Auth(auth));
         }
         match (self.frame, partial_since) {
             (Some(frame), Some(since)) if now >= since + frame => Some(Expired::Frame(frame)),
@@ -74,11 +99,9 @@ impl Timeouts {
         now: Instant,
     ) -> Option<Instant> {
         let idle = self.idle.map(|idle| last_complete + idle);
+        let auth = self.auth.map(|auth| last_complete + auth);
         let frame = self.frame.map(|frame| partial_since.unwrap_or(now) + frame);
-        match (idle, frame) {
-            (Some(idle), Some(frame)) => Some(idle.min(frame)),
-            (one, other) => one.or(other),
-        }
+        [idle, auth, frame].into_iter().flatten().min()
     }
 }
 
@@ -92,6 +115,7 @@ mod tests {
         Timeouts {
             idle: Some(10 * SEC),
             frame: Some(2 * SEC),
+            auth: None,
         }
     }
 
@@ -138,17 +162,37 @@ mod tests {
     }
 
     #[test]
+    fn an_unauthenticated_connection_has_its_own_deadline_until_it_authenticates() {
+        let start = Instant::now();
+        let timeouts = Timeouts::from_millis(300_000, 10_000, 5_000);
+        assert_eq!(
+            timeouts.next_check(start, None, start),
+            Some(start + 5 * SEC)
+        );
+        assert_eq!(
+            timeouts.expired(start, None, start + 5 * SEC),
+            Some(Expired::Auth(5 * SEC))
+        );
+        let authenticated = timeouts.authenticated();
+        assert_eq!(authenticated.expired(start, None, start + 5 * SEC), None);
+        assert!(Timeouts::from_millis(0, 0, 1).any());
+        assert!(!Timeouts::from_millis(0, 0, 1).authenticated().any());
+    }
+
+    #[test]
     fn each_limit_works_alone_and_none_means_never() {
         let start = Instant::now();
         let later = start + 1000 * SEC;
         let idle_only = Timeouts {
             idle: Some(SEC),
             frame: None,
+            auth: None,
         };
         assert_eq!(idle_only.expired(later, Some(start), later), None);
         let frame_only = Timeouts {
             idle: None,
             frame: Some(SEC),
+            auth: None,
         };
         assert_eq!(frame_only.expired(start, None, later), None);
         assert_eq!(
@@ -158,6 +202,7 @@ mod tests {
         let never = Timeouts {
             idle: None,
             frame: None,
+            auth: None,
         };
         assert_eq!(never.next_check(start, Some(start), later), None);
         assert_eq!(never.expired(start, Some(start), later), None);
