@@ -29,6 +29,7 @@ const LOG_LINES_SUPPRESSED: &str = "plugboard_log_lines_suppressed_total";
 const CAPABILITY_DENIED: &str = "plugboard_capability_denied_total";
 const STATE_STORE_ERRORS: &str = "plugboard_state_store_errors_total";
 const STATE_STORE_REOPENS: &str = "plugboard_state_store_reopens_total";
+const STATE_DAMAGED_VALUES: &str = "plugboard_state_damaged_values_total";
 const BATCHED_COMMANDS: &str = "plugboard_batched_commands_total";
 
 /// Command latency buckets, 10 us to 10 s: a warm Rust plugin answers in
@@ -105,6 +106,10 @@ fn describe() {
         STATE_STORE_REOPENS,
         "Times the state store was reopened to recover from a failure"
     );
+    describe_counter!(
+        STATE_DAMAGED_VALUES,
+        "Values of the disk store found damaged (their checksum does not hold) when read"
+    );
 }
 
 /// Whether metrics are served, and so worth the cost of timing commands.
@@ -159,6 +164,10 @@ pub fn state_store_error() {
 
 pub fn state_store_reopened() {
     metrics::counter!(STATE_STORE_REOPENS).increment(1);
+}
+
+pub fn state_value_damaged() {
+    metrics::counter!(STATE_DAMAGED_VALUES).increment(1);
 }
 
 /// How a command ended, as counted and logged.
@@ -315,17 +324,20 @@ pub struct LogBudget {
 struct BudgetState {
     tokens: f64,
     last: Instant,
-    last_written: Instant,
+    /// When the count of lines not written was last reported.
+    last_notice: Instant,
     unwritten: u64,
 }
 
-/// During a flood, how often a line (with the count) still gets through.
+/// During a flood, how often a line (with the count) still gets through,
+/// and at most how often the count is reported.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What [`LogBudget::admit`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
-    /// Write the line; this many lines were not written since the last one.
+    /// Write the line; when `unwritten_before` is not 0, first say that
+    /// this many lines were not written (at most once per second).
     Write { unwritten_before: u64 },
     /// Over the rate: counted, not written.
     Suppress,
@@ -335,12 +347,16 @@ impl LogBudget {
     /// `source` labels the suppressed-lines metric: a plugin's name, or a
     /// fixed word for the server's own lines.
     pub fn new(source: &str, per_sec: u32) -> Self {
+        Self::new_at(source, per_sec, Instant::now())
+    }
+
+    fn new_at(source: &str, per_sec: u32, now: Instant) -> Self {
         Self {
             per_sec,
             state: std::sync::Mutex::new(BudgetState {
                 tokens: f64::from(per_sec),
-                last: Instant::now(),
-                last_written: Instant::now(),
+                last: now,
+                last_notice: now,
                 unwritten: 0,
             }),
             suppressed: metrics::counter!(LOG_LINES_SUPPRESSED, "source" => source.to_owned()),
@@ -348,7 +364,10 @@ impl LogBudget {
     }
 
     pub fn admit(&self) -> Admit {
-        let now = Instant::now();
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&self, now: Instant) -> Admit {
         let mut state = self
             .state
             .lock()
@@ -356,15 +375,19 @@ impl LogBudget {
         let refill = now.duration_since(state.last).as_secs_f64() * f64::from(self.per_sec);
         state.tokens = (state.tokens + refill).min(f64::from(self.per_sec));
         state.last = now;
-        let summary_due = state.unwritten > 0
-            && now.duration_since(state.last_written) >= SUMMARY_INTERVAL
+        let notice_due = state.unwritten > 0
+            && now.duration_since(state.last_notice) >= SUMMARY_INTERVAL
             && self.per_sec > 0;
-        if state.tokens >= 1.0 || summary_due {
+        if state.tokens >= 1.0 || notice_due {
             state.tokens = (state.tokens - 1.0).max(0.0);
-            state.last_written = now;
-            Admit::Write {
-                unwritten_before: std::mem::take(&mut state.unwritten),
-            }
+            let unwritten_before = match notice_due {
+                true => {
+                    state.last_notice = now;
+                    std::mem::take(&mut state.unwritten)
+                }
+                false => 0,
+            };
+            Admit::Write { unwritten_before }
         } else {
             state.unwritten += 1;
             self.suppressed.increment(1);
@@ -375,29 +398,53 @@ impl LogBudget {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::{Admit, LogBudget, Outcome};
+
+    const WRITE: Admit = Admit::Write {
+        unwritten_before: 0,
+    };
 
     #[test]
     fn a_budget_writes_its_rate_then_counts_what_it_does_not() {
-        let budget = LogBudget::new("test", 3);
+        let start = Instant::now();
+        let budget = LogBudget::new_at("test", 3, start);
         for _ in 0..3 {
-            assert_eq!(
-                budget.admit(),
-                Admit::Write {
-                    unwritten_before: 0
-                }
-            );
+            assert_eq!(budget.admit_at(start), WRITE);
         }
         for _ in 0..5 {
-            assert_eq!(budget.admit(), Admit::Suppress);
+            assert_eq!(budget.admit_at(start), Admit::Suppress);
         }
-        std::thread::sleep(std::time::Duration::from_millis(400));
+        // Refilled, but the count waits for its second.
+        assert_eq!(budget.admit_at(start + Duration::from_millis(400)), WRITE);
         assert_eq!(
-            budget.admit(),
+            budget.admit_at(start + Duration::from_millis(1000)),
             Admit::Write {
                 unwritten_before: 5
             }
         );
+    }
+
+    /// A steady flood at several times the rate: every line the budget
+    /// refills is written, but the count of the others comes once a second.
+    #[test]
+    fn during_a_flood_the_count_is_reported_once_a_second() {
+        let start = Instant::now();
+        let budget = LogBudget::new_at("test", 100, start);
+        let mut notices = 0;
+        let mut written = 0;
+        for ms in 0..3000 {
+            let now = start + Duration::from_millis(ms);
+            for _ in 0..4 {
+                if let Admit::Write { unwritten_before } = budget.admit_at(now) {
+                    written += 1;
+                    notices += usize::from(unwritten_before > 0);
+                }
+            }
+        }
+        assert!((2..=3).contains(&notices), "{notices} notices");
+        assert!((350..=450).contains(&written), "{written} written");
     }
 
     #[test]

@@ -296,6 +296,32 @@ fn plugin_memory_is_counted_while_an_instance_lives() {
     });
 }
 
+/// Lines below the log level spend none of a plugin's log rate: 400 DEBUG
+/// lines at the default INFO, over a rate of 10 a second, are not counted
+/// as suppressed, and INFO lines right after them are written.
+#[test]
+fn lines_below_the_log_level_spend_no_log_rate() {
+    let port = free_port();
+    let server = Setup::new()
+        .plugin("testing_hostile", "hostile")
+        .plugin_config("hostile", "max_log_lines_per_sec = 10")
+        .config(&format!("metrics_listen = \"127.0.0.1:{port}\""))
+        .start();
+    let mut client = server.connect();
+    for _ in 0..4 {
+        assert_eq!(client.request("log-flood 100 10 debug"), "wrote 100 lines");
+    }
+    let suppressed = Scrape::from(port)
+        .value(
+            "plugboard_log_lines_suppressed_total",
+            &[("source", "hostile")],
+        )
+        .unwrap_or(0.0);
+    assert_eq!(suppressed, 0.0);
+    assert_eq!(client.request("log-flood 5 10"), "wrote 5 lines");
+    assert!(server.log.wait_for_count("yyyyyyyyyy", 5));
+}
+
 fn json_lines(server: &Server) -> Vec<serde_json::Value> {
     server
         .log

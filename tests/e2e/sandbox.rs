@@ -438,6 +438,14 @@ fn log_floods_are_held_to_the_plugins_rate_and_line_length() {
             lines.len()
         );
         assert!(!lines.is_empty(), "{command}: nothing written at all");
+        // What was not written is reported, at most once a second.
+        let notices = server
+            .log
+            .count("log lines of this plugin were not written");
+        assert!(
+            notices as f64 <= took.as_secs_f64() + 2.0,
+            "{command}: {notices} notices in {took:?}"
+        );
         for line in &lines {
             let run = line.split(|c| c != 'y').map(str::len).max().unwrap_or(0);
             assert!(run <= 100, "{command}: a line of {run} bytes");
@@ -457,6 +465,35 @@ fn log_floods_are_held_to_the_plugins_rate_and_line_length() {
             client.request("log-flood 1 10");
         }
     }
+}
+
+/// A huge log line is cut where it lies in the plugin's memory: the server
+/// does not copy 40 MiB to write 100 bytes of it. The line itself is the
+/// plugin's memory (about 40 MiB resident while the call runs); a copy
+/// would add as much again, outside every memory limit.
+#[test]
+fn a_huge_log_line_is_cut_without_a_copy() {
+    let server = hostile()
+        .plugin_config("hostile", "max_log_line_bytes = 100")
+        .start();
+    let mut client = server.connect();
+    assert_eq!(client.request("log-flood 1 10"), "wrote 1 lines");
+    let before = server.peak_resident_mib();
+    let line_mib = 40;
+    assert_eq!(
+        client.request(&format!("log-flood 1 {}", line_mib << 20)),
+        "wrote 1 lines"
+    );
+    let grew = server.peak_resident_mib() - before;
+    assert!(
+        grew < f64::from(line_mib) * 1.5,
+        "the peak grew by {grew:.0} MiB for a {line_mib} MiB line"
+    );
+    assert!(
+        server.log.wait_for_count("cut=", 1),
+        "{}",
+        server.log.text()
+    );
 }
 
 /// The server's own warning per failed call is held to a rate too.

@@ -297,6 +297,34 @@ fn a_full_disk_fails_writes_clearly_keeps_deletes_and_heals() {
     assert_eq!(client.request(&format!("kv-get k{last}")).len(), 60000);
 }
 
+/// On a file system of a few MiB the reserve is scaled to it, so it can be
+/// taken back: once the operator frees space, writes resume with no
+/// restart, as on a large disk.
+#[test]
+#[ignore = "needs root: mounts a tmpfs (`make test` as root runs it)"]
+fn on_a_small_disk_writes_resume_once_space_is_freed() {
+    let disk = Tmpfs::mount(4);
+    let filler = disk.write_file("operator-file", 1);
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .config(&format!("state_dir = {:?}", disk.path().join("state")))
+        .config("max_bytes_per_plugin = 1000000000")
+        .start();
+    let mut client = server.connect();
+    let mut filled = 0;
+    while client.request(&format!("kv-fill k{filled} 20000")) == "stored" {
+        filled += 1;
+        assert!(filled < 1000, "4 MiB never filled");
+    }
+    assert!(filled > 10, "filled after {filled} writes only");
+    std::fs::remove_file(filler).unwrap();
+    assert_eq!(
+        client.request("kv-fill after 20000"),
+        "stored",
+        "writes resume once the disk has room, with no restart"
+    );
+}
+
 fn state_file(setup: &Setup) -> std::path::PathBuf {
     setup
         .plugin_dir()
@@ -343,6 +371,92 @@ fn a_state_file_replaced_under_the_server_refuses_writes() {
     std::fs::rename(&copy, &file).unwrap();
     assert_eq!(client.request("kv-set a 2"), "error: state unavailable");
     assert_eq!(client.request("echo hi"), "hi");
+}
+
+/// A value's bytes damaged in the file (the server stopped) are never
+/// served as data: its read gets `error: state unavailable`, every other
+/// value is served as written, and a `kv-set` replaces the damaged one.
+/// Then single bytes flipped at random inside values: every read is the
+/// value written or `state unavailable`, never other bytes.
+#[test]
+fn a_damaged_value_is_refused_never_served() {
+    let setup = Setup::new().plugin("testing_echo", "echo");
+    let file = state_file(&setup);
+    let mut server = setup.start();
+    let value = |n: usize| format!("value-{n:03}-{}", "x".repeat(40));
+    {
+        let mut client = server.connect();
+        for n in 0..200 {
+            let reply = client.request(&format!("kv-set k{n} {}", value(n)));
+            assert_eq!(reply, "stored");
+        }
+    }
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    server.wait_exit();
+    let pristine = std::fs::read(&file).unwrap();
+    // Every copy: pages copied on write may leave stale ones in the file.
+    let find = |bytes: &[u8], text: &str| -> Vec<usize> {
+        let found: Vec<usize> = bytes
+            .windows(text.len())
+            .enumerate()
+            .filter(|(_, w)| *w == text.as_bytes())
+            .map(|(at, _)| at)
+            .collect();
+        assert!(!found.is_empty(), "{text} is not in the file");
+        found
+    };
+    let read_all = |server: &crate::support::Server| -> Vec<String> {
+        let mut client = server.connect();
+        (0..200)
+            .map(|n| client.request(&format!("kv-get k{n}")))
+            .collect()
+    };
+
+    let mut damaged = pristine.clone();
+    for at in find(&pristine, &value(100)) {
+        damaged[at + 20] ^= 0x01;
+    }
+    std::fs::write(&file, &damaged).unwrap();
+    server = server.restart_stopped();
+    for (n, reply) in read_all(&server).iter().enumerate() {
+        match n {
+            100 => assert_eq!(reply, "error: state unavailable"),
+            _ => assert_eq!(reply, &value(n)),
+        }
+    }
+    let mut client = server.connect();
+    assert_eq!(client.request("kv-count k100"), "error: state unavailable");
+    assert_eq!(client.request("kv-set k100 mended"), "stored");
+    assert_eq!(client.request("kv-get k100"), "mended");
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    server.wait_exit();
+
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut unavailable = 0;
+    for _ in 0..4 {
+        let mut flipped = pristine.clone();
+        for _ in 0..5 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let n = (seed % 200) as usize;
+            let offset = (seed >> 32) as usize % value(n).len();
+            for at in find(&pristine, &value(n)) {
+                flipped[at + offset] ^= 1 << (seed % 8);
+            }
+        }
+        std::fs::write(&file, &flipped).unwrap();
+        server = server.restart_stopped();
+        for (n, reply) in read_all(&server).iter().enumerate() {
+            match reply.as_str() {
+                "error: state unavailable" => unavailable += 1,
+                served => assert_eq!(served, value(n), "k{n} served damaged bytes"),
+            }
+        }
+        server.signal(nix::sys::signal::Signal::SIGTERM);
+        server.wait_exit();
+    }
+    assert!(unavailable >= 4, "{unavailable} damaged reads found");
 }
 
 /// Damage inside the store's pages, found by a read or a write at run time:

@@ -6,7 +6,8 @@
 //! client. So a plugin's lines, from all its instances and all three
 //! sources together, pass one [`LogBudget`] (`max_log_lines_per_sec`), and
 //! each is cut at `max_log_line_bytes`; lines over the rate are counted in
-//! a metric and summed up in the next line written. The writer behind
+//! a metric and summed up in a notice at most once a second. Lines the log
+//! level filters out spend nothing. The writer behind
 //! `tracing` never blocks a worker either (see `main.rs`).
 
 use std::collections::VecDeque;
@@ -45,6 +46,11 @@ impl PluginLog {
     /// Like [`Self::write`], for a line of which `dropped` bytes were
     /// already dropped on the way.
     fn write_cut(&self, level: Level, stream: Option<&'static str>, line: &str, dropped: usize) {
+        // A line the log level filters out spends none of the rate: it
+        // would not be written anyway, and must not crowd out one that is.
+        if !enabled(level) {
+            return;
+        }
         let unwritten = match self.budget.admit() {
             Admit::Suppress => return,
             Admit::Write { unwritten_before } => unwritten_before,
@@ -72,6 +78,17 @@ impl PluginLog {
             (Level::Warn, cut) => tracing::warn!(plugin, stream, cut, "{line}..."),
             (Level::Error, cut) => tracing::error!(plugin, stream, cut, "{line}..."),
         }
+    }
+}
+
+/// Whether the log writes lines at `level` (from this module).
+fn enabled(level: Level) -> bool {
+    match level {
+        Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+        Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+        Level::Info => tracing::enabled!(tracing::Level::INFO),
+        Level::Warn => tracing::enabled!(tracing::Level::WARN),
+        Level::Error => tracing::enabled!(tracing::Level::ERROR),
     }
 }
 

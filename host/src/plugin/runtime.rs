@@ -213,6 +213,7 @@ impl WasmRuntime {
         // Waits on I/O give the call's CPU place up (see `io_waits.rs`).
         super::io_waits::add_to_linker(&mut linker)?;
         bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |sandbox| sandbox)?;
+        super::sandbox::add_log_in_place_to_linker(&mut linker)?;
         if kv.reads_at_once() {
             super::sandbox::add_local_reads_to_linker(&mut linker)?;
         }

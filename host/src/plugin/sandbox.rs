@@ -193,9 +193,46 @@ impl WasiHttpView for Sandbox {
 impl types::Host for Sandbox {}
 
 impl host::Host for Sandbox {
+    /// Replaced by [`add_log_in_place_to_linker`]'s: this one would copy
+    /// the whole line out of the guest before it is cut.
     fn log(&mut self, level: host::Level, message: String) {
         self.log.write(level, None, &message);
     }
+}
+
+/// The host interface as the linker knows it (what plugins import).
+const HOST_INTERFACE: &str = "plugboard:plugin/host@0.1.2";
+
+/// Defines `host.log` again, reading the line where it lies in the guest's
+/// memory: the generated definition copies it into a `String` first, so a
+/// plugin logging one 50 MiB line made the server copy 50 MiB (per call,
+/// outside `max_total_memory_mib`) only to cut it to `max_log_line_bytes`.
+/// A UTF-8 line is now validated in place and only its cut part is
+/// formatted; a guest that encodes strings as UTF-16 still gets a copy
+/// (wasmtime decodes those into a new string).
+pub fn add_log_in_place_to_linker(
+    linker: &mut wasmtime::component::Linker<Sandbox>,
+) -> wasmtime::Result<()> {
+    // As for `kv.get` below: the generated `log` must be there to be replaced.
+    let probe = linker.instance(HOST_INTERFACE)?.func_wrap(
+        "log",
+        |_: wasmtime::StoreContextMut<'_, Sandbox>, (): ()| Ok(()),
+    );
+    if probe.is_ok() {
+        wasmtime::bail!("{HOST_INTERFACE} is not the host interface the bindings define");
+    }
+    linker.allow_shadowing(true);
+    linker.instance(HOST_INTERFACE)?.func_wrap(
+        "log",
+        |store: wasmtime::StoreContextMut<'_, Sandbox>,
+         (level, message): (host::Level, wasmtime::component::WasmStr)| {
+            let text = message.to_str(&store)?;
+            store.data().log.write(level, None, &text);
+            Ok(())
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 impl config::Host for Sandbox {

@@ -20,11 +20,15 @@
 //! noticed before each commit: writes are then refused, never acknowledged
 //! into a file nobody will read.
 //!
+//! Every value carries a checksum, checked as it is read (`sealed.rs`): a
+//! damaged value is never served as data.
+//!
 //! The parts: the writer thread and its group commit (`writer.rs`), the
-//! reserve (`reserve.rs`), the watch on the state file (`watch.rs`); reads
-//! and the store's face are here.
+//! reserve (`reserve.rs`), the watch on the state file (`watch.rs`), the
+//! values' checksums (`sealed.rs`); reads and the store's face are here.
 
 mod reserve;
+mod sealed;
 mod watch;
 mod writer;
 
@@ -40,7 +44,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 use tokio::sync::oneshot;
 
 use super::{Backend, Completion, KvError, KvLimits, Unavailable, Write, Written};
-use reserve::{RESERVE_BYTES, Reserve};
+use reserve::Reserve;
 use watch::Watched;
 use writer::Writer;
 
@@ -53,6 +57,10 @@ const ENTRIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("entr
 const USAGE: TableDefinition<&str, (u32, u64)> = TableDefinition::new("usage");
 /// Key counts alone, as stores written before the byte quota kept them.
 const KEY_COUNTS: TableDefinition<&str, u32> = TableDefinition::new("key_counts");
+/// The store's format; `value_format` is [`sealed::FORMAT`] once every
+/// value carries its checksum.
+const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
+const VALUE_FORMAT: &str = "value_format";
 
 pub struct DiskStore {
     shared: Arc<Shared>,
@@ -117,8 +125,8 @@ impl DiskStore {
         if let Err(err) = reserve.fill() {
             tracing::warn!(
                 file = %reserve.path.display(),
-                "cannot set {} MiB aside for deletes on a full disk: {err:#}",
-                RESERVE_BYTES >> 20
+                "cannot set {} KiB aside for deletes on a full disk: {err:#}",
+                reserve.bytes() >> 10
             );
         }
         let shared = Arc::new(Shared {
@@ -185,8 +193,12 @@ impl Backend for DiskStore {
             let tx = db.begin_read()?;
             let entries = tx.open_table(ENTRIES)?;
             let value = entries.get((ns, key))?;
-            Ok(value.map(|v| v.value().to_vec()))
+            Ok(value.map(|v| match sealed::open(ns, key, v.value()) {
+                Ok(value) => Ok(value.to_vec()),
+                Err(_) => Err(Unavailable(format!("the value of {key:?} is damaged"))),
+            }))
         })
+        .and_then(Option::transpose)
         .into()
     }
 
@@ -245,8 +257,41 @@ fn open_database(path: &Path) -> anyhow::Result<Database> {
     if !has_usage {
         count_usage(&tx)?;
     }
+    let format = tx.open_table(META)?.get(VALUE_FORMAT)?.map(|f| f.value());
+    match format {
+        Some(sealed::FORMAT) => {}
+        None => seal_every_value(&tx)?,
+        Some(other) => anyhow::bail!(
+            "the store's value format is {other}, newer than this plugboard's ({}): \
+             it was written by a newer version",
+            sealed::FORMAT
+        ),
+    }
     tx.commit()?;
     Ok(db)
+}
+
+/// Gives every value its checksum: once, for a store written before values
+/// carried one. In the transaction that opens the store, so a crash midway
+/// leaves it as it was.
+fn seal_every_value(tx: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut entries = tx.open_table(ENTRIES)?;
+    let plain: Vec<(String, String, Vec<u8>)> = entries
+        .iter()?
+        .map(|item| {
+            let (entry, value) = item?;
+            let (ns, key) = entry.value();
+            Ok((ns.to_owned(), key.to_owned(), value.value().to_vec()))
+        })
+        .collect::<Result<_, redb::StorageError>>()?;
+    for (ns, key, value) in plain {
+        entries.insert(
+            (ns.as_str(), key.as_str()),
+            sealed::seal(&ns, &key, &value).as_slice(),
+        )?;
+    }
+    tx.open_table(META)?.insert(VALUE_FORMAT, sealed::FORMAT)?;
+    Ok(())
 }
 
 /// Fills the usage table from the entries: once, for a store written
@@ -310,5 +355,10 @@ mod tests {
         assert_eq!(write("ab", b"12"), Err(KvError::OverQuota(12)));
         assert_eq!(write("a", b"12"), Ok(Written::Set));
         assert_eq!(write("b", b""), Err(KvError::TooManyKeys(2)));
+        // Its values were given their checksums as it opened.
+        assert_eq!(
+            store.get("p", "key").wait_blocking(),
+            Ok(Some(b"123456".to_vec()))
+        );
     }
 }

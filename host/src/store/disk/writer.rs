@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use redb::{ReadableTable, Table};
 
-use super::reserve::{RESERVE_BYTES, Reserve};
+use super::reserve::Reserve;
+use super::sealed::{self, Damaged};
 use super::watch::Watched;
 use super::{ENTRIES, Job, Reply, Shared, USAGE, WriteJob, open_database, panic_text};
 use crate::store::{Change, KvError, KvLimits, Unavailable, Usage, Write, Written};
@@ -187,17 +188,14 @@ impl Writer {
             return batch;
         }
         let free = self.reserve.free_bytes();
-        if free >= 2 * RESERVE_BYTES && self.reserve.fill().is_ok() {
+        let reserve = self.reserve.bytes();
+        if free >= 2 * reserve && self.reserve.fill().is_ok() {
             self.disk_full = false;
             tracing::info!(file = %self.shared.path.display(), "the disk has room again: all writes go on");
             return batch;
         }
         // What the admitted writes may add, at most: a quarter of the reserve.
-        let mut allowance = if free >= RESERVE_BYTES {
-            RESERVE_BYTES / 4
-        } else {
-            0
-        };
+        let mut allowance = if free >= reserve { reserve / 4 } else { 0 };
         let (admitted, refused): (Vec<_>, Vec<_>) = batch.into_iter().partition(|job| {
             let grows = match &job.write {
                 Write::Delete => return true,
@@ -230,9 +228,9 @@ impl Writer {
             self.reserve.release();
             tracing::warn!(
                 file = %self.shared.path.display(),
-                "the disk is full: the {} MiB reserve is given up so that deletes \
+                "the disk is full: the {} KiB reserve is given up so that deletes \
                  can make room; other writes are refused until there is room",
-                RESERVE_BYTES >> 20
+                self.reserve.bytes() >> 10
             );
         }
         self.needs_reopen = true;
@@ -285,16 +283,33 @@ fn apply(
     write: Write,
     limits: &KvLimits,
 ) -> Result<Result<Written, KvError>, redb::Error> {
-    let current = entries.get((ns, key))?.map(|v| v.value().to_vec());
+    let stored = entries.get((ns, key))?.map(|v| v.value().to_vec());
+    let current = match stored
+        .as_deref()
+        .map(|stored| sealed::open(ns, key, stored))
+    {
+        None => None,
+        Some(Ok(value)) => Some(value),
+        // Replacing or removing a damaged value needs nothing from it but
+        // its size; anything else would act on damaged data.
+        Some(Err(Damaged(value))) if matches!(write, Write::Set(_) | Write::Delete) => Some(value),
+        Some(Err(_)) => {
+            let damaged = Unavailable(format!("the value of {key:?} is damaged"));
+            return Ok(Err(damaged.into()));
+        }
+    };
     let (keys, bytes) = usage.get(ns)?.map_or((0, 0), |u| u.value());
     let before = Usage { keys, bytes };
-    let plan = match write.plan(key, current.as_deref(), before, limits) {
+    let plan = match write.plan(key, current, before, limits) {
         Ok(plan) => plan,
         Err(err) => return Ok(Err(err)),
     };
     match plan.change {
         Change::Keep => return Ok(Ok(plan.written)),
-        Change::Put(value) => drop(entries.insert((ns, key), value.as_slice())?),
+        Change::Put(value) => {
+            let sealed = sealed::seal(ns, key, &value);
+            drop(entries.insert((ns, key), sealed.as_slice())?);
+        }
         Change::Remove => drop(entries.remove((ns, key))?),
     }
     // Most writes keep a key's size (a counter, a flag): one page less to sync.

@@ -45,7 +45,7 @@ impl Plugin for Hostile {
         Command::new("recall", "Reply with what `remember` kept in this instance"),
         Command::new(
             "log-flood",
-            "Write LINES lines of BYTES bytes with host.log",
+            "Write LINES lines of BYTES bytes with host.log, at INFO (or `debug` as a third argument)",
         ),
         Command::new("print-flood", "Print LINES lines of BYTES bytes on stderr"),
     ];
@@ -144,7 +144,10 @@ impl Plugin for Hostile {
                 let line = "y".repeat(bytes);
                 for _ in 0..lines {
                     if request.command == "log-flood" {
-                        plugboard_plugin::log::info(&line);
+                        match request.args.get(2).map(String::as_str) {
+                            Some("debug") => plugboard_plugin::log::debug(&line),
+                            _ => plugboard_plugin::log::info(&line),
+                        }
                     } else {
                         eprintln!("{line}");
                     }
