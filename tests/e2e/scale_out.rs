@@ -143,6 +143,48 @@ fn a_rolling_plugin_update_through_haproxy_fails_no_command() {
     );
 }
 
+/// The shipped deployment's shape (two hosts on one Redis behind HAProxy),
+/// 16 clients sending `on`, and onoff replaced by a new build of itself on
+/// host A, then host B, three times over: no command fails, not even with
+/// `state unavailable`.
+#[test]
+fn rolling_updates_of_a_stateful_plugin_fail_no_command() {
+    let redis = Redis::start();
+    let a = Host::start(&redis);
+    let b = Host::start(&redis);
+    let haproxy = Haproxy::start(&[a.backend("a"), b.backend("b")]);
+    let load = Load::start(haproxy.addr(), 16);
+    load.wait_for_replies(200);
+
+    let onoff = std::fs::read(built_plugin("onoff")).unwrap();
+    for round in 1..=3 {
+        let build = with_custom_section(&onoff, &format!("build {round}"));
+        for host in [&a, &b] {
+            std::fs::write(host.server.plugin_dir.join("onoff.wasm"), &build).unwrap();
+            assert!(host.server.log.wait_for_count("plugin set updated", round));
+            load.wait_for_replies(200);
+        }
+    }
+
+    let report = load.stop();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
+
+/// `component` with a custom section added: the same plugin, other bytes
+/// (as a rebuild makes).
+fn with_custom_section(component: &[u8], text: &str) -> Vec<u8> {
+    let name = b"plugboard-test";
+    let mut body = vec![name.len() as u8];
+    body.extend_from_slice(name);
+    body.extend_from_slice(text.as_bytes());
+    assert!(body.len() < 128, "one LEB128 byte");
+    let mut bytes = component.to_vec();
+    bytes.push(0);
+    bytes.push(body.len() as u8);
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
 /// A host dies under load: its clients lose their connections, but every
 /// new connection through the balancer is served by the other host.
 #[test]
