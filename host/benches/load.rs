@@ -761,7 +761,8 @@ fn resident_memory(window: Duration) {
 }
 
 /// Acknowledged durable writes (`kv-count`, an increment) per second with
-/// 1, 16 and 64 concurrent writers, each waiting for its reply: the disk
+/// 1, 16 and 64 concurrent writers, each waiting for its reply (and 16 each
+/// keeping 4 in flight, pipelined): the disk
 /// store (every reply after an fsynced commit, shared by the writers queued
 /// meanwhile) and Redis (a real `redis-server` on loopback, AOF fsynced on
 /// every write) against the memory store.
@@ -779,8 +780,8 @@ fn durable_writes(window: Duration) {
     let memory = start_on("memory");
     let disk = start_on("disk");
     let in_redis = start_on("redis");
-    for connections in [1, 16, 64] {
-        let load = Load::shape(connections, 1, "kv-count n");
+    for (connections, depth) in [(1, 1), (16, 1), (16, 4), (64, 1)] {
+        let load = Load::shape(connections, depth, "kv-count n");
         let baseline = run(memory.addr, load, window);
         println!("{} kv-count memory {}", load.label(), baseline.summary());
         for (name, server) in [("disk ", &disk), ("redis", &in_redis)] {
