@@ -31,10 +31,18 @@ build: plugins
 # Puts the plugboard binary on PATH: $(PREFIX)/bin (default ~/.local/bin).
 # The plugin projects `plugboard new` makes call the binary that made them.
 PREFIX ?= $(HOME)/.local
+# With the manual pages (plugboard(1), plugboard-serve(1), ...) and the
+# completions of bash, zsh and fish where those shells look under PREFIX.
+SHARE = $(DESTDIR)$(PREFIX)/share
 install:
 	$(CARGO) build --release --locked -p plugboard
 	install -D -m 755 target/release/plugboard $(DESTDIR)$(PREFIX)/bin/plugboard
-	@echo "installed $(DESTDIR)$(PREFIX)/bin/plugboard"
+	target/release/plugboard man --dir $(SHARE)/man/man1
+	install -d $(SHARE)/bash-completion/completions $(SHARE)/zsh/site-functions $(SHARE)/fish/vendor_completions.d
+	target/release/plugboard completions bash > $(SHARE)/bash-completion/completions/plugboard
+	target/release/plugboard completions zsh > $(SHARE)/zsh/site-functions/_plugboard
+	target/release/plugboard completions fish > $(SHARE)/fish/vendor_completions.d/plugboard.fish
+	@echo "installed $(DESTDIR)$(PREFIX)/bin/plugboard, its manual pages and completions"
 
 wasm-target:
 	rustup target add $(WASM_TARGET)

@@ -156,6 +156,21 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Print the shell completion script for SHELL: `plugboard completions
+    /// bash > ~/.local/share/bash-completion/completions/plugboard`
+    /// (`make install` installs bash's, zsh's and fish's).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, in roff: `plugboard man | man -l -`; with
+    /// `--dir`, write plugboard(1) and a page per command (plugboard-serve(1),
+    /// ...) there, as `make install` does.
+    Man {
+        /// Write every page into this directory instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run one command in a plugin without a server, under the same limits,
     /// and print the reply. State lives in memory for this run only.
     Call {
@@ -318,6 +333,19 @@ async fn run(cli: Cli, log: &mut Option<LogGuard>) -> anyhow::Result<ExitCode> {
                 build,
             };
             plugboard::cli::dev::run(options, base, shutdown_signal()?).await
+        }
+        Command::Completions { shell } => {
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cli, "plugboard", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => {
+            let cli = <Cli as clap::CommandFactory>::command();
+            match dir {
+                None => plugboard::cli::manual::write_page(cli, &mut std::io::stdout())?,
+                Some(dir) => plugboard::cli::manual::write_pages(cli, &dir)?,
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Token { name, commands } => {
             print!("{}", plugboard::cli::token::new_entry(&name, &commands)?);

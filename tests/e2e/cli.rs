@@ -732,3 +732,68 @@ fn check_and_call_report_and_use_the_configs_grants() {
     ]);
     assert!(denied.contains("Denied"), "{denied}");
 }
+
+/// `plugboard completions bash`, sourced in a real bash, completes the
+/// commands and their arguments; a shell it does not know is a clear error.
+#[test]
+fn bash_completes_commands_and_their_arguments() {
+    let script = stdout(&plugboard().args(["completions", "bash"]).output().unwrap());
+    let complete = |words: &str, current: usize| -> String {
+        let probe = format!(
+            "{script}\nCOMP_WORDS=({words}); COMP_CWORD={current}; \
+             _plugboard plugboard \"${{COMP_WORDS[$COMP_CWORD]}}\" \"${{COMP_WORDS[$COMP_CWORD-1]}}\"; \
+             echo \"${{COMPREPLY[@]}}\""
+        );
+        let output = std::process::Command::new("bash")
+            .args(["-c", &probe])
+            .output()
+            .expect("run bash");
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output)
+    };
+    assert_eq!(complete("plugboard se", 1).trim(), "serve send");
+    let shells = complete("plugboard completions ''", 2);
+    for shell in ["bash", "zsh", "fish"] {
+        assert!(shells.split_whitespace().any(|s| s == shell), "{shells}");
+    }
+    let unknown = plugboard().args(["completions", "tcsh"]).output().unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("invalid value 'tcsh'"),
+        "{}",
+        stderr(&unknown)
+    );
+}
+
+/// `plugboard man --dir` writes plugboard(1), which lists every command,
+/// and a page for each one, named as plugboard(1) refers to it.
+#[test]
+fn man_writes_a_page_for_the_binary_and_each_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = plugboard()
+        .arg("man")
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let main = std::fs::read_to_string(dir.path().join("plugboard.1")).unwrap();
+    assert!(main.contains(".TH plugboard 1"), "{main}");
+    for command in [
+        "serve", "send", "dev", "new", "check", "call", "compile", "token",
+    ] {
+        assert!(
+            main.contains(&format!("plugboard\\-{command}(1)")),
+            "{command}"
+        );
+        let page = std::fs::read_to_string(dir.path().join(format!("plugboard-{command}.1")))
+            .unwrap_or_else(|_| panic!("no page for {command}"));
+        assert!(
+            page.contains(&format!(".TH plugboard-{command} 1")),
+            "{page}"
+        );
+    }
+    assert!(!dir.path().join("plugboard-compile-plugin.1").exists());
+    let printed = stdout(&plugboard().arg("man").output().unwrap());
+    assert_eq!(printed, main);
+}

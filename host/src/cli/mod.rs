@@ -10,6 +10,7 @@ use crate::config::{Config, StateStore};
 pub mod client;
 pub mod compile;
 pub mod dev;
+pub mod manual;
 mod prompt;
 pub mod runner;
 pub mod scaffold;
