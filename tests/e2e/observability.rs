@@ -431,3 +431,67 @@ fn denied_capabilities_are_counted() {
         );
     }
 }
+
+/// Every metric the shipped Grafana dashboard queries exists once a server
+/// has seen some load: commands, a failure and a quarantine, a refused and
+/// an idle-closed connection.
+#[test]
+fn every_metric_the_grafana_dashboard_queries_exists() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/grafana-dashboard.json"))
+            .expect("the dashboard is JSON");
+    let queried = queried_metrics(&dashboard);
+    assert!(queried.len() >= 8, "{queried:?}");
+
+    let (setup, port) = with_metrics();
+    let server = setup
+        .config("quarantine_after = 1")
+        .config("max_connections = 2")
+        .config("max_connections_per_ip = 2")
+        .config("idle_timeout_ms = 200")
+        .start();
+    let mut client = server.connect();
+    assert_eq!(client.request("on"), "success");
+    assert_eq!(client.request("panic"), "error: plugin 'echo' failed");
+    let mut idle = server.connect();
+    assert_eq!(
+        server.connect().request("on"),
+        "error: too many connections"
+    );
+    assert!(
+        idle.reply()
+            .unwrap()
+            .starts_with("error: no complete message")
+    );
+    let scrape = Scrape::from(port);
+    for metric in &queried {
+        assert!(
+            scrape
+                .0
+                .lines()
+                .any(|line| line.starts_with(metric.as_str())),
+            "the dashboard queries {metric}, which /metrics does not have:\n{}",
+            scrape.0
+        );
+    }
+}
+
+/// The `plugboard_*` metric names in the dashboard's queries.
+fn queried_metrics(dashboard: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let exprs = panels
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().into_iter().flatten())
+        .filter_map(|target| target["expr"].as_str());
+    let mut names = std::collections::BTreeSet::new();
+    for expr in exprs {
+        for (at, _) in expr.match_indices("plugboard_") {
+            let name: String = expr[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            names.insert(name);
+        }
+    }
+    names
+}
