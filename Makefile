@@ -48,8 +48,9 @@ wasm-target:
 	rustup target add $(WASM_TARGET)
 
 # The scale-out tests and benchmarks run a real redis-server and HAProxy,
-# the TLS tests openssl, the systemd unit's test systemd-analyze, from
-# Debian's packages; installed once, if missing (as root, or with sudo).
+# the TLS tests openssl, the systemd unit's test systemd-analyze, the status
+# page's test Chromium, from Debian's packages; installed once, if missing
+# (as root, or with sudo).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 services:
 	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null || \
@@ -58,6 +59,11 @@ services:
 		$(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends redis-server redis-tools haproxy openssl systemd; \
 	fi
+	@# The status page's test loads it in a headless browser; where Chromium
+	@# cannot be installed, that test says it is skipped and the rest run.
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium; } || \
+		echo "chromium could not be installed: the status page's browser test will be SKIPPED"
 
 # Every guest, shipped and test-only alike: the workspace's Rust crates and
 # the plugins in other languages.

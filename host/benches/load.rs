@@ -13,7 +13,7 @@
 //! Prints figures; asserts nothing about time. `make bench` runs it (with the
 //! other benchmarks); `PLUGBOARD_BENCH_SECS` sets each run's length (default
 //! 3), `PLUGBOARD_BENCH_ONLY` one section (`native`, `languages`, `tls`,
-//! `cpu`, `attacks`, `memory`, `writes`, `http`, `scale`).
+//! `cpu`, `attacks`, `memory`, `writes`, `http`, `scale`, `status`).
 
 use plugboard_test_support as support;
 
@@ -989,4 +989,61 @@ fn main() {
     if run("scale") {
         scale_out(window);
     }
+    if run("status") {
+        status_page_cost(window);
+    }
+}
+
+/// What the status page costs the commands: a bystander's latency under
+/// load (16 connections of `on`), with and without a client fetching `/`
+/// ten times a second.
+fn status_page_cost(window: Duration) {
+    let port = free_port();
+    let setup = Setup::new()
+        .plugin("onoff", "onoff")
+        .plugin("testing_echo", "echo")
+        .config(&format!("metrics_listen = \"127.0.0.1:{port}\""));
+    let server = start(setup, false);
+    let addr = server.addr;
+    for fetching in [false, true] {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fetcher = fetching.then(|| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut fetched = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    fetch_status_page(port);
+                    fetched += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                fetched
+            })
+        });
+        let loading =
+            std::thread::spawn(move || run(addr, Load::shape(16, 1, "on"), window + WARMUP * 2));
+        std::thread::sleep(WARMUP);
+        let bystander = run(addr, Load::shape(1, 1, "on"), window);
+        let load = loading.join().expect("load");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let fetched = fetcher.map_or(0, |f| f.join().expect("fetcher"));
+        let label = if fetching {
+            "GET / 10 times a second"
+        } else {
+            "no page fetched"
+        };
+        println!("status page: {label:<24} ({fetched} pages)");
+        println!("  bystander `on`   {}", bystander.summary());
+        println!("  load 16x1 `on`   {}", load.summary());
+    }
+}
+
+/// `GET /` from the status endpoint, read to the end.
+fn fetch_status_page(port: u16) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut page = Vec::new();
+    let _ = stream.read_to_end(&mut page);
 }

@@ -1,11 +1,13 @@
 //! Prometheus metrics for operators, served on the optional `metrics_listen`
-//! address (`GET /metrics`, by `net/status.rs`).
+//! address (`GET /metrics`, by `net/status/`).
 //!
 //! Built on the `metrics` facade and its Prometheus exporter. Handles are
 //! registered when a routing table is built (one set per command) or once per
 //! server, never looked up per command: on the hot path a count is an atomic
 //! add. Without `metrics_listen` no recorder is installed, every handle is a
 //! no-op, and commands are not even timed.
+
+pub mod events;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -42,7 +44,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Installs the recorder; the returned handle renders what it recorded
-/// (`net/status.rs` serves it). Call before anything registers a handle
+/// (`net/status/` serves it). Call before anything registers a handle
 /// (plugins, the listener): handles made earlier stay no-ops.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()

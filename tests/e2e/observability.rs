@@ -495,3 +495,203 @@ fn queried_metrics(dashboard: &serde_json::Value) -> std::collections::BTreeSet<
     }
     names
 }
+
+/// A server for the status page: onoff and echo, a token (whose hash must
+/// never show), a plugin config value marked as a secret would be.
+fn with_status() -> (Server, u16, String) {
+    let (setup, port) = with_metrics();
+    let token_hash = "9".repeat(64);
+    let server = setup
+        .plugin_config("onoff", "config = { device = \"secret-api-key-123\" }")
+        .tables(&format!(
+            "[[auth.tokens]]\nname = \"panel\"\nsha256 = \"{token_hash}\"\ncommands = [\"*\"]\n"
+        ))
+        .config("protected_mode = false")
+        .start();
+    (server, port, token_hash)
+}
+
+/// `/status.json`: the plugins serving, their commands and version (the
+/// file's SHA-256), what they answered, and the events of a hot reload and
+/// a rejected file; never a token's hash or a plugin's config value.
+#[test]
+fn status_json_shows_plugins_commands_and_events_and_no_secret() {
+    let (server, port, token_hash) = with_status();
+    let status = |port| -> serde_json::Value {
+        let (code, body) = get(port, "/status.json");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("JSON")
+    };
+    let plugin = |status: &serde_json::Value, name: &str| -> serde_json::Value {
+        let plugins = status["plugins"].as_array().expect("plugins").clone();
+        plugins
+            .into_iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    let first = status(port);
+    assert_eq!(first["state"], "ready");
+    assert_eq!(first["listen"], server.addr.to_string());
+    let onoff = plugin(&first, "onoff");
+    assert_eq!(
+        onoff["commands"],
+        serde_json::json!(["on", "off", "status", "toggle"])
+    );
+    assert_eq!(onoff["file"], "onoff.wasm");
+    let bytes = std::fs::read(server.plugin_dir.join("onoff.wasm")).unwrap();
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(onoff["version"], hex);
+
+    server.install(
+        "onoff.wasm",
+        &crate::support::built_plugin_bytes("testing_rival"),
+    );
+    assert!(server.log.wait_for_count("plugin set updated", 1));
+    std::fs::write(server.plugin_dir.join("broken.wasm"), b"not wasm").unwrap();
+    assert!(server.log.wait_for("rejected plugin file").is_some());
+
+    let deadline = Instant::now() + TIMEOUT;
+    let latest = loop {
+        let latest = status(port);
+        let kinds: Vec<&str> = latest["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["kind"].as_str())
+            .collect();
+        if kinds.contains(&"reloaded") && kinds.contains(&"rejected") {
+            break latest;
+        }
+        assert!(Instant::now() < deadline, "no reload event: {latest}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let events = latest["events"].as_array().unwrap();
+    assert_eq!(events[0]["kind"], "rejected", "newest first: {latest}");
+    assert_eq!(events[0]["plugin"], "broken");
+    let reloaded = events.iter().find(|e| e["kind"] == "reloaded").unwrap();
+    assert_eq!(reloaded["plugin"], "onoff");
+    assert_eq!(
+        plugin(&latest, "onoff")["commands"],
+        serde_json::json!(["on"])
+    );
+
+    for path in ["/", "/status.json"] {
+        let (_, body) = get(port, path);
+        assert!(!body.contains(&token_hash), "{path} shows a token's hash");
+        assert!(
+            !body.contains("secret-api-key-123"),
+            "{path} shows a config value"
+        );
+    }
+}
+
+/// What a plugin answered is counted on the page within seconds: rates and
+/// totals come from the metrics, read once a second.
+#[test]
+fn status_counts_commands_and_failures_per_plugin() {
+    let (setup, port) = with_metrics();
+    let server = setup.start();
+    let mut client = server.connect();
+    for _ in 0..40 {
+        assert_eq!(client.request("on"), "success");
+    }
+    assert_eq!(client.request("panic"), "error: plugin 'echo' failed");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (_, body) = get(port, "/status.json");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let find = |name: &str| {
+            status["plugins"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .cloned()
+                .unwrap()
+        };
+        let (onoff, echo) = (find("onoff"), find("echo"));
+        if onoff["commands_total"] == 40 && echo["failures_total"] == 1 {
+            assert_eq!(onoff["failures_total"], 0);
+            assert!(
+                onoff["p99_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+                "{onoff}"
+            );
+            assert_eq!(echo["failure_share"], 1.0, "{echo}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never counted: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The page as a person sees it: loaded in a real browser (headless
+/// Chromium, Debian's `chromium`), its rendered DOM lists the plugins,
+/// their commands and the event of a hot reload.
+#[test]
+fn the_status_page_renders_in_a_browser() {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|name| {
+            std::process::Command::new(name)
+                .arg("--version")
+                .output()
+                .is_ok_and(|output| output.status.success())
+        })
+    else {
+        eprintln!(
+            "SKIPPED the_status_page_renders_in_a_browser: no chromium on PATH \
+             (`make services` installs Debian's)"
+        );
+        return;
+    };
+    let (setup, port) = with_metrics();
+    let server = setup.start();
+    server.install(
+        "onoff.wasm",
+        &crate::support::built_plugin_bytes("testing_rival"),
+    );
+    assert!(server.log.wait_for_count("plugin set updated", 1));
+    let profile = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=2000", "--dump-dom"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        dom.contains("<h1>plugboard "),
+        "no page:\n{dom}\n{}",
+        stderr_of(&output)
+    );
+    let rows: Vec<&str> = dom.split("<tr class=\"plugin\">").skip(1).collect();
+    assert!(
+        rows.iter()
+            .any(|row| row.contains("<b>echo</b>") && row.contains("echo fail")),
+        "{dom}"
+    );
+    assert!(
+        rows.iter()
+            .any(|row| row.contains("<b>onoff</b>") && row.contains(">on<")),
+        "{dom}"
+    );
+    let events: Vec<&str> = dom.split("<tr class=\"event\">").skip(1).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains(">reloaded<") && e.contains(">onoff<")),
+        "{dom}"
+    );
+    assert!(dom.contains("<svg"), "no chart: {dom}");
+}
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

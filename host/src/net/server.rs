@@ -16,7 +16,7 @@ use crate::net::auth::{self, Auth};
 use crate::net::connection::Settings;
 use crate::net::listener::{Door, Listener, MAX_LINGERING_REFUSALS};
 use crate::net::per_address::PerAddress;
-use crate::net::status::Readiness;
+use crate::net::status::{Readiness, Serving};
 use crate::net::timeouts::Timeouts;
 use crate::net::tls;
 use crate::plugin::{CompiledBy, WasmRuntime};
@@ -140,10 +140,17 @@ pub async fn serve(
     // Tests and scripts using port 0 read the real address from this line,
     // which also says that the plugins are loaded.
     tracing::info!("listening on {local}");
-    readiness.ready();
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    readiness.ready(Serving {
+        routes: routes.clone(),
+        listen: local,
+        tls: tls.is_some(),
+        connections: connections.clone(),
+        max_connections: config.max_connections,
+    });
     let door = Door {
         routes,
-        connections: Arc::new(Semaphore::new(config.max_connections)),
+        connections,
         per_address: PerAddress::new(config.max_connections_per_ip()),
         refusals: Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS)),
         // A flood of refused clients must not flood the log (the metric
@@ -197,7 +204,7 @@ async fn serve_status(
     let listener = TcpListener::bind(listen).await.with_context(cannot)?;
     let metrics = crate::telemetry::install().with_context(cannot)?;
     tracing::info!(
-        "metrics on http://{0}/metrics, health on http://{0}/healthz",
+        "status on http://{0}/, metrics on http://{0}/metrics, health on http://{0}/healthz",
         listener.local_addr()?
     );
     tokio::spawn(super::status::serve(

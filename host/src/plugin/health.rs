@@ -66,6 +66,11 @@ impl Health {
         let failures = shift(previous).unwrap_or(0).count_ones();
         if threshold > 0 && failures >= threshold && !self.disabled.swap(true, Ordering::Relaxed) {
             crate::telemetry::quarantined(name);
+            crate::telemetry::events::record(
+                "quarantined",
+                name,
+                format!("{failures} of its last {window} calls failed"),
+            );
             tracing::error!(
                 plugin = name,
                 failures,

@@ -85,6 +85,7 @@ impl Plugin {
         let name: Arc<str> = name.into();
         let kv = Arc::new(runtime.kv().namespace(&name));
         check_component_header(&bytes)?;
+        let version = short_sha256(&bytes);
         let (component, compiled_by) = runtime.component(bytes).await?;
         let imports = component
             .component_type()
@@ -102,6 +103,7 @@ impl Plugin {
             compiled_by,
             memory: crate::telemetry::plugin_memory(&name),
             name,
+            version,
             pre,
             serve_batch,
             commands: Vec::new(),
@@ -165,4 +167,15 @@ impl Plugin {
 /// after it (the plugin's text, so the plugin's to get wrong).
 fn one_help_line(summary: &str) -> String {
     summary.replace(['\r', '\n'], " ").replace("<EOF>", "<eof>")
+}
+
+/// The first 12 hex digits of the SHA-256 of `bytes`.
+fn short_sha256(bytes: &[u8]) -> Arc<str> {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(bytes);
+    digest[..6]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect::<String>()
+        .into()
 }

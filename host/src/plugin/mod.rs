@@ -127,6 +127,8 @@ struct Compiled {
     /// How its code was had: from the cache, or compiled (where).
     compiled_by: CompiledBy,
     name: Arc<str>,
+    /// The first hex digits of its file's SHA-256: which version serves.
+    version: Arc<str>,
     pre: bindings::PluginPre<sandbox::Sandbox>,
     /// Its `serve-batch` export, when it has one (`batched-plugin` world).
     serve_batch: Option<ComponentExportIndex>,
@@ -151,6 +153,12 @@ fn next_plugin_id() -> u64 {
 impl Plugin {
     pub fn name(&self) -> &str {
         &self.compiled.name
+    }
+
+    /// The first 12 hex digits of the SHA-256 of the file it was loaded
+    /// from (`sha256sum` tells which file that is).
+    pub fn version(&self) -> &str {
+        &self.compiled.version
     }
 
     pub fn commands(&self) -> &[CommandSpec] {

@@ -221,6 +221,9 @@ impl Reloader {
                         plugin.commands().iter().map(|c| c.name.as_str()).collect();
                     let ms = started.elapsed().as_millis();
                     tracing::info!(plugin = plugin.name(), commands = ?commands, ms, "reloaded from its source");
+                    let detail =
+                        format!("from its source, commands {}, {ms} ms", commands.join(" "));
+                    crate::telemetry::events::record("reloaded", plugin.name(), detail);
                 }
             }
         }

@@ -21,6 +21,7 @@ use futures::StreamExt;
 
 use crate::plugin::{DirGrant, Grants, Plugin, Terms, WasmRuntime};
 use crate::router::Router;
+use crate::telemetry::events;
 
 /// The `*.wasm` files directly in `dir`, sorted by file name.
 pub fn plugin_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
@@ -140,6 +141,7 @@ impl PluginDir {
                     plugin = plugin.name(),
                     "plugin file removed; its commands are gone"
                 );
+                events::record("removed", plugin.name(), "its commands are gone");
                 changes.removed.push(plugin.name().to_owned());
             }
             keep
@@ -237,6 +239,20 @@ impl PluginDir {
                 let compiled = plugin.compiled_by().describe();
                 crate::telemetry::reload(true);
                 tracing::info!(plugin = plugin.name(), commands = ?commands, ms, compiled, "loaded plugin");
+                let kind = if read.previous.is_some() {
+                    "reloaded"
+                } else {
+                    "loaded"
+                };
+                events::record(
+                    kind,
+                    plugin.name(),
+                    format!(
+                        "version {}, commands {}, {ms} ms ({compiled})",
+                        plugin.version(),
+                        commands.join(" ")
+                    ),
+                );
                 changes.loaded.push(read.name);
                 Some(Arc::new(plugin))
             }
@@ -247,6 +263,7 @@ impl PluginDir {
                 };
                 crate::telemetry::reload(false);
                 tracing::error!(file = %read.path.display(), "rejected plugin file: {err}; {fallback}");
+                events::record("rejected", &read.name, format!("{err}; {fallback}"));
                 read.previous
             }
         };
@@ -287,6 +304,11 @@ impl PluginDir {
                     plugin = plugin.name(),
                     "reload from its source rejected: {err}; the previous version keeps serving"
                 );
+                events::record(
+                    "rejected",
+                    plugin.name(),
+                    format!("{err}; the previous version keeps serving"),
+                );
                 None
             }
         }
@@ -322,6 +344,7 @@ impl PluginDir {
             };
             if plugin.is_disabled() {
                 tracing::info!(plugin = plugin.name(), "SIGHUP: quarantined plugin revived");
+                events::record("revived", plugin.name(), "SIGHUP: serving again");
                 loaded.plugin = Some(Arc::new(plugin.with_terms(plugin.terms().clone())));
                 revived = true;
             }

@@ -82,6 +82,18 @@ impl Iterator for Replies {
 }
 
 impl Router {
+    /// The plugins serving at least one command, by name.
+    pub fn plugins(&self) -> Vec<Arc<Plugin>> {
+        let mut plugins: Vec<Arc<Plugin>> = Vec::new();
+        for route in self.routes.values() {
+            if !plugins.iter().any(|p| Arc::ptr_eq(p, &route.plugin)) {
+                plugins.push(route.plugin.clone());
+            }
+        }
+        plugins.sort_by(|a, b| a.name().cmp(b.name()));
+        plugins
+    }
+
     /// Builds the table from plugins in load (file-name) order. When two
     /// plugins claim a command, the first keeps it: deterministic across
     /// restarts, and logged as an error naming both so the operator can fix it.
