@@ -586,8 +586,9 @@ fn status_json_shows_plugins_commands_and_events_and_no_secret() {
     }
 }
 
-/// What a plugin answered is counted on the page within seconds: rates and
-/// totals come from the metrics, read once a second.
+/// What a plugin answered, and what it keeps, is counted on the page within
+/// seconds: rates and totals come from the metrics, read once a second, the
+/// key-value usage from the store, every few seconds.
 #[test]
 fn status_counts_commands_and_failures_per_plugin() {
     let (setup, port) = with_metrics();
@@ -597,6 +598,7 @@ fn status_counts_commands_and_failures_per_plugin() {
         assert_eq!(client.request("on"), "success");
     }
     assert_eq!(client.request("panic"), "error: plugin 'echo' failed");
+    assert_eq!(client.request("kv-set greeting hello"), "stored");
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let (_, body) = get(port, "/status.json");
@@ -611,13 +613,15 @@ fn status_counts_commands_and_failures_per_plugin() {
                 .unwrap()
         };
         let (onoff, echo) = (find("onoff"), find("echo"));
-        if onoff["commands_total"] == 40 && echo["failures_total"] == 1 {
+        if onoff["commands_total"] == 40 && echo["failures_total"] == 1 && echo["kv_keys"] == 1 {
+            // The key's and the value's bytes.
+            assert_eq!(echo["kv_bytes"], 13, "{echo}");
             assert_eq!(onoff["failures_total"], 0);
             assert!(
                 onoff["p99_ms"].as_f64().is_some_and(|ms| ms > 0.0),
                 "{onoff}"
             );
-            assert_eq!(echo["failure_share"], 1.0, "{echo}");
+            assert_eq!(echo["failure_share"], 0.5, "{echo}");
             break;
         }
         assert!(Instant::now() < deadline, "never counted: {status}");

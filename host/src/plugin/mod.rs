@@ -161,6 +161,11 @@ impl Plugin {
         &self.compiled.version
     }
 
+    /// What the plugin holds in the key-value store.
+    pub fn kv_usage(&self) -> crate::store::Completion<crate::store::Usage> {
+        self.compiled.kv.usage()
+    }
+
     pub fn commands(&self) -> &[CommandSpec] {
         &self.compiled.commands
     }

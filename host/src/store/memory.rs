@@ -30,6 +30,10 @@ fn entry(ns: &str, key: &str) -> (String, String) {
 }
 
 impl Backend for MemoryStore {
+    fn usage(&self, ns: &str) -> Completion<Usage> {
+        Completion::Ready(Ok(self.lock().usage.get(ns).copied().unwrap_or_default()))
+    }
+
     fn get(&self, ns: &str, key: &str) -> Completion<Option<Vec<u8>>> {
         Completion::Ready(Ok(self.lock().entries.get(&entry(ns, key)).cloned()))
     }

@@ -28,6 +28,8 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, ns: &str, key: &str) -> Completion<Option<Vec<u8>>>;
     fn list_keys(&self, ns: &str, prefix: &str) -> Completion<Vec<String>>;
     fn write(&self, ns: &str, key: &str, write: Write, limits: KvLimits) -> Completion;
+    /// How many keys, and bytes of keys and values, the namespace holds.
+    fn usage(&self, ns: &str) -> Completion<Usage>;
 
     /// Whether reads always complete at once (never `Completion::Pending`):
     /// then plugins read through a synchronous import, which costs no
@@ -287,6 +289,11 @@ pub struct Namespace {
 }
 
 impl Namespace {
+    /// What the plugin holds: keys, and bytes of keys and values.
+    pub fn usage(&self) -> Completion<Usage> {
+        self.store.backend.usage(&self.ns)
+    }
+
     fn check_key(&self, key: &str) -> Result<(), KvError> {
         let max = self.store.limits.max_key_bytes;
         if key.len() > max as usize {

@@ -30,7 +30,7 @@ use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::oneshot;
 
-use super::{Backend, Completion, KvError, KvLimits, Unavailable, Write, Written};
+use super::{Backend, Completion, KvError, KvLimits, Unavailable, Usage, Write, Written};
 use crate::telemetry::{Admit, LogBudget};
 
 /// Where Redis is and how long an operation may take.
@@ -230,6 +230,24 @@ impl Backend for RedisStore {
         self.run(
             move |mut connection| async move { hget.query_async(&mut connection).await },
             Ok,
+        )
+    }
+
+    /// The namespace's field count and its byte count, in one round trip.
+    fn usage(&self, ns: &str) -> Completion<Usage> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HLEN")
+            .arg(data_key(ns))
+            .cmd("GET")
+            .arg(bytes_key(ns));
+        self.run(
+            move |mut connection| async move { pipe.query_async(&mut connection).await },
+            |(keys, bytes): (u32, Option<u64>)| {
+                Ok(Usage {
+                    keys,
+                    bytes: bytes.unwrap_or(0),
+                })
+            },
         )
     }
 

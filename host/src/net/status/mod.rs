@@ -16,6 +16,7 @@ mod history;
 mod page;
 mod snapshot;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -32,6 +33,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::router::Routes;
+use crate::store::Usage;
 use history::{History, Sample};
 use snapshot::Snapshot;
 
@@ -128,16 +130,30 @@ struct Window {
     metrics: PrometheusHandle,
     readiness: Readiness,
     history: Mutex<History>,
+    /// What each plugin holds in the key-value store, read every
+    /// [`KV_EVERY`] (a round trip to Redis, with that store).
+    kv: Mutex<BTreeMap<String, Usage>>,
 }
+
+/// How often the plugins' key-value usage is read.
+const KV_EVERY: u64 = 5;
+/// The longest a usage read may take before it is left for next time.
+const KV_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Window {
     fn snapshot(&self) -> Snapshot {
         let history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        let kv = self
+            .kv
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         Snapshot::new(
             self.readiness.state(),
             self.readiness.started.elapsed(),
             self.readiness.serving.get(),
             &history,
+            &kv,
             crate::telemetry::events::recent(),
         )
     }
@@ -146,15 +162,35 @@ impl Window {
     async fn sample(self: Arc<Self>, shutdown: CancellationToken) {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
+        for second in 0_u64.. {
             tokio::select! {
                 _ = every.tick() => {}
                 () = shutdown.cancelled() => return,
             }
             let sample = Sample::parse(&self.metrics.render(), Instant::now());
-            let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
-            history.push(sample);
+            self.history
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(sample);
+            if second % KV_EVERY == 0 {
+                self.read_kv_usage().await;
+            }
         }
+    }
+
+    async fn read_kv_usage(&self) {
+        let Some(serving) = self.readiness.serving.get() else {
+            return;
+        };
+        let plugins = serving.routes.load().plugins();
+        let mut usage = BTreeMap::new();
+        for plugin in plugins {
+            let read = tokio::time::timeout(KV_TIMEOUT, plugin.kv_usage().wait()).await;
+            if let Ok(Ok(held)) = read {
+                usage.insert(plugin.name().to_owned(), held);
+            }
+        }
+        *self.kv.lock().unwrap_or_else(PoisonError::into_inner) = usage;
     }
 }
 
@@ -173,6 +209,7 @@ pub async fn serve(
         metrics,
         readiness,
         history: Mutex::default(),
+        kv: Mutex::default(),
     });
     tokio::spawn(window.clone().sample(shutdown.clone()));
     loop {

@@ -114,10 +114,10 @@ fn plugins(page: &mut String, s: &Snapshot) {
         "<h2>Plugins</h2><table id=\"plugins\"><tr><th>plugin</th><th>file</th><th>version</th>\
          <th>commands</th><th>state</th><th class=\"num\">commands/s</th>\
          <th class=\"num\">failed (1 min)</th><th class=\"num\">p99 (1 min)</th>\
-         <th class=\"num\">commands</th><th class=\"num\">memory</th></tr>",
+         <th class=\"num\">commands</th><th class=\"num\">memory</th><th class=\"num\">state kept</th></tr>",
     );
     if s.plugins.is_empty() {
-        page.push_str("<tr><td colspan=\"10\" class=\"muted\">none serving</td></tr>");
+        page.push_str("<tr><td colspan=\"11\" class=\"muted\">none serving</td></tr>");
     }
     for plugin in &s.plugins {
         let state = if plugin.quarantined {
@@ -138,7 +138,7 @@ fn plugins(page: &mut String, s: &Snapshot) {
             "<tr class=\"plugin\"><td><b>{name}</b></td><td>{file}</td><td><code>{version}</code></td>\
              <td class=\"commands\">{commands}</td><td>{state}</td><td class=\"num\">{rate:.1}</td>\
              <td class=\"num\">{share}</td><td class=\"num\">{p99}</td><td class=\"num\">{total}</td>\
-             <td class=\"num\">{memory}</td></tr>",
+             <td class=\"num\">{memory}</td><td class=\"num kv\">{kv}</td></tr>",
             name = escape(&plugin.name),
             file = escape(&plugin.file),
             version = escape(&plugin.version),
@@ -146,6 +146,10 @@ fn plugins(page: &mut String, s: &Snapshot) {
             rate = plugin.commands_per_sec,
             total = plugin.commands_total,
             memory = mib(plugin.memory_bytes),
+            kv = match (plugin.kv_keys, plugin.kv_bytes) {
+                (Some(keys), Some(bytes)) => format!("{keys} keys, {}", size(bytes)),
+                _ => "-".into(),
+            },
         );
     }
     page.push_str("</table>");
@@ -188,6 +192,14 @@ fn mib(bytes: u64) -> String {
     match bytes {
         0 => "-".into(),
         _ => format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20)),
+    }
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..1_048_576 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+        _ => mib(bytes),
     }
 }
 

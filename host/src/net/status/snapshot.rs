@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::history::{History, Rates, quantile};
 use super::{Serving, State};
+use crate::store::Usage;
 use crate::telemetry::events::Event;
 
 /// The seconds over which "now" rates are taken.
@@ -69,6 +70,10 @@ pub struct PluginStatus {
     /// of its histogram bucket (`None`: none ran).
     pub p99_ms: Option<f64>,
     pub memory_bytes: u64,
+    /// Keys it holds in the key-value store, and their bytes with their
+    /// values (`None` until first read, a few seconds after start).
+    pub kv_keys: Option<u32>,
+    pub kv_bytes: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,10 +98,11 @@ impl Snapshot {
         uptime: Duration,
         serving: Option<&Serving>,
         history: &History,
+        kv: &BTreeMap<String, Usage>,
         events: Vec<Event>,
     ) -> Self {
         let latest = history.latest().cloned().unwrap_or_default();
-        let plugins = serving.map_or_else(Vec::new, |serving| plugins(serving, history));
+        let plugins = serving.map_or_else(Vec::new, |serving| plugins(serving, history, kv));
         let rate_window = history.before(RATE_SECS);
         let commands_per_sec = rate_window.map_or(0.0, |earlier| {
             let total = |s: &super::history::Sample| s.plugins.values().map(|c| c.commands).sum();
@@ -134,7 +140,11 @@ impl Snapshot {
     }
 }
 
-fn plugins(serving: &Serving, history: &History) -> Vec<PluginStatus> {
+fn plugins(
+    serving: &Serving,
+    history: &History,
+    kv: &BTreeMap<String, Usage>,
+) -> Vec<PluginStatus> {
     let latest = history.latest().cloned().unwrap_or_default();
     let rate_window = history.before(RATE_SECS);
     let share_window = history.before(SHARE_SECS);
@@ -173,6 +183,8 @@ fn plugins(serving: &Serving, history: &History) -> Vec<PluginStatus> {
                 failure_share: (ran > 0.0).then(|| (now.failures - minute.failures) / ran),
                 p99_ms: quantile(&minute, &now, 0.99).map(|secs| secs * 1000.0),
                 memory_bytes: now.memory_bytes as u64,
+                kv_keys: kv.get(&name).map(|usage| usage.keys),
+                kv_bytes: kv.get(&name).map(|usage| usage.bytes),
                 name,
             }
         })

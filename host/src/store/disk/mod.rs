@@ -43,7 +43,7 @@ use anyhow::Context;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::oneshot;
 
-use super::{Backend, Completion, KvError, KvLimits, Unavailable, Write, Written};
+use super::{Backend, Completion, KvError, KvLimits, Unavailable, Usage, Write, Written};
 use reserve::Reserve;
 use watch::Watched;
 use writer::Writer;
@@ -199,6 +199,16 @@ impl Backend for DiskStore {
             }))
         })
         .and_then(Option::transpose)
+        .into()
+    }
+
+    fn usage(&self, ns: &str) -> Completion<Usage> {
+        self.read(|db| {
+            let tx = db.begin_read()?;
+            let usage = tx.open_table(USAGE)?;
+            let (keys, bytes) = usage.get(ns)?.map_or((0, 0), |u| u.value());
+            Ok(Usage { keys, bytes })
+        })
         .into()
     }
 
