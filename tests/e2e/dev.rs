@@ -329,3 +329,49 @@ fn runners_bundle_a_projects_dependencies() {
         "no build for an edit"
     );
 }
+
+/// Under the Python runner, the standard library is there as in the build:
+/// an edit that imports a module the runner does not hold (`colorsys`)
+/// gets a runner that holds it (built once, then cached), and the edit
+/// after it keeps that runner.
+#[test]
+fn an_edit_importing_another_stdlib_module_gets_a_runner_with_it() {
+    let projects = tempfile::tempdir().unwrap();
+    let python = new_project(projects.path(), "stdlib-py", "python");
+    let app = python.join("app.py");
+    let dev = Dev::start(&[&python]);
+    assert_eq!(dev.request("stdlib-py Ada"), "hello, Ada");
+    let loads = || dev.log.count("loaded plugin plugin=\"stdlib_py\"");
+    let loaded_before = loads();
+    dev.edit_source(
+        &app,
+        "return f\"hello, {who}\"",
+        "import colorsys\n        return str(colorsys.rgb_to_hls(1.0, 0.0, 0.0))",
+        "stdlib_py",
+    );
+    // The new runner loads (with the newest source) after the rebuild; the
+    // source may reach the server before or after it.
+    let loaded = dev.log.wait_for_count_within(
+        "loaded plugin plugin=\"stdlib_py\"",
+        loaded_before + 1,
+        COMPILE_TIMEOUT,
+    );
+    assert!(loaded, "the new runner never loaded:\n{}", dev.log.text());
+    let sources = dev.log.count("from its source");
+    if dev.request("stdlib-py Ada") != "(0.0, 0.5, 1.0)" {
+        let renewed =
+            dev.log
+                .wait_for_count_within("from its source", sources + 1, COMPILE_TIMEOUT);
+        assert!(renewed, "{}", dev.log.text());
+    }
+    assert_eq!(dev.request("stdlib-py Ada"), "(0.0, 0.5, 1.0)");
+    let new_runner = "imported modules changed: serving it with a runner";
+    assert_eq!(dev.log.count(new_runner), 1);
+    dev.edit_source(&app, "str(colorsys", "\"hls \" + str(colorsys", "stdlib_py");
+    assert_eq!(dev.request("stdlib-py Ada"), "hls (0.0, 0.5, 1.0)");
+    assert_eq!(
+        dev.log.count(new_runner),
+        1,
+        "no new runner for an edit that imports nothing new"
+    );
+}

@@ -45,6 +45,9 @@ struct Project {
     serving: Serving,
     /// The copies of its source taken for a runner, newest last.
     snapshots: std::sync::Mutex<Vec<PathBuf>>,
+    /// The runner serving it (see [`runner::runner_key`]): a change of
+    /// dependencies or, in Python, of imported modules needs another.
+    runner: std::sync::Mutex<Option<String>>,
 }
 
 /// Copies of a runner project's source kept at once: the one serving and
@@ -122,8 +125,8 @@ pub async fn run(
     loop {
         tokio::select! {
             Some(first) = changes.recv() => {
-                for (index, paths) in settle(first, &mut changes).await {
-                    projects[index].changed(&paths, &dev_dir, &cache, &control).await;
+                for index in settle(first, &mut changes).await {
+                    projects[index].changed(&dev_dir, &cache, &control).await;
                 }
             }
             served = &mut serving => {
@@ -147,22 +150,15 @@ fn grant_source(config: &mut Config, project: &Project, source: PathBuf) {
     settings.dirs.insert(SOURCE_DIR.to_owned(), source);
 }
 
-/// A change to a watched project: which one, and the paths it touched.
-type Change = (usize, PathBuf);
+/// A change to a watched project's sources: which project.
+type Change = usize;
 
-/// The paths each project's edits touched, from `first` until the edits
+/// The projects whose files edits touched, from `first` until the edits
 /// pause for [`QUIET`].
-async fn settle(
-    first: Change,
-    changes: &mut mpsc::UnboundedReceiver<Change>,
-) -> std::collections::BTreeMap<usize, BTreeSet<PathBuf>> {
-    let mut touched = std::collections::BTreeMap::<usize, BTreeSet<PathBuf>>::new();
-    let mut add = |(index, path): Change| {
-        touched.entry(index).or_default().insert(path);
-    };
-    add(first);
-    while let Ok(Some(change)) = tokio::time::timeout(QUIET, changes.recv()).await {
-        add(change);
+async fn settle(first: Change, changes: &mut mpsc::UnboundedReceiver<Change>) -> BTreeSet<usize> {
+    let mut touched = BTreeSet::from([first]);
+    while let Ok(Some(index)) = tokio::time::timeout(QUIET, changes.recv()).await {
+        touched.insert(index);
     }
     touched
 }
@@ -178,8 +174,8 @@ fn watch(
         if event.kind.is_access() {
             return;
         }
-        for path in event.paths.into_iter().filter(|path| is_source(path)) {
-            let _ = changed.send((index, path));
+        if event.paths.iter().any(|path| is_source(path)) {
+            let _ = changed.send(index);
         }
     })
     .context("cannot watch the projects")?;
@@ -251,6 +247,7 @@ impl Project {
             wasm,
             serving,
             snapshots: std::sync::Mutex::default(),
+            runner: std::sync::Mutex::default(),
         })
     }
 
@@ -303,7 +300,10 @@ impl Project {
             },
             Serving::Runner(language) => {
                 match runner::runner_for(language, &self.dir, cache).await {
-                    Ok(wasm) => wasm,
+                    Ok(wasm) => {
+                        *self.runner_in_use() = runner::runner_key(language, &self.dir).ok();
+                        wasm
+                    }
                     Err(err) => {
                         tracing::error!(project = %self.dir.display(), "cannot build the {} runner: {err:#}", language.name());
                         return;
@@ -318,6 +318,12 @@ impl Project {
             ),
             Err(err) => tracing::error!("cannot install {name}: {err:#}"),
         }
+    }
+
+    fn runner_in_use(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.runner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `make build`; `None` (the compiler's output printed) if it failed.
@@ -350,11 +356,10 @@ impl Project {
         }
     }
 
-    /// The project's files at `paths` changed: a build, a runner for a new
-    /// dependency list, or a new source for the runner serving it.
+    /// The project's files changed: a build, a runner for new dependencies
+    /// or imported modules, and a new source for the runner serving it.
     async fn changed(
         &self,
-        paths: &BTreeSet<PathBuf>,
         dev_dir: &DevDir,
         cache: &Path,
         control: &mpsc::UnboundedSender<Control>,
@@ -362,10 +367,12 @@ impl Project {
         let Serving::Runner(language) = self.serving else {
             return self.install(&dev_dir.plugins(), cache).await;
         };
-        let dependencies = paths
-            .iter()
-            .any(|path| path.file_name() == Some(std::ffi::OsStr::new(language.dependency_file())));
-        if dependencies {
+        let needed = runner::runner_key(language, &self.dir).ok();
+        if needed.is_some() && needed != *self.runner_in_use() {
+            tracing::info!(
+                project = %self.dir.display(),
+                "its dependencies or imported modules changed: serving it with a runner that has them"
+            );
             self.install(&dev_dir.plugins(), cache).await;
         }
         let source = match self.snapshot(&dev_dir.sources()) {

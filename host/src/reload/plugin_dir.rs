@@ -69,6 +69,11 @@ impl Changes {
 pub struct PluginDir {
     dir: PathBuf,
     files: BTreeMap<OsString, LoadedFile>,
+    /// The newest source each runner file was asked to load
+    /// (`Control::Renew`): a new version of the file (a runner rebuilt for
+    /// new dependencies) and new terms (SIGHUP) keep it, whichever of the
+    /// file and the source came first.
+    sources: BTreeMap<OsString, DirGrant>,
 }
 
 /// One file and what came of it.
@@ -117,6 +122,7 @@ impl PluginDir {
         Self {
             dir,
             files: BTreeMap::new(),
+            sources: BTreeMap::new(),
         }
     }
 
@@ -152,12 +158,18 @@ impl PluginDir {
         }
         // Files are compiled side by side where cores allow (see
         // `compile_slots`), and reported in directory order.
-        let compiles = reads.into_iter().map(|mut read| async {
+        let reads: Vec<(Read, Terms)> = reads
+            .into_iter()
+            .map(|read| {
+                let terms = self.with_source(&read.file, terms_for(&read.name));
+                (read, terms)
+            })
+            .collect();
+        let compiles = reads.into_iter().map(|(mut read, terms)| async {
             // Said before the work: a large plugin's first compile takes seconds.
             tracing::info!(file = %read.path.display(), bytes = read.bytes.len(), "compiling plugin");
             let started = std::time::Instant::now();
             let bytes = std::mem::take(&mut read.bytes);
-            let terms = terms_for(&read.name);
             let loaded = Plugin::from_bytes(runtime, &read.name, bytes, terms).await;
             (read, started.elapsed(), loaded)
         });
@@ -284,13 +296,14 @@ impl PluginDir {
     /// to publish; if it fails (logged), the version serving keeps
     /// serving, with the source it had.
     pub async fn renew(&mut self, file: &str, source: DirGrant) -> Option<Arc<Plugin>> {
-        let loaded = self.files.get_mut(std::ffi::OsStr::new(file))?;
+        let file = OsString::from(file);
+        self.sources.insert(file.clone(), source);
+        let terms = {
+            let plugin = self.files.get(&file)?.plugin.as_ref()?;
+            self.with_source(&file, plugin.terms().clone())
+        };
+        let loaded = self.files.get_mut(&file)?;
         let plugin = loaded.plugin.as_ref()?;
-        let mut terms = plugin.terms().clone();
-        let mut grants = Grants::clone(&terms.grants);
-        grants.dirs.retain(|dir| dir.guest != source.guest);
-        grants.dirs.push(source);
-        terms.grants = Arc::new(grants);
         match plugin.renewed(terms).await {
             Ok(renewed) => {
                 crate::telemetry::reload(true);
@@ -314,16 +327,21 @@ impl PluginDir {
         }
     }
 
+    /// `terms` with the newest source the runner file was asked to load.
+    fn with_source(&self, file: &OsString, terms: Terms) -> Terms {
+        with_source(self.sources.get(file), terms)
+    }
+
     /// Applies changed limits and plugin config to loaded plugins (without
     /// recompiling them).
     /// Returns whether any plugin changed.
     pub fn apply_limits(&mut self, terms_for: TermsFor<'_>) -> bool {
         let mut changed = false;
-        for loaded in self.files.values_mut() {
+        for (file, loaded) in &mut self.files {
             let Some(plugin) = &loaded.plugin else {
                 continue;
             };
-            let terms = terms_for(plugin.name());
+            let terms = with_source(self.sources.get(file), terms_for(plugin.name()));
             if *plugin.terms() != terms {
                 tracing::info!(plugin = plugin.name(), limits = ?terms.limits, "plugin settings changed");
                 loaded.plugin = Some(Arc::new(plugin.with_terms(terms)));
@@ -386,6 +404,19 @@ fn stamp(meta: &std::fs::Metadata) -> Stamp {
 /// The stamp of the file at `path` now, if there is one.
 fn stamp_of(path: &Path) -> Option<Stamp> {
     std::fs::metadata(path).ok().map(|meta| stamp(&meta))
+}
+
+/// `terms` with `source` (a runner's source directory) granted in place of
+/// any grant at the same guest path.
+fn with_source(source: Option<&DirGrant>, mut terms: Terms) -> Terms {
+    let Some(source) = source else {
+        return terms;
+    };
+    let mut grants = Grants::clone(&terms.grants);
+    grants.dirs.retain(|dir| dir.guest != source.guest);
+    grants.dirs.push(source.clone());
+    terms.grants = Arc::new(grants);
+    terms
 }
 
 fn content_hash(bytes: &[u8]) -> u64 {

@@ -55,8 +55,10 @@ const WASI_WIT: &[(&str, &str)] = &[
 
 const PYTHON_RUNNER: &[(&str, &str)] = &[
     ("runner.py", include_str!("python/runner.py")),
-    ("preload.py", include_str!("python/preload.py")),
+    ("preload.py", PYTHON_PRELOAD),
 ];
+/// The standard-library modules every Python runner holds.
+const PYTHON_PRELOAD: &str = include_str!("python/preload.py");
 
 const JS_RUNNER: &[(&str, &str)] = &[
     ("runner.js", include_str!("js/runner.js")),
@@ -106,11 +108,34 @@ impl Language {
     }
 }
 
+/// The name in the cache of the runner the project in `dir` needs now: it
+/// changes with its dependency list and, for Python, with the modules its
+/// source imports that the runner's snapshot does not hold.
+pub fn runner_key(language: Language, dir: &Path) -> anyhow::Result<String> {
+    let dependencies = dependencies(language, dir)?;
+    Ok(key(
+        language,
+        dependencies.as_deref(),
+        &imports(language, dir),
+    ))
+}
+
+/// The modules a project's source imports that a runner must have in its
+/// snapshot: Python's, beyond `preload.py`'s; none for JavaScript, whose
+/// runner has every built-in module.
+fn imports(language: Language, dir: &Path) -> Vec<String> {
+    match language {
+        Language::Python => python_imports(dir),
+        Language::JavaScript => Vec::new(),
+    }
+}
+
 /// The runner for the project in `dir`, in the user's cache under `cache`:
 /// built first if the cache has none for its dependencies.
 pub async fn runner_for(language: Language, dir: &Path, cache: &Path) -> anyhow::Result<PathBuf> {
     let dependencies = dependencies(language, dir)?;
-    let key = key(language, dependencies.as_deref());
+    let imports = imports(language, dir);
+    let key = key(language, dependencies.as_deref(), &imports);
     let runners = cache.join("runners");
     let wasm = runners.join(format!("{}-{key}.wasm", language.name().to_lowercase()));
     if wasm.is_file() {
@@ -135,7 +160,8 @@ pub async fn runner_for(language: Language, dir: &Path, cache: &Path) -> anyhow:
     let partial = wasm.with_extension("partial");
     let built = match language {
         Language::Python => {
-            build_python(&runners, &work, dir, dependencies.is_some(), &partial).await
+            let requirements = dependencies.is_some();
+            build_python(&runners, &work, dir, requirements, &imports, &partial).await
         }
         Language::JavaScript => {
             build_js(&runners, &work, dir, dependencies.is_some(), &partial).await
@@ -203,7 +229,7 @@ fn package_dependencies(package: &str) -> anyhow::Result<Vec<String>> {
 }
 
 /// What a runner is built from, hashed: its name in the cache.
-fn key(language: Language, dependencies: Option<&str>) -> String {
+fn key(language: Language, dependencies: Option<&str>, imports: &[String]) -> String {
     let mut hasher = Sha256::new();
     let mut add = |part: &str| {
         hasher.update((part.len() as u64).to_le_bytes());
@@ -223,6 +249,7 @@ fn key(language: Language, dependencies: Option<&str>) -> String {
     };
     sources.iter().for_each(|(_, text)| add(text));
     add(dependencies.unwrap_or(""));
+    add(&imports.join("\n"));
     let digest = hasher.finalize();
     digest[..8]
         .iter()
@@ -283,6 +310,7 @@ async fn build_python(
     work: &Path,
     project: &Path,
     has_requirements: bool,
+    imports: &[String],
     output: &Path,
 ) -> anyhow::Result<()> {
     let venv = runners.join("python-toolchain");
@@ -305,6 +333,7 @@ async fn build_python(
         .await?;
     }
     write_files(work, PYTHON_RUNNER)?;
+    std::fs::write(work.join("preload_project.py"), preload_project(imports))?;
     write_wit(&work.join("wit"), false)?;
     let mut paths = vec![".".to_owned()];
     if has_requirements {
@@ -353,6 +382,135 @@ async fn build_python(
     }
     componentize_run.arg("-o").arg(output);
     run(&mut componentize_run, "componentize-py").await
+}
+
+/// The modules the project's source imports, each imported at build time
+/// if it can be (a name that is not a module is left for the source to
+/// report when it runs), so that the snapshot holds them.
+fn preload_project(imports: &[String]) -> String {
+    let mut text =
+        String::from("\"\"\"The modules the project imports, kept in the snapshot.\"\"\"\n");
+    for module in imports {
+        text.push_str(&format!(
+            "try:\n    import {module}  # noqa: F401\nexcept Exception:\n    pass\n"
+        ));
+    }
+    text
+}
+
+/// Modules a runner's snapshot holds whatever the project: the runner's own
+/// imports and the bindings'.
+const IN_EVERY_RUNNER: &[&str] = &[
+    "__future__",
+    "importlib",
+    "os",
+    "sys",
+    "time",
+    "traceback",
+    "wit_world",
+    "componentize_py_types",
+    "componentize_py_runtime",
+    "componentize_py_async_support",
+];
+
+/// The modules (dotted names) imported anywhere in the project's Python
+/// files that the runner does not already hold (`preload.py`, the
+/// runner's own) and that are not the project's own modules: what an edit
+/// that adds `import sqlite3` must add to the runner. Sorted, so that the
+/// same imports are the same runner.
+fn python_imports(dir: &Path) -> Vec<String> {
+    let preloaded = python_modules_imported(PYTHON_PRELOAD);
+    let mut files = Vec::new();
+    python_files(dir, &mut files);
+    let local = |top: &str| dir.join(format!("{top}.py")).is_file() || dir.join(top).is_dir();
+    let mut imports = std::collections::BTreeSet::new();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        for module in python_modules_imported(&text) {
+            let top = module.split('.').next().unwrap_or_default();
+            if preloaded.contains(&module) || IN_EVERY_RUNNER.contains(&top) || local(top) {
+                continue;
+            }
+            imports.insert(module);
+        }
+    }
+    imports.into_iter().collect()
+}
+
+/// The Python files under `dir`, not in hidden or generated directories.
+fn python_files(dir: &Path, files: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if path.is_dir() {
+            let skipped = ["__pycache__", "node_modules", "target", "site-packages"];
+            if !name.starts_with('.') && !skipped.contains(&name.as_ref()) {
+                python_files(&path, files);
+            }
+        } else if name.ends_with(".py") {
+            files.push(path);
+        }
+    }
+}
+
+/// The absolute modules `import` and `from ... import` statements of
+/// `source` name (a `from a.b import c` names `a.b`, and `a.b.c` in case
+/// `c` is a module); relative imports are the project's own.
+fn python_modules_imported(source: &str) -> std::collections::BTreeSet<String> {
+    let is_module = |name: &str| {
+        !name.is_empty()
+            && name.split('.').all(|part| {
+                !part.is_empty() && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+            })
+    };
+    let mut modules = std::collections::BTreeSet::new();
+    for line in source.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if let Some(names) = line.strip_prefix("import ") {
+            for name in names.split(',') {
+                let name = name.split_whitespace().next().unwrap_or_default();
+                if is_module(name) {
+                    modules.insert(name.to_owned());
+                }
+            }
+        } else if let Some(rest) = line.strip_prefix("from ") {
+            let mut words = rest.split_whitespace();
+            let (Some(module), Some("import")) = (words.next(), words.next()) else {
+                continue;
+            };
+            if !is_module(module) {
+                continue;
+            }
+            modules.insert(module.to_owned());
+            if preloaded_already(module) {
+                continue;
+            }
+            let names = words.collect::<Vec<_>>().join(" ");
+            for name in names.trim_matches(|c| c == '(' || c == ')').split(',') {
+                let name = name.split_whitespace().next().unwrap_or_default();
+                if is_module(name) && name != "*" {
+                    modules.insert(format!("{module}.{name}"));
+                }
+            }
+        }
+    }
+    modules
+}
+
+/// Whether `module` is one `preload.py` imports: then a name imported from
+/// it is taken for an attribute, not a submodule to add.
+fn preloaded_already(module: &str) -> bool {
+    PYTHON_PRELOAD.lines().any(|line| {
+        let line = line.split('#').next().unwrap_or_default();
+        line.strip_prefix("import ")
+            .is_some_and(|names| names.split(',').any(|name| name.trim() == module))
+    })
 }
 
 /// `import` lines for the top-level modules of the packages installed in
@@ -472,9 +630,44 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        let none = key(Language::JavaScript, None);
-        assert_eq!(none, key(Language::JavaScript, None));
-        assert_ne!(none, key(Language::JavaScript, Some("\"ms\":\"2.1.3\"")));
-        assert_ne!(none, key(Language::Python, None));
+        let none = key(Language::JavaScript, None, &[]);
+        assert_eq!(none, key(Language::JavaScript, None, &[]));
+        assert_ne!(
+            none,
+            key(Language::JavaScript, Some("\"ms\":\"2.1.3\""), &[])
+        );
+        assert_ne!(none, key(Language::Python, None, &[]));
+        let sqlite = ["sqlite3".to_owned()];
+        assert_ne!(
+            key(Language::Python, None, &[]),
+            key(Language::Python, None, &sqlite)
+        );
+    }
+
+    #[test]
+    fn a_projects_imports_beyond_the_runners_own_are_found() {
+        let source = "import wit_world\nimport math, sqlite3 as db\nfrom xml.etree import ElementTree\n\
+                      from . import helpers\nfrom json import loads  # preloaded\n\
+                      def f():\n    import urllib.request\n# import commented\n";
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.py"), source).unwrap();
+        std::fs::write(dir.path().join("helpers.py"), "import helpers2\n").unwrap();
+        std::fs::create_dir(dir.path().join("helpers2")).unwrap();
+        assert_eq!(
+            python_imports(dir.path()),
+            [
+                "sqlite3",
+                "urllib.request",
+                "xml.etree",
+                "xml.etree.ElementTree"
+            ]
+        );
+        let template = include_str!("../templates/python/app.py");
+        std::fs::write(dir.path().join("app.py"), template).unwrap();
+        std::fs::remove_file(dir.path().join("helpers.py")).unwrap();
+        assert!(
+            python_imports(dir.path()).is_empty(),
+            "the template shares the base runner"
+        );
     }
 }
