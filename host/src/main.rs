@@ -401,7 +401,8 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<(Config, Option<PathBuf>
 /// plugin's second `call` then takes a fraction of a second instead of 6.
 fn tool_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
     match path {
-        Some(path) => Config::load(&path),
+        // `dev`, `check` and `call` serve no plugin directory of the config's.
+        Some(path) => Config::load_settings(&path),
         None => Ok(plugboard::cli::user_config()),
     }
 }

@@ -797,3 +797,21 @@ fn man_writes_a_page_for_the_binary_and_each_command() {
     let printed = stdout(&plugboard().arg("man").output().unwrap());
     assert_eq!(printed, main);
 }
+
+/// `check` (like `call` and `dev`) serves no plugin directory of the
+/// config's: a config whose `plugin_dir` does not exist still gives its
+/// limits and grants.
+#[test]
+fn check_takes_a_config_whose_plugin_dir_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dev.toml");
+    std::fs::write(&config, "plugin_dir = \"nowhere\"\ncall_timeout_ms = 500\n").unwrap();
+    let output = plugboard()
+        .arg("check")
+        .arg(crate::support::built_plugin("onoff"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+}

@@ -176,6 +176,17 @@ impl Default for Config {
 impl Config {
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let config = Self::load_settings(path)?;
+        config
+            .check_plugin_dir()
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Like [`Config::load`], for the commands that serve no plugin
+    /// directory of the config's (`dev` serves its own, `check` and `call`
+    /// a file): its `plugin_dir` need not exist.
+    pub fn load_settings(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let mut config = parse::from_toml(&text)
@@ -198,6 +209,7 @@ impl Config {
         let cwd = std::env::current_dir().context("cannot read the working directory")?;
         config.resolve_paths(&cwd);
         config.validate()?;
+        config.check_plugin_dir()?;
         Ok(config)
     }
 

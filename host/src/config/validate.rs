@@ -57,6 +57,11 @@ impl Config {
             let at = format!("plugins.{name}");
             plugin.grants(&at)?.check(&at)?;
         }
+        Ok(())
+    }
+
+    /// Whether `plugin_dir` is a directory: what a server serves from.
+    pub fn check_plugin_dir(&self) -> anyhow::Result<()> {
         match std::fs::metadata(&self.plugin_dir) {
             Ok(meta) if meta.is_dir() => Ok(()),
             Ok(_) => bail!(
