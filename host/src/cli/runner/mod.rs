@@ -214,18 +214,16 @@ fn dependencies(language: Language, dir: &Path) -> anyhow::Result<Option<String>
 
 /// `"name": "version"` of the `dependencies` object of a `package.json`.
 fn package_dependencies(package: &str) -> anyhow::Result<Vec<String>> {
-    let Some(start) = package.find("\"dependencies\"") else {
+    let package: serde_json::Value = serde_json::from_str(package)?;
+    let Some(dependencies) = package.get("dependencies") else {
         return Ok(Vec::new());
     };
-    let rest = &package[start..];
-    let open = rest.find('{').context("`dependencies` is not an object")?;
-    let close = rest[open..]
-        .find('}')
-        .context("`dependencies` is not closed")?;
-    let mut entries: Vec<String> = rest[open + 1..open + close]
-        .split(',')
-        .map(|entry| entry.split_whitespace().collect::<String>())
-        .filter(|entry| !entry.is_empty())
+    let dependencies = dependencies
+        .as_object()
+        .context("`dependencies` is not an object")?;
+    let mut entries: Vec<String> = dependencies
+        .iter()
+        .map(|(name, version)| format!("{}:{version}", serde_json::Value::from(name.as_str())))
         .collect();
     entries.sort();
     Ok(entries)

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::history::{History, Rates, quantile};
+use super::history::{History, Rates, Sample, quantile};
 use super::{Serving, State};
 use crate::store::Usage;
 use crate::telemetry::events::Event;
@@ -101,12 +101,13 @@ impl Snapshot {
         kv: &BTreeMap<String, Usage>,
         events: Vec<Event>,
     ) -> Self {
-        let latest = history.latest().cloned().unwrap_or_default();
+        let none = Sample::default();
+        let latest = history.latest().unwrap_or(&none);
         let plugins = serving.map_or_else(Vec::new, |serving| plugins(serving, history, kv));
         let rate_window = history.before(RATE_SECS);
         let commands_per_sec = rate_window.map_or(0.0, |earlier| {
-            let total = |s: &super::history::Sample| s.plugins.values().map(|c| c.commands).sum();
-            per_sec(total(earlier), total(&latest), earlier, &latest)
+            let total = |s: &Sample| s.plugins.values().map(|c| c.commands).sum();
+            per_sec(total(earlier), total(latest), earlier, latest)
         });
         Self {
             version: env!("CARGO_PKG_VERSION"),
@@ -145,7 +146,8 @@ fn plugins(
     history: &History,
     kv: &BTreeMap<String, Usage>,
 ) -> Vec<PluginStatus> {
-    let latest = history.latest().cloned().unwrap_or_default();
+    let none = Sample::default();
+    let latest = history.latest().unwrap_or(&none);
     let rate_window = history.before(RATE_SECS);
     let share_window = history.before(SHARE_SECS);
     let routes = serving.routes.load();
@@ -155,7 +157,7 @@ fn plugins(
         .map(|plugin| {
             let name = plugin.name().to_owned();
             let now = latest.plugins.get(&name).cloned().unwrap_or_default();
-            let then = |sample: Option<&super::history::Sample>| {
+            let then = |sample: Option<&Sample>| {
                 sample
                     .and_then(|sample| sample.plugins.get(&name))
                     .cloned()
@@ -192,12 +194,7 @@ fn plugins(
 }
 
 /// The rate of a counter read as `before` in `earlier` and `after` in `later`.
-fn per_sec(
-    before: f64,
-    after: f64,
-    earlier: &super::history::Sample,
-    later: &super::history::Sample,
-) -> f64 {
+fn per_sec(before: f64, after: f64, earlier: &Sample, later: &Sample) -> f64 {
     let secs = match (earlier.at, later.at) {
         (Some(earlier), Some(later)) => later.duration_since(earlier).as_secs_f64(),
         _ => 0.0,
