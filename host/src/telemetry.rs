@@ -27,6 +27,7 @@ const COMMAND_SECONDS: &str = "plugboard_command_duration_seconds";
 const RELOADS: &str = "plugboard_reloads_total";
 const PLUGIN_MEMORY: &str = "plugboard_plugin_memory_bytes";
 const QUARANTINES: &str = "plugboard_quarantines_total";
+const ROLLOUTS: &str = "plugboard_rollouts_total";
 const LOG_LINES_SUPPRESSED: &str = "plugboard_log_lines_suppressed_total";
 const CAPABILITY_DENIED: &str = "plugboard_capability_denied_total";
 const STATE_STORE_ERRORS: &str = "plugboard_state_store_errors_total";
@@ -92,6 +93,10 @@ fn describe() {
         "Linear memory held by a plugin's live instances"
     );
     describe_counter!(QUARANTINES, "Times a plugin was disabled for failing");
+    describe_counter!(
+        ROLLOUTS,
+        "New plugin versions whose trial ended: promoted, rolled_back or superseded"
+    );
     describe_counter!(
         LOG_LINES_SUPPRESSED,
         "Log lines not written because their source was over its rate, by source"
@@ -304,6 +309,11 @@ pub fn reload(ok: bool) {
 
 pub fn plugin_memory(plugin: &str) -> Gauge {
     metrics::gauge!(PLUGIN_MEMORY, "plugin" => plugin.to_owned())
+}
+
+/// A version on trial ended: `promoted`, `rolled_back` or `superseded`.
+pub fn rollout(plugin: &str, outcome: &'static str) {
+    metrics::counter!(ROLLOUTS, "plugin" => plugin.to_owned(), "outcome" => outcome).increment(1);
 }
 
 pub fn quarantined(plugin: &str) {

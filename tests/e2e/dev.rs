@@ -191,7 +191,7 @@ fn runners_serve_python_and_javascript_edits_without_a_build() {
     );
     let help = dev.request("help");
     assert!(
-        help.contains("greet-py (run_py)") && !help.contains("run-py "),
+        help.contains("greet-py (run_py ") && !help.contains("run-py "),
         "{help}"
     );
     assert_eq!(dev.request("greet-py Ada"), "hiya, Ada");

@@ -12,6 +12,7 @@ mod observability;
 mod plugins;
 mod protocol;
 mod reload;
+mod rollout;
 mod sandbox;
 mod scale_out;
 mod security;

@@ -19,7 +19,7 @@ fn with_metrics() -> (Setup, u16) {
 
 /// `GET path` from the operator's endpoint over a real HTTP/1.1
 /// connection: the status code and the body.
-fn get(port: u16, path: &str) -> (u16, String) {
+pub(crate) fn get(port: u16, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect metrics");
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     write!(

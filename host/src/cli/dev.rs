@@ -90,6 +90,11 @@ pub async fn run(
     let plugin_dir = dev_dir.plugins();
     let mut config = base_config;
     config.plugin_dir = plugin_dir.clone();
+    // An author's edit takes over at once: no version on trial.
+    config.rollout.rollout_canary_percent = Some(0);
+    for plugin in config.plugins.values_mut() {
+        plugin.rollout.rollout_canary_percent = None;
+    }
     if let Some(listen) = options.listen {
         config.listen = listen;
     }

@@ -17,7 +17,7 @@ use crate::config::{Config, StateStore};
 use crate::plugin::{CompiledBy, Plugin, Session, WasmRuntime};
 use crate::protocol::request::Request;
 use crate::reload::plugin_dir::plugin_name;
-use crate::router::Router;
+use crate::router::{Client, Router};
 
 /// A plugin loaded as the server would load it, and how its compile went.
 struct Loaded {
@@ -144,7 +144,7 @@ pub async fn call(file: &Path, words: &[String], config: &Config) -> anyhow::Res
     let request = Request::parse(words.join(" ").as_bytes())?;
     let router = Router::new([Arc::new(plugin)]);
     let mut replies = router
-        .serve(request, &mut (), &mut Session::default(), &|_| true)
+        .serve(request, &mut (), &mut Session::default(), &Client::anyone())
         .await;
     let reply = replies
         .next()

@@ -20,6 +20,7 @@ mod limits;
 mod parse;
 mod plugins;
 mod reload;
+mod rollout;
 mod security;
 mod validate;
 
@@ -33,6 +34,7 @@ use serde::Deserialize;
 use crate::plugin::EngineOptions;
 pub use limits::LimitSettings;
 pub use plugins::PluginSettings;
+pub use rollout::RolloutSettings;
 pub use security::{AuthSettings, TlsSettings, TokenSettings};
 
 /// `config.toml`, field by field. Every field has a default; see
@@ -76,6 +78,10 @@ pub struct Config {
     /// a `[plugins.<name>]` table overrides them.
     #[serde(skip)]
     pub limits: LimitSettings,
+    /// How a new version of a loaded plugin takes over (top-level keys,
+    /// read by `parse.rs`); a `[plugins.<name>]` table overrides them.
+    #[serde(skip)]
+    pub rollout: RolloutSettings,
     /// Stack one plugin call may use, in KiB. Engine-wide: no per-plugin override.
     pub max_stack_kib: usize,
     /// Memory all plugin instances may hold together, in MiB; by default
@@ -152,6 +158,7 @@ impl Default for Config {
             compile_memory_mib: 2048,
             incremental_cache_mib: 512,
             limits: LimitSettings::default(),
+            rollout: RolloutSettings::default(),
             max_stack_kib: EngineOptions::default().max_wasm_stack_bytes >> 10,
             max_total_memory_mib: None,
             state_dir: "plugboard-state".into(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{Config, LimitSettings};
+use super::{Config, LimitSettings, RolloutSettings};
 use crate::plugin::{GrantEntries, Grants, Limits, Terms};
 
 /// One `[plugins.<name>]` table: the plugin's own limits (an absent key means
@@ -19,6 +19,9 @@ pub struct PluginSettings {
     /// Its limit keys (read by `parse.rs`).
     #[serde(skip)]
     pub limits: LimitSettings,
+    /// Its rollout keys (read by `parse.rs`).
+    #[serde(skip)]
+    pub rollout: RolloutSettings,
     pub config: BTreeMap<String, String>,
     /// Origins it may send HTTP(S) requests to: `"https://api.example.com"`.
     pub allow_http: Vec<String>,
@@ -74,6 +77,15 @@ impl Config {
             limits: self.limits_for(name),
             config: Arc::new(config),
             grants: Arc::new(grants),
+        }
+    }
+
+    /// How a new version of plugin `name` takes over: its overrides, else
+    /// the top-level values, else the defaults.
+    pub fn rollout_for(&self, name: &str) -> crate::reload::Rollout {
+        match self.plugins.get(name) {
+            Some(own) => own.rollout.resolve_over(&self.rollout),
+            None => self.rollout.resolve_over(&RolloutSettings::default()),
         }
     }
 

@@ -107,6 +107,61 @@ fn plugin_tables_override_top_level_limits() {
 }
 
 #[test]
+fn plugin_tables_override_the_top_level_rollout() {
+    let config = load(
+        "rollout_canary_percent = 25\n\
+         [plugins.careful]\nrollout_window_ms = 60000\n\
+         [plugins.bold]\nrollout_canary_percent = 0\n",
+    )
+    .unwrap();
+    let careful = config.rollout_for("careful");
+    assert_eq!(careful.canary_percent, 25);
+    assert_eq!(careful.window, Duration::from_secs(60));
+    assert_eq!(config.rollout_for("bold").canary_percent, 0);
+    let other = config.rollout_for("other");
+    assert_eq!(other.canary_percent, 25);
+    assert_eq!(other.window, crate::reload::Rollout::default().window);
+    let defaults = load("").unwrap().rollout_for("any");
+    assert_eq!(defaults, crate::reload::Rollout::default());
+    assert_eq!(defaults.canary_percent, 10);
+    assert_eq!(defaults.window, Duration::from_secs(10));
+}
+
+#[test]
+fn rollout_values_out_of_range_are_refused_naming_the_key() {
+    for (text, key) in [
+        ("rollout_canary_percent = 101", "`rollout_canary_percent`"),
+        ("rollout_canary_percent = -1", "rollout_canary_percent"),
+        ("rollout_window_ms = 0", "`rollout_window_ms`"),
+        (
+            "[plugins.p]\nrollout_canary_percent = 200",
+            "`plugins.p.rollout_canary_percent`",
+        ),
+        (
+            "[plugins.p]\nrollout_window_ms = \"1s\"",
+            "rollout_window_ms",
+        ),
+    ] {
+        let err = format!("{:#}", load(text).unwrap_err());
+        assert!(err.contains(key), "{text}: {err}");
+    }
+}
+
+#[test]
+fn the_rollout_keys_are_the_struct_fields() {
+    let every = RolloutSettings {
+        rollout_window_ms: Some(1),
+        rollout_canary_percent: Some(1),
+    };
+    let table = toml::Table::try_from(&every).unwrap();
+    let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
+    let mut expected = rollout::ROLLOUT_KEYS.to_vec();
+    keys.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(keys, expected);
+}
+
+#[test]
 fn defaults_are_the_documented_ones() {
     assert_eq!(load("").unwrap().limits_for("any"), Limits::default());
 }
@@ -256,6 +311,7 @@ fn every_key() -> Vec<String> {
         .into_iter()
         .filter(|key| !tables.contains(key))
         .chain(limits::LIMIT_KEYS)
+        .chain(rollout::ROLLOUT_KEYS)
         .map(str::to_owned);
     let within = |prefix: &str, keys: Vec<&str>| {
         keys.into_iter()

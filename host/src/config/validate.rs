@@ -51,9 +51,11 @@ impl Config {
             self.redis().validate()?;
         }
         self.limits.validate("")?;
+        self.rollout.validate("")?;
         self.auth.validate()?;
         for (name, plugin) in &self.plugins {
             plugin.limits.validate(&format!("plugins.{name}."))?;
+            plugin.rollout.validate(&format!("plugins.{name}."))?;
             let at = format!("plugins.{name}");
             plugin.grants(&at)?.check(&at)?;
         }

@@ -42,7 +42,7 @@ use crate::protocol::codec::{EofCodec, FrameError};
 use crate::protocol::reply::Reply;
 use crate::protocol::request::Request;
 use crate::protocol::request::RequestError;
-use crate::router::{Pipeline, Routes};
+use crate::router::{Arrival, Client, Pipeline, Routes};
 
 /// After a framing error, how long and how much of the client's remaining
 /// input is read and discarded before closing. Closing a socket with unread
@@ -94,6 +94,8 @@ pub struct Connection<S> {
     framed: Framed<S, EofCodec>,
     routes: Arc<Routes>,
     session: Session,
+    /// When it connected: which version of a plugin on trial it gets.
+    arrival: Arrival,
     /// Who the client is and what it may run.
     access: Access,
     auth: Option<Arc<Auth>>,
@@ -212,6 +214,7 @@ impl<S: Stream> Connection<S> {
             framed: Framed::new(stream, EofCodec::new(settings.max_frame_bytes)),
             routes,
             session: Session::default(),
+            arrival: Arrival::next(),
             access,
             auth: settings.auth.clone(),
             peer,
@@ -284,9 +287,12 @@ impl<S: Stream> Connection<S> {
                 access: &self.access,
             };
             let access = &self.access;
-            let permits = |command: &str| access.permits(command);
+            let client = Client {
+                permits: &|command: &str| access.permits(command),
+                arrival: self.arrival,
+            };
             let replies = routes
-                .serve(request, &mut pipeline, &mut self.session, &permits)
+                .serve(request, &mut pipeline, &mut self.session, &client)
                 .await;
             for reply in replies {
                 self.framed.feed(reply.as_str()).await?;

@@ -35,7 +35,7 @@ use plugin_dir::is_plugin_file;
 
 pub mod plugin_dir;
 
-pub use plugin_dir::PluginDir;
+pub use plugin_dir::{PluginDir, Rollout};
 
 /// After a "file complete" event, how long to wait for more events (a build
 /// writing several plugins, a rename following a close) before rescanning.
@@ -128,6 +128,7 @@ impl Reloader {
             None => DirWatch::default(),
         };
         let mut plugins = PluginDir::new(config.plugin_dir.clone());
+        plugins.set_rollout(rollout_for(&config));
         plugins
             .rescan(&runtime, &|name| config.terms_for(name))
             .await?;
@@ -170,6 +171,11 @@ impl Reloader {
                 _ = self.hangup.recv() => self.reload_config().await,
                 Some(control) = next_control(&mut self.control) => self.obey(control).await,
                 _ = dir_check.tick() => self.follow_replaced_dir().await,
+                event = self.plugins.rollout_event() => {
+                    if self.plugins.conclude(&event) {
+                        self.publish();
+                    }
+                }
                 () = shutdown.cancelled() => return,
             }
         }
@@ -268,6 +274,8 @@ impl Reloader {
             tracing::warn!("`{key}` changed: it takes effect at the next restart");
         }
         self.rewatch();
+        self.plugins.set_rollout(rollout_for(&self.config));
+        self.plugins.retry_rolled_back();
         let config = &self.config;
         let limits_changed = self.plugins.apply_limits(&|name| config.terms_for(name));
         let revived = self.plugins.revive_quarantined();
@@ -279,6 +287,12 @@ impl Reloader {
         // limits, which is what an operator (and a test) waiting on it means.
         tracing::info!("config reloaded");
     }
+}
+
+/// How each plugin's new versions take over, as `config` says.
+fn rollout_for(config: &Config) -> plugin_dir::RolloutFor {
+    let config = config.clone();
+    Box::new(move |name| config.rollout_for(name))
 }
 
 /// The next request of `control`; never, when there is none to ask.

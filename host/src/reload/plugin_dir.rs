@@ -22,6 +22,11 @@ use futures::StreamExt;
 use crate::plugin::{DirGrant, Grants, Plugin, Terms, WasmRuntime};
 use crate::router::Router;
 use crate::telemetry::events;
+use rollout::{Admission, Candidate, Rollouts};
+
+mod rollout;
+
+pub use rollout::{Rollout, RolloutEvent, RolloutFor};
 
 /// The `*.wasm` files directly in `dir`, sorted by file name.
 pub fn plugin_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
@@ -74,6 +79,7 @@ pub struct PluginDir {
     /// new dependencies) and new terms (SIGHUP) keep it, whichever of the
     /// file and the source came first.
     sources: BTreeMap<OsString, DirGrant>,
+    rollouts: Rollouts,
 }
 
 /// One file and what came of it.
@@ -85,6 +91,10 @@ struct LoadedFile {
     content: u64,
     /// The version serving, if any version of this file ever loaded.
     plugin: Option<Arc<Plugin>>,
+    /// A newer version on trial beside it (see `rollout.rs`).
+    candidate: Option<Candidate>,
+    /// Whether the file's content is a version that was rolled back.
+    rolled_back: bool,
 }
 
 /// A new or changed file, read and about to be compiled (then `bytes` is
@@ -123,6 +133,7 @@ impl PluginDir {
             dir,
             files: BTreeMap::new(),
             sources: BTreeMap::new(),
+            rollouts: Rollouts::default(),
         }
     }
 
@@ -207,15 +218,10 @@ impl PluginDir {
         };
         let content = content_hash(&bytes);
         let previous = known.and_then(|known| known.plugin.clone());
-        if known.is_some_and(|known| known.content == content) {
-            self.files.insert(
-                file,
-                LoadedFile {
-                    stamp,
-                    content,
-                    plugin: previous,
-                },
-            );
+        if let Some(known) = self.files.get_mut(&file)
+            && known.content == content
+        {
+            known.stamp = stamp;
             return None;
         }
         Some(Read {
@@ -243,7 +249,9 @@ impl PluginDir {
             tracing::info!(file = %read.path.display(), "superseded while it compiled: not loaded");
             return;
         }
-        let plugin = match loaded {
+        let earlier = self.files.get_mut(&read.file);
+        let trying = earlier.and_then(|earlier| earlier.candidate.take());
+        let (plugin, candidate) = match loaded {
             Ok(plugin) => {
                 let commands: Vec<&str> =
                     plugin.commands().iter().map(|c| c.name.as_str()).collect();
@@ -266,7 +274,17 @@ impl PluginDir {
                     ),
                 );
                 changes.loaded.push(read.name);
-                Some(Arc::new(plugin))
+                if let Some(trying) = trying {
+                    rollout::superseded(trying);
+                }
+                let plugin = Arc::new(plugin);
+                match &read.previous {
+                    Some(serving) => match self.admit(serving, plugin) {
+                        Admission::AtOnce(plugin) => (Some(plugin), None),
+                        Admission::OnTrial(candidate) => (read.previous, Some(candidate)),
+                    },
+                    None => (Some(plugin), None),
+                }
             }
             Err(err) => {
                 let fallback = match read.previous {
@@ -276,7 +294,7 @@ impl PluginDir {
                 crate::telemetry::reload(false);
                 tracing::error!(file = %read.path.display(), "rejected plugin file: {err}; {fallback}");
                 events::record("rejected", &read.name, format!("{err}; {fallback}"));
-                read.previous
+                (read.previous, trying)
             }
         };
         self.files.insert(
@@ -285,6 +303,8 @@ impl PluginDir {
                 stamp: read.stamp,
                 content: read.content,
                 plugin,
+                candidate,
+                rolled_back: false,
             },
         );
     }
@@ -309,6 +329,7 @@ impl PluginDir {
                 crate::telemetry::reload(true);
                 let renewed = Arc::new(renewed);
                 loaded.plugin = Some(renewed.clone());
+                loaded.candidate = None;
                 Some(renewed)
             }
             Err(err) => {
@@ -344,7 +365,14 @@ impl PluginDir {
             let terms = with_source(self.sources.get(file), terms_for(plugin.name()));
             if *plugin.terms() != terms {
                 tracing::info!(plugin = plugin.name(), limits = ?terms.limits, "plugin settings changed");
-                loaded.plugin = Some(Arc::new(plugin.with_terms(terms)));
+                loaded.plugin = Some(Arc::new(plugin.with_terms(terms.clone())));
+                changed = true;
+            }
+            if let Some(candidate) = &loaded.candidate
+                && *candidate.plugin().terms() != terms
+            {
+                let plugin = Arc::new(candidate.plugin().with_terms(terms));
+                loaded.candidate = Some(candidate.with_plugin(plugin));
                 changed = true;
             }
         }
@@ -357,6 +385,14 @@ impl PluginDir {
     pub fn revive_quarantined(&mut self) -> bool {
         let mut revived = false;
         for loaded in self.files.values_mut() {
+            if let Some(candidate) = &loaded.candidate
+                && candidate.plugin().is_disabled()
+            {
+                let plugin = candidate.plugin();
+                let plugin = Arc::new(plugin.with_terms(plugin.terms().clone()));
+                loaded.candidate = Some(candidate.with_plugin(plugin));
+                revived = true;
+            }
             let Some(plugin) = &loaded.plugin else {
                 continue;
             };
@@ -372,11 +408,7 @@ impl PluginDir {
 
     /// The routing table for the plugins serving now, in file-name order.
     pub fn router(&self) -> Router {
-        Router::new(
-            self.files
-                .values()
-                .filter_map(|loaded| loaded.plugin.clone()),
-        )
+        Router::new(self.serving())
     }
 
     /// The plugins serving now.

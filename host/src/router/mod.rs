@@ -12,6 +12,8 @@
 //! Changing the plugins means building a new table and swapping it into the
 //! [`Routes`] every connection reads: a command already running keeps the
 //! table (and plugin versions) it started with, every later one sees the new.
+//! While a new version of a plugin is on trial (see `canary.rs`), its routes
+//! hold both versions, and each connection's arrival picks one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,10 +21,13 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
+pub use canary::{Arrival, Canary, Trial};
+
 use crate::plugin::{Answer, CallError, Plugin, Session};
 use crate::protocol::reply::Reply;
 use crate::protocol::request::{CommandName, HELP, RESERVED, Request};
 use crate::telemetry::{self, CommandMetrics, Outcome};
+use canary::Pick;
 
 /// Commands served in one batch, at most: bounds how long one call holds
 /// its CPU place and how many replies wait for the slowest of them.
@@ -41,7 +46,24 @@ pub struct Router {
 /// Who serves a command, and its counters.
 struct Route {
     plugin: Arc<Plugin>,
+    /// A new version of `plugin` on trial, if one is.
+    canary: Option<Canary>,
     metrics: CommandMetrics,
+}
+
+/// A plugin the table routes to, and its version on trial, if any.
+pub struct Serving {
+    pub plugin: Arc<Plugin>,
+    pub canary: Option<Canary>,
+}
+
+impl From<Arc<Plugin>> for Serving {
+    fn from(plugin: Arc<Plugin>) -> Self {
+        Self {
+            plugin,
+            canary: None,
+        }
+    }
 }
 
 /// The commands a client has already sent behind the one being served,
@@ -82,7 +104,8 @@ impl Iterator for Replies {
 }
 
 impl Router {
-    /// The plugins serving at least one command, by name.
+    /// The plugins serving at least one command, by name (the version
+    /// serving most connections, while another is on trial).
     pub fn plugins(&self) -> Vec<Arc<Plugin>> {
         let mut plugins: Vec<Arc<Plugin>> = Vec::new();
         for route in self.routes.values() {
@@ -94,12 +117,21 @@ impl Router {
         plugins
     }
 
+    /// The version of `plugin` on trial, if one is.
+    pub fn canary(&self, plugin: &Arc<Plugin>) -> Option<&Canary> {
+        self.routes
+            .values()
+            .find(|route| Arc::ptr_eq(&route.plugin, plugin))
+            .and_then(|route| route.canary.as_ref())
+    }
+
     /// Builds the table from plugins in load (file-name) order. When two
     /// plugins claim a command, the first keeps it: deterministic across
     /// restarts, and logged as an error naming both so the operator can fix it.
-    pub fn new(plugins: impl IntoIterator<Item = Arc<Plugin>>) -> Self {
+    pub fn new<P: Into<Serving>>(plugins: impl IntoIterator<Item = P>) -> Self {
         let mut routes: HashMap<_, Route, _> = HashMap::default();
-        for plugin in plugins {
+        for serving in plugins {
+            let Serving { plugin, canary } = serving.into();
             for command in plugin.commands() {
                 if RESERVED.contains(&command.name.as_str()) {
                     tracing::error!(
@@ -119,8 +151,12 @@ impl Router {
                     Some(_) => {}
                     None => {
                         let metrics = CommandMetrics::new(plugin.name(), command.name.as_str());
-                        let plugin = plugin.clone();
-                        routes.insert(command.name.clone(), Route { plugin, metrics });
+                        let route = Route {
+                            plugin: plugin.clone(),
+                            canary: canary.clone(),
+                            metrics,
+                        };
+                        routes.insert(command.name.clone(), route);
                     }
                 }
             }
@@ -131,26 +167,28 @@ impl Router {
     /// Serves `first` and, when its plugin serves batches, the requests
     /// `pipeline` holds behind it for the same plugin (up to [`MAX_BATCH`]),
     /// in `session`'s instance; each is counted and logged alone. `help`
-    /// lists the commands `permits` lets this client run.
+    /// lists the commands `client` may run; `client`'s arrival picks the
+    /// version while one is on trial.
     pub async fn serve(
         &self,
         first: Request,
         pipeline: &mut impl Pipeline,
         session: &mut Session,
-        permits: &impl Fn(&str) -> bool,
+        client: &Client<'_>,
     ) -> Replies {
         let Some((command, route)) = self.routes.get_key_value(&first.command) else {
-            return Replies::One(Some(self.unrouted(&first, permits)));
+            return Replies::One(Some(self.unrouted(&first, client)));
         };
-        if !route.plugin.serves_batches() {
-            return Replies::One(Some(serve_one(command, route, first, session).await));
+        let pick = route.pick(client.arrival);
+        if !pick.plugin.serves_batches() {
+            return Replies::One(Some(serve_one(command, route, &pick, first, session).await));
         }
-        let mut batch = Batch::new(command, route, first);
+        let mut batch = Batch::new(command, route, pick, first);
         while batch.requests.len() < MAX_BATCH {
             let Some(next) = pipeline.next_buffered() else {
                 break;
             };
-            if let Err(next) = self.join(&mut batch, next) {
+            if let Err(next) = self.join(&mut batch, next, client.arrival) {
                 pipeline.put_back(next);
                 break;
             }
@@ -159,9 +197,9 @@ impl Router {
     }
 
     /// `help`, or a command no plugin serves.
-    fn unrouted(&self, request: &Request, permits: &impl Fn(&str) -> bool) -> Reply {
+    fn unrouted(&self, request: &Request, client: &Client<'_>) -> Reply {
         if request.command.as_str() == HELP {
-            return self.help(permits);
+            return self.help(client);
         }
         telemetry::unrouted(Outcome::Unknown);
         tracing::debug!(command = %request.command, outcome = "unknown", "command");
@@ -171,14 +209,19 @@ impl Router {
     /// Adds `request` to `batch` when its plugin serves it; gives it back
     /// otherwise. A client pipelining one command many times (the common
     /// batch) costs a string comparison per command, not a lookup.
-    fn join<'r>(&'r self, batch: &mut Batch<'r>, request: Request) -> Result<(), Request> {
+    fn join<'r>(
+        &'r self,
+        batch: &mut Batch<'r>,
+        request: Request,
+        arrival: Arrival,
+    ) -> Result<(), Request> {
         let repeated = batch
             .routes
             .last()
             .filter(|(command, _)| **command == request.command)
             .copied();
         match repeated.or_else(|| self.routes.get_key_value(&request.command)) {
-            Some(routed) if Arc::ptr_eq(&routed.1.plugin, batch.plugin) => {
+            Some(routed) if Arc::ptr_eq(routed.1.pick(arrival).plugin, batch.pick.plugin) => {
                 batch.push(routed, request);
                 Ok(())
             }
@@ -186,21 +229,22 @@ impl Router {
         }
     }
 
-    /// One line per command `permits` allows: `name (plugin): summary`,
-    /// sorted by name.
-    fn help(&self, permits: &impl Fn(&str) -> bool) -> Reply {
+    /// One line per command `client` may run, sorted by name:
+    /// `name (plugin version): summary`, with the version serving this
+    /// client.
+    fn help(&self, client: &Client<'_>) -> Reply {
         let mut lines: Vec<String> = self
             .routes
             .iter()
-            .filter(|(name, _)| permits(name.as_str()))
+            .filter(|(name, _)| (client.permits)(name.as_str()))
             .map(|(name, route)| {
-                let summary = route
-                    .plugin
+                let plugin = route.pick(client.arrival).plugin;
+                let summary = plugin
                     .commands()
                     .iter()
                     .find(|spec| spec.name == *name)
                     .map_or("", |spec| spec.summary.as_str());
-                format!("{name} ({}): {summary}", route.plugin.name())
+                format!("{name} ({} {}): {summary}", plugin.name(), plugin.version())
             })
             .collect();
         lines.sort();
@@ -213,6 +257,7 @@ impl Router {
 async fn serve_one(
     command: &CommandName,
     route: &Route,
+    pick: &Pick<'_>,
     request: Request,
     session: &mut Session,
 ) -> Reply {
@@ -220,7 +265,7 @@ async fn serve_one(
     if native_baseline::is_on() {
         return native_baseline::answer(&request);
     }
-    let plugin = &route.plugin;
+    let plugin = pick.plugin;
     let span = tracing::debug_span!(
         "command",
         plugin = plugin.name(),
@@ -234,7 +279,7 @@ async fn serve_one(
     };
     let answer = plugin.call(request, session).instrument(span.clone()).await;
     let elapsed = started.map(|started| started.elapsed());
-    let (reply, outcome) = route.settle(command, answer, elapsed);
+    let (reply, outcome) = route.settle(command, pick, answer, elapsed);
     if let Some(elapsed) = elapsed {
         // On the span (for subscribers that record spans) and on an event
         // closing it (for plain logs).
@@ -252,17 +297,43 @@ async fn serve_one(
 }
 
 impl Route {
-    /// The reply to `command`'s `answer`, counted with its time.
+    /// The version serving a client that arrived `at`.
+    fn pick(&self, at: Arrival) -> Pick<'_> {
+        Pick::of(&self.plugin, self.canary.as_ref(), at)
+    }
+
+    /// The reply to `command`'s `answer` from the version `pick`ed,
+    /// counted with its time (and in the trial, if one is going).
     fn settle(
         &self,
         command: &CommandName,
+        pick: &Pick<'_>,
         answer: Answer,
         elapsed: Option<Duration>,
     ) -> (Reply, Outcome) {
-        let plugin = &self.plugin;
+        let plugin = pick.plugin;
         let (reply, outcome) = reply_for(plugin.name(), command, answer, || plugin.may_warn());
         self.metrics.record(outcome, elapsed);
+        pick.record(outcome);
         (reply, outcome)
+    }
+}
+
+/// Who sent a command, as routing needs to know: what it may run, and when
+/// it connected.
+pub struct Client<'a> {
+    pub permits: &'a (dyn Fn(&str) -> bool + Sync),
+    pub arrival: Arrival,
+}
+
+impl Client<'static> {
+    /// A client that may run every command, and no trial serves: one
+    /// command run from the command line.
+    pub fn anyone() -> Self {
+        Self {
+            permits: &|_| true,
+            arrival: Arrival::default(),
+        }
     }
 }
 
@@ -273,16 +344,17 @@ fn micros(elapsed: Duration) -> u64 {
 /// Pipelined commands for one plugin that serves batches, to be served in
 /// one call. Each command's route is looked up once, when it joins.
 struct Batch<'r> {
-    plugin: &'r Arc<Plugin>,
+    /// The version serving them.
+    pick: Pick<'r>,
     requests: Vec<Request>,
     /// Each request's name (the table's copy) and route.
     routes: Vec<(&'r CommandName, &'r Route)>,
 }
 
 impl<'r> Batch<'r> {
-    fn new(command: &'r CommandName, route: &'r Route, first: Request) -> Self {
+    fn new(command: &'r CommandName, route: &'r Route, pick: Pick<'r>, first: Request) -> Self {
         Self {
-            plugin: &route.plugin,
+            pick,
             requests: vec![first],
             routes: vec![(command, route)],
         }
@@ -307,14 +379,16 @@ impl<'r> Batch<'r> {
         if let [(command, route)] = self.routes[..]
             && let Some(request) = self.requests.pop()
         {
-            return Replies::One(Some(serve_one(command, route, request, session).await));
+            return Replies::One(Some(
+                serve_one(command, route, &self.pick, request, session).await,
+            ));
         }
         #[cfg(feature = "native-baseline")]
         if native_baseline::is_on() {
             let replies: Vec<Reply> = self.requests.iter().map(native_baseline::answer).collect();
             return Replies::Many(replies.into_iter());
         }
-        let plugin = self.plugin;
+        let plugin = self.pick.plugin;
         telemetry::batched(plugin.name(), self.requests.len());
         let timed = telemetry::enabled() || tracing::enabled!(tracing::Level::DEBUG);
         let answers = plugin.call_batch(self.requests, session).await;
@@ -323,7 +397,8 @@ impl<'r> Batch<'r> {
             .into_iter()
             .zip(answers)
             .map(|((command, route), (answer, elapsed))| {
-                let (reply, outcome) = route.settle(command, answer, timed.then_some(elapsed));
+                let (reply, outcome) =
+                    route.settle(command, &self.pick, answer, timed.then_some(elapsed));
                 if timed {
                     let outcome = outcome.as_str();
                     let elapsed_us = micros(elapsed);
@@ -433,5 +508,6 @@ pub mod native_baseline {
     }
 }
 
+mod canary;
 #[cfg(test)]
 mod tests;

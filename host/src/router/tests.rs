@@ -25,9 +25,12 @@ fn request(message: &str) -> Request {
 /// Sends `message` alone, as a client that may run every command.
 async fn send(router: &Router, message: &str) -> String {
     let mut replies = router
-        .serve(request(message), &mut (), &mut Session::default(), &|_| {
-            true
-        })
+        .serve(
+            request(message),
+            &mut (),
+            &mut Session::default(),
+            &Client::anyone(),
+        )
         .await;
     let reply = replies.next().expect("a reply");
     assert!(replies.next().is_none(), "one reply for one command");
@@ -44,7 +47,7 @@ async fn pipeline(router: &Router, messages: &[&str]) -> (Vec<usize>, Vec<String
     let (mut turns, mut replies) = (Vec::new(), Vec::new());
     while let Some(first) = buffered.pop_front() {
         let served = router
-            .serve(first, &mut buffered, &mut session, &|_| true)
+            .serve(first, &mut buffered, &mut session, &Client::anyone())
             .await;
         let before = replies.len();
         replies.extend(served.map(|reply| reply.as_str().to_owned()));
@@ -104,9 +107,10 @@ async fn pipelined_commands_for_one_plugin_are_served_together_in_order() {
         "three",
         "error: unknown command 'nope'",
         "one",
-        "one (a): \nthree (b): \ntwo (a): ",
     ];
-    assert_eq!(replies, expected);
+    assert_eq!(replies[..7], expected);
+    let help: Vec<&str> = replies[7].lines().map(|line| &line[..5]).collect();
+    assert_eq!(help, ["one (", "three", "two ("]);
     assert_eq!(turns, [3, 1, 1, 1, 1, 1]);
 }
 
@@ -162,16 +166,116 @@ async fn a_reply_holding_the_delimiter_is_not_framed() {
 
 #[tokio::test]
 async fn help_lists_what_the_client_may_run_and_cannot_be_claimed() {
-    let router = Router::new([
+    let (a, b) = (
         plugin("a", &["one", "help"], Handle::Reply("x")).await,
         plugin("b", &["two", "auth"], Handle::Reply("y")).await,
-    ]);
-    assert_eq!(send(&router, "help").await, "one (a): \ntwo (b): ");
-    let only_two = |command: &str| command == "two";
+    );
+    let (one, two) = (
+        format!("one (a {}): ", a.version()),
+        format!("two (b {}): ", b.version()),
+    );
+    let router = Router::new([a, b]);
+    assert_eq!(send(&router, "help").await, format!("{one}\n{two}"));
+    let only_two = Client {
+        permits: &|command: &str| command == "two",
+        arrival: Arrival::default(),
+    };
     let reply = router
         .serve(request("help"), &mut (), &mut Session::default(), &only_two)
         .await
         .next();
-    assert_eq!(reply.expect("a reply").as_str(), "two (b): ");
+    assert_eq!(reply.expect("a reply").as_str(), two);
     assert_eq!(send(&router, "auth").await, "error: unknown command 'auth'");
+}
+
+/// `serving`'s commands with `candidate` on trial for every connection
+/// arriving from now on.
+fn on_trial(
+    serving: &Arc<Plugin>,
+    candidate: &Arc<Plugin>,
+) -> (Router, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (verdicts, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let canary = Canary {
+        plugin: candidate.clone(),
+        trial: Arc::new(Trial::start(serving.name(), 100, verdicts)),
+    };
+    let serving = Serving {
+        plugin: serving.clone(),
+        canary: Some(canary),
+    };
+    (Router::new([serving]), receiver)
+}
+
+async fn send_as(
+    router: &Router,
+    session: &mut Session,
+    arrival: Arrival,
+    message: &str,
+) -> String {
+    let client = Client {
+        permits: &|_| true,
+        arrival,
+    };
+    let mut replies = router
+        .serve(request(message), &mut (), session, &client)
+        .await;
+    replies.next().expect("a reply").as_str().to_owned()
+}
+
+#[tokio::test]
+async fn a_trial_serves_later_connections_and_ends_at_the_candidates_fifth_failure() {
+    let serving = plugin("p", &["go"], Handle::Reply("old")).await;
+    let candidate = plugin("p", &["go"], Handle::Trap).await;
+    let before = Arrival::next();
+    let (router, mut verdicts) = on_trial(&serving, &candidate);
+    let after = Arrival::next();
+    let (mut old_session, mut new_session) = (Session::default(), Session::default());
+    assert_eq!(
+        send_as(&router, &mut old_session, before, "go").await,
+        "old"
+    );
+    for _ in 0..4 {
+        let reply = send_as(&router, &mut new_session, after, "go").await;
+        assert_eq!(reply, "error: plugin 'p' failed");
+    }
+    assert!(verdicts.try_recv().is_err(), "four failures are not enough");
+    let fifth = send_as(&router, &mut new_session, after, "go").await;
+    assert_eq!(fifth, "error: plugin 'p' failed");
+    assert_eq!(verdicts.try_recv().ok().as_deref(), Some("p"));
+    let next = send_as(&router, &mut new_session, after, "go").await;
+    assert_eq!(next, "old", "the candidate's connections go back at once");
+}
+
+#[tokio::test]
+async fn pipelined_commands_run_in_the_version_serving_their_connection() {
+    let batched = batched_component(&["go"], Handle::EchoCommand, ServeBatch::EchoAll);
+    let serving = Plugin::from_bytes(&runtime(), "p", batched, Terms::default()).await;
+    let serving = Arc::new(serving.expect("the test component loads"));
+    let candidate = plugin("p", &["go"], Handle::Reply("new")).await;
+    let before = Arrival::next();
+    let (router, _verdicts) = on_trial(&serving, &candidate);
+    let after = Arrival::next();
+    let turn = async |arrival| {
+        let client = Client {
+            permits: &|_| true,
+            arrival,
+        };
+        let mut buffered: std::collections::VecDeque<Request> =
+            ["go", "go"].iter().map(|m| request(m)).collect();
+        let first = buffered.pop_front().expect("a request");
+        let mut session = Session::default();
+        let replies = router.serve(first, &mut buffered, &mut session, &client);
+        let replies: Vec<String> = replies.await.map(|r| r.as_str().to_owned()).collect();
+        replies
+    };
+    assert_eq!(
+        turn(before).await,
+        ["go", "go"],
+        "the serving version batches"
+    );
+    assert_eq!(
+        turn(after).await,
+        ["new"],
+        "the candidate serves one a turn"
+    );
 }

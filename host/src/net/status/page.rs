@@ -141,7 +141,17 @@ fn plugins(page: &mut String, s: &Snapshot) {
              <td class=\"num\">{memory}</td><td class=\"num kv\">{kv}</td></tr>",
             name = escape(&plugin.name),
             file = escape(&plugin.file),
-            version = escape(&plugin.version),
+            version = match &plugin.trial {
+                Some(trial) => format!(
+                    "{}</code><br>trying <code>{}</code> on {}%: {} of {} calls failed",
+                    escape(&plugin.version),
+                    escape(&trial.version),
+                    trial.percent,
+                    trial.failures,
+                    trial.calls
+                ),
+                None => escape(&plugin.version),
+            },
             commands = escape(&plugin.commands.join(" ")),
             rate = plugin.commands_per_sec,
             total = plugin.commands_total,

@@ -74,6 +74,21 @@ pub struct PluginStatus {
     /// values (`None` until first read, a few seconds after start).
     pub kv_keys: Option<u32>,
     pub kv_bytes: Option<u64>,
+    /// A new version on trial beside `version`, if one is.
+    pub trial: Option<TrialStatus>,
+}
+
+/// A new version on trial, and how both versions' calls have gone since
+/// it started.
+#[derive(Debug, Serialize)]
+pub struct TrialStatus {
+    pub version: String,
+    /// The share of new connections it serves, in percent.
+    pub percent: u8,
+    pub calls: u64,
+    pub failures: u64,
+    pub serving_calls: u64,
+    pub serving_failures: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -187,6 +202,17 @@ fn plugins(
                 memory_bytes: now.memory_bytes as u64,
                 kv_keys: kv.get(&name).map(|usage| usage.keys),
                 kv_bytes: kv.get(&name).map(|usage| usage.bytes),
+                trial: routes.canary(plugin).map(|canary| {
+                    let (serving, candidate) = canary.trial.counts();
+                    TrialStatus {
+                        version: canary.plugin.version().to_owned(),
+                        percent: canary.trial.percent(),
+                        calls: candidate.calls,
+                        failures: candidate.failures,
+                        serving_calls: serving.calls,
+                        serving_failures: serving.failures,
+                    }
+                }),
                 name,
             }
         })
