@@ -6,6 +6,7 @@
 //! - [`cli`]: what the `plugboard` commands do beside serving (the `send`
 //!   client, `new`, `check` and `call`);
 //! - [`net`]: the listener and one task per connection;
+//! - [`schedule`]: commands run on time, through the router as a client's;
 //! - [`reload`]: the plugin directory and hot reload, which keep the routing
 //!   table current;
 //! - [`router`]: which plugin serves a command, and the reply to its answer;
@@ -28,5 +29,6 @@ pub mod plugin;
 pub mod protocol;
 pub mod reload;
 pub mod router;
+pub mod schedule;
 pub mod store;
 pub mod telemetry;

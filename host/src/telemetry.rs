@@ -28,6 +28,8 @@ const RELOADS: &str = "plugboard_reloads_total";
 const PLUGIN_MEMORY: &str = "plugboard_plugin_memory_bytes";
 const QUARANTINES: &str = "plugboard_quarantines_total";
 const ROLLOUTS: &str = "plugboard_rollouts_total";
+const SCHEDULE_RUNS: &str = "plugboard_schedule_runs_total";
+const SCHEDULE_LATENESS: &str = "plugboard_schedule_lateness_seconds";
 const LOG_LINES_SUPPRESSED: &str = "plugboard_log_lines_suppressed_total";
 const CAPABILITY_DENIED: &str = "plugboard_capability_denied_total";
 const STATE_STORE_ERRORS: &str = "plugboard_state_store_errors_total";
@@ -42,6 +44,10 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Schedule lateness buckets, 1 ms to 1 min: a run starts within
+/// milliseconds of its time unless the server is overloaded or was down.
+const LATENESS_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0];
+
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Installs the recorder; the returned handle renders what it recorded
@@ -50,6 +56,7 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(COMMAND_SECONDS.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(SCHEDULE_LATENESS.into()), LATENESS_BUCKETS)?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     describe();
@@ -96,6 +103,15 @@ fn describe() {
     describe_counter!(
         ROLLOUTS,
         "New plugin versions whose trial ended: promoted, rolled_back or superseded"
+    );
+    describe_counter!(
+        SCHEDULE_RUNS,
+        "Runs of a schedule, by schedule and outcome (ok, error, denied, unknown, skipped)"
+    );
+    describe_histogram!(
+        SCHEDULE_LATENESS,
+        Unit::Seconds,
+        "How long after its time a schedule's run started, by schedule"
     );
     describe_counter!(
         LOG_LINES_SUPPRESSED,
@@ -314,6 +330,17 @@ pub fn plugin_memory(plugin: &str) -> Gauge {
 /// A version on trial ended: `promoted`, `rolled_back` or `superseded`.
 pub fn rollout(plugin: &str, outcome: &'static str) {
     metrics::counter!(ROLLOUTS, "plugin" => plugin.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// `count` runs of `schedule` ended with `outcome` (a fixed set of words).
+pub fn schedule_run(schedule: &str, outcome: &'static str, count: u64) {
+    metrics::counter!(SCHEDULE_RUNS, "schedule" => schedule.to_owned(), "outcome" => outcome)
+        .increment(count);
+}
+
+/// A run of `schedule` started `seconds` after its time.
+pub fn schedule_lateness(schedule: &str, seconds: f64) {
+    metrics::histogram!(SCHEDULE_LATENESS, "schedule" => schedule.to_owned()).record(seconds);
 }
 
 pub fn quarantined(plugin: &str) {

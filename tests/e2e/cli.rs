@@ -90,7 +90,7 @@ fn send_to_a_closed_port_fails_clearly() {
 }
 
 /// Runs `serve` with `config` and expects it to refuse to start.
-fn serve_fails(setup: Setup) -> String {
+pub(crate) fn serve_fails(setup: Setup) -> String {
     let output = plugboard()
         .arg("serve")
         .arg("--config")

@@ -104,7 +104,7 @@ fn many_connections_from_one_address_are_served_by_default() {
 
 /// A token made by `plugboard token`, as a user would: its first line is the
 /// token, the rest the config entry for it.
-fn new_token(commands: &[&str]) -> (String, String) {
+pub(crate) fn new_token(commands: &[&str]) -> (String, String) {
     let mut command = crate::support::plugboard();
     command.args(["token", "--name", "panel"]);
     for allowed in commands {

@@ -21,6 +21,7 @@ mod parse;
 mod plugins;
 mod reload;
 mod rollout;
+mod schedules;
 mod security;
 mod validate;
 
@@ -35,6 +36,7 @@ use crate::plugin::EngineOptions;
 pub use limits::LimitSettings;
 pub use plugins::PluginSettings;
 pub use rollout::RolloutSettings;
+pub use schedules::ScheduleSettings;
 pub use security::{AuthSettings, TlsSettings, TokenSettings};
 
 /// `config.toml`, field by field. Every field has a default; see
@@ -122,6 +124,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Per-plugin settings, keyed by plugin name (the file stem).
     pub plugins: BTreeMap<String, PluginSettings>,
+    /// `[[schedules]]`: commands the server runs on time.
+    pub schedules: Vec<ScheduleSettings>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -176,6 +180,7 @@ impl Default for Config {
             metrics_listen: None,
             log_format: LogFormat::Text,
             plugins: BTreeMap::new(),
+            schedules: Vec::new(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! What a SIGHUP may change in a running server: every plugin limit, the
-//! rollout keys and every `[plugins.<name>]` table; every other key waits for a restart.
+//! rollout keys, every `[plugins.<name>]` table and the schedules; every other key waits for a restart.
 
 use super::Config;
 
@@ -18,7 +18,7 @@ impl Config {
             }};
         }
         let keys = classify!(
-            reloadable: [limits, rollout, plugins],
+            reloadable: [limits, rollout, plugins, schedules],
             restart_only: [
                 listen,
                 plugin_dir,

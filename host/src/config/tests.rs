@@ -306,7 +306,7 @@ fn keys_of<'de, T: Deserialize<'de>>() -> Vec<&'static str> {
 
 /// Every key a config may hold, as `docs/configuration.md` heads it.
 fn every_key() -> Vec<String> {
-    let tables = ["auth", "tls", "plugins"];
+    let tables = ["auth", "tls", "plugins", "schedules"];
     let top = keys_of::<Config>()
         .into_iter()
         .filter(|key| !tables.contains(key))
@@ -321,6 +321,7 @@ fn every_key() -> Vec<String> {
     top.chain(within("auth.tokens", keys_of::<TokenSettings>()))
         .chain(within("tls", keys_of::<TlsSettings>()))
         .chain(within("plugins.<name>", keys_of::<PluginSettings>()))
+        .chain(within("schedules", keys_of::<ScheduleSettings>()))
         .collect()
 }
 
@@ -350,4 +351,79 @@ fn every_key_is_documented_and_in_the_shipped_config() {
         });
         assert!(in_shipped, "config.toml does not show `{key}`");
     }
+}
+
+fn schedule_error(entry: &str) -> String {
+    let text = format!("[[schedules]]\nname = \"night\"\n{entry}");
+    format!("{:#}", load(&text).unwrap_err())
+}
+
+#[test]
+fn schedules_load_with_their_defaults() {
+    let config = load(
+        "[[schedules]]\nname = \"morning\"\ncron = \"0 7 * * mon-fri\"\ncommand = \"on\"\n\
+         [[schedules]]\nname = \"tick\"\ncron = \"*/5 * * * * *\"\ncommand = \"kv-count ticks\"\n\
+         timezone = \"Europe/Paris\"\ncatch_up = true\n",
+    )
+    .unwrap();
+    assert_eq!(config.schedules.len(), 2);
+    assert_eq!(config.schedules[0].timezone, None);
+    assert!(!config.schedules[0].catch_up);
+    assert_eq!(
+        config.schedules[1].timezone.as_deref(),
+        Some("Europe/Paris")
+    );
+    assert!(config.schedules[1].catch_up);
+}
+
+#[test]
+fn a_bad_schedule_is_refused_naming_its_key() {
+    let err = schedule_error("cron = \"61 * * * *\"\ncommand = \"on\"");
+    assert!(
+        err.contains("`schedules[0].cron` (schedule 'night')"),
+        "{err}"
+    );
+    let err = schedule_error("cron = \"0 7 * *\"\ncommand = \"on\"");
+    assert!(err.contains("`schedules[0].cron`"), "{err}");
+    let err = schedule_error("cron = \"0 7 * * *\"\ncommand = \"on\"\ntimezone = \"Mars/Olympus\"");
+    assert!(
+        err.contains("`schedules[0].timezone` (schedule 'night')"),
+        "{err}"
+    );
+    let err = schedule_error("cron = \"0 7 * * *\"\ncommand = \"  \"");
+    assert!(err.contains("`schedules[0].command`"), "{err}");
+    let err = schedule_error("cron = \"0 7 * * *\"\ncommand = \"help\"");
+    assert!(err.contains("`schedules[0].command`"), "{err}");
+    let err = schedule_error("cron = \"0 7 * * *\"\ncommand = \"on\"\nrepeat = 3");
+    assert!(err.contains("repeat"), "{err}");
+}
+
+#[test]
+fn two_schedules_may_not_share_a_name() {
+    let entry = "[[schedules]]\nname = \"night\"\ncron = \"0 23 * * *\"\ncommand = \"off\"\n";
+    let err = format!("{:#}", load(&entry.repeat(2)).unwrap_err());
+    assert!(
+        err.contains("`schedules[1].name` (schedule 'night')"),
+        "{err}"
+    );
+}
+
+#[test]
+fn with_tokens_a_schedule_names_one() {
+    let tokens = "[[auth.tokens]]\nname = \"house\"\nsha256 = \"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\ncommands = [\"on\"]\n";
+    let schedule = "[[schedules]]\nname = \"night\"\ncron = \"0 23 * * *\"\ncommand = \"off\"\n";
+    let err = format!("{:#}", load(&format!("{tokens}{schedule}")).unwrap_err());
+    assert!(
+        err.contains("`schedules[0].token` (schedule 'night') is missing"),
+        "{err}"
+    );
+    let err = format!(
+        "{:#}",
+        load(&format!("{tokens}{schedule}token = \"garden\"\n")).unwrap_err()
+    );
+    assert!(
+        err.contains("no `[[auth.tokens]]` entry is named 'garden'"),
+        "{err}"
+    );
+    load(&format!("{tokens}{schedule}token = \"house\"\n")).unwrap();
 }

@@ -53,6 +53,7 @@ impl Config {
         self.limits.validate("")?;
         self.rollout.validate("")?;
         self.auth.validate()?;
+        super::schedules::validate(&self.schedules, &self.auth)?;
         for (name, plugin) in &self.plugins {
             plugin.limits.validate(&format!("plugins.{name}."))?;
             plugin.rollout.validate(&format!("plugins.{name}."))?;

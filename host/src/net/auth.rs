@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::TokenSettings;
 use crate::protocol::reply::Reply;
-use crate::protocol::request::{AUTH, HELP, Request, RequestError};
+use crate::protocol::request::{AUTH, HELP, Request, RequestError, SCHEDULES};
 
 /// The configured tokens and the record of failed attempts.
 pub struct Auth {
@@ -204,6 +204,13 @@ impl Auth {
 }
 
 impl Auth {
+    /// Whether the token named `token` may run `command` (`None`: no
+    /// token has that name): the permissions of a schedule's runs.
+    pub fn token_permits(&self, token: &str, command: &str) -> Option<bool> {
+        let token = self.tokens.iter().find(|t| t.name == token)?;
+        Some(token.permits(command))
+    }
+
     /// Closes the oldest connection waiting to authenticate, if there is
     /// one: for a newcomer when every place is taken.
     pub fn displace_oldest(&self) -> bool {
@@ -279,7 +286,7 @@ impl Access {
 
     /// Authenticates `auth` requests, and lets through what this
     /// connection may run. `help` is always let through: it lists only what
-    /// the connection may run. A message that is not a request is answered
+    /// the connection may run, and so is `schedules`. A message that is not a request is answered
     /// with why, except before authentication: a message that is not
     /// `auth <token>` then closes the connection, whatever it is, so that
     /// no client stays unauthenticated by sending messages that are not
@@ -313,7 +320,9 @@ impl Access {
             Self::Pending(_) => {
                 Gate::Close("authentication required: send `auth <token>` first".into())
             }
-            Self::Granted(token) if command == HELP || token.permits(command) => {
+            Self::Granted(token)
+                if command == HELP || command == SCHEDULES || token.permits(command) =>
+            {
                 Gate::Route(request)
             }
             Self::Granted(token) => {

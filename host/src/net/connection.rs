@@ -42,7 +42,9 @@ use crate::protocol::codec::{EofCodec, FrameError};
 use crate::protocol::reply::Reply;
 use crate::protocol::request::Request;
 use crate::protocol::request::RequestError;
+use crate::protocol::request::SCHEDULES;
 use crate::router::{Arrival, Client, Pipeline, Routes};
+use crate::schedule::Board;
 
 /// After a framing error, how long and how much of the client's remaining
 /// input is read and discarded before closing. Closing a socket with unread
@@ -77,6 +79,8 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// The tokens, when clients must authenticate.
     pub auth: Option<Arc<Auth>>,
+    /// What the `schedules` command lists.
+    pub schedules: Arc<Board>,
 }
 
 /// How long a TLS handshake may take when no frame timeout is set.
@@ -99,6 +103,7 @@ pub struct Connection<S> {
     /// Who the client is and what it may run.
     access: Access,
     auth: Option<Arc<Auth>>,
+    schedules: Arc<Board>,
     /// The client's address: failed authentications slow down per address.
     peer: std::net::IpAddr,
     timeouts: Timeouts,
@@ -217,6 +222,7 @@ impl<S: Stream> Connection<S> {
             arrival: Arrival::next(),
             access,
             auth: settings.auth.clone(),
+            schedules: settings.schedules.clone(),
             peer,
             timeouts: settings.timeouts,
             last_complete: Instant::now(),
@@ -278,6 +284,12 @@ impl<S: Stream> Connection<S> {
                 }
                 Gate::Close(why) => return Err(Closing::Denied(why)),
             };
+            if request.command.as_str() == SCHEDULES {
+                let access = &self.access;
+                let listing = self.schedules.list(&|command| access.permits(command));
+                self.framed.feed(listing.as_str()).await?;
+                continue;
+            }
             // The table current now: a reload during these commands does
             // not affect them, and the next command sees the new one.
             let routes = self.routes.load_full();

@@ -22,6 +22,7 @@ use crate::net::tls;
 use crate::plugin::{CompiledBy, WasmRuntime};
 use crate::reload::PluginDir;
 use crate::reload::Reloader;
+use crate::schedule::{Scheduler, TokenPermits};
 use crate::telemetry::{ConnectionMetrics, LogBudget};
 
 /// How to serve: the config, where it came from (what SIGHUP re-reads), and
@@ -128,12 +129,20 @@ pub async fn serve(
     report_startup(&runtime, &config, reloader.plugins());
     let routes = reloader.routes();
     let shutdown = CancellationToken::new();
+    let schedules = reloader.schedules();
     let reloading = tokio::spawn(reloader.run(shutdown.clone()));
 
     let auth = Auth::new(
         &config.auth.tokens,
         config.auth.max_unauthenticated(config.max_connections),
     )?;
+    let scheduler = Scheduler::new(
+        routes.clone(),
+        token_permits(auth.as_ref()),
+        &config.state_dir,
+    );
+    let board = scheduler.board();
+    tokio::spawn(scheduler.run(schedules, shutdown.clone()));
     let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let local = listener.local_addr()?;
     warn_if_exposed(local, &config, auth.is_some());
@@ -166,6 +175,7 @@ pub async fn serve(
                 config.auth.timeout_ms,
             ),
             auth,
+            schedules: board,
         }),
         metrics: Arc::new(ConnectionMetrics::register()),
         tracker: TaskTracker::new(),
@@ -190,6 +200,14 @@ pub async fn serve(
         tracing::warn!("shutdown timeout reached: abandoning a plugin load in progress");
     }
     Ok(())
+}
+
+/// What each token may run, for the schedules' runs (none without auth).
+fn token_permits(auth: Option<&Arc<Auth>>) -> Option<TokenPermits> {
+    let auth = auth?.clone();
+    Some(Box::new(move |token, command| {
+        auth.token_permits(token, command)
+    }))
 }
 
 /// Starts the operator's endpoint (/metrics, /healthz) on `listen`, with

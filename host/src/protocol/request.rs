@@ -11,8 +11,10 @@ use std::fmt;
 pub const AUTH: &str = "auth";
 /// Lists the commands a client may run: answered by the server.
 pub const HELP: &str = "help";
+/// Lists the schedules a client may see: answered by the server.
+pub const SCHEDULES: &str = "schedules";
 /// Commands the server answers itself; no plugin can claim one.
-pub const RESERVED: [&str; 2] = [AUTH, HELP];
+pub const RESERVED: [&str; 3] = [AUTH, HELP, SCHEDULES];
 
 /// The first word of a message: what the routing table is keyed by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -25,10 +25,10 @@ use anyhow::Context;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ScheduleSettings};
 use crate::plugin::{DirGrant, WasmRuntime};
 use crate::router::Routes;
 use plugin_dir::is_plugin_file;
@@ -87,6 +87,8 @@ pub struct Reloader {
     watch: DirWatch,
     /// Requests of the program running the server, if it makes any.
     control: Option<mpsc::UnboundedReceiver<Control>>,
+    /// The schedules of the config, for the scheduler (see `schedule/`).
+    schedules: watch::Sender<Vec<ScheduleSettings>>,
 }
 
 /// The watch on the plugin directory, and which directory it is on: the
@@ -133,6 +135,7 @@ impl Reloader {
             .rescan(&runtime, &|name| config.terms_for(name))
             .await?;
         let routes = Arc::new(Routes::from_pointee(plugins.router()));
+        let schedules = watch::Sender::new(config.schedules.clone());
         Ok(Self {
             runtime,
             config,
@@ -144,12 +147,18 @@ impl Reloader {
             events,
             watch,
             control,
+            schedules,
         })
     }
 
     /// The routing table connections read; this reloader keeps it current.
     pub fn routes(&self) -> Arc<Routes> {
         self.routes.clone()
+    }
+
+    /// The config's schedules, as SIGHUP changes them.
+    pub fn schedules(&self) -> watch::Receiver<Vec<ScheduleSettings>> {
+        self.schedules.subscribe()
     }
 
     pub fn plugins(&self) -> &PluginDir {
@@ -274,6 +283,7 @@ impl Reloader {
             tracing::warn!("`{key}` changed: it takes effect at the next restart");
         }
         self.rewatch();
+        self.schedules.send_replace(self.config.schedules.clone());
         self.plugins.set_rollout(rollout_for(&self.config));
         self.plugins.retry_rolled_back();
         let config = &self.config;

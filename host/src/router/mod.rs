@@ -117,6 +117,11 @@ impl Router {
         plugins
     }
 
+    /// Whether a plugin serves `command`.
+    pub fn serves(&self, command: &CommandName) -> bool {
+        self.routes.contains_key(command)
+    }
+
     /// The version of `plugin` on trial, if one is.
     pub fn canary(&self, plugin: &Arc<Plugin>) -> Option<&Canary> {
         self.routes

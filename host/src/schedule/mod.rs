@@ -1,0 +1,413 @@
+//! Schedules: commands the server runs on time (`[[schedules]]`).
+//!
+//! Each schedule is a task of its own that sleeps until its next time and
+//! runs its command through the router, as a client's command is run:
+//! the plugin's limits, quarantine and metrics apply, and with tokens the
+//! run has the permissions of the schedule's token. One schedule's runs
+//! never overlap: the task runs one command at a time, and the times that
+//! pass while a run is still going are skipped (and counted).
+//!
+//! A SIGHUP's config reaches the [`Scheduler`] through a watch channel:
+//! schedules added start, removed ones stop, changed ones start over; the
+//! others run on undisturbed. A run in progress always finishes.
+
+mod plan;
+mod record;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use jiff::{Timestamp, Zoned};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use plan::{Plan, PlanError};
+use record::Record;
+
+use crate::config::ScheduleSettings;
+use crate::plugin::Session;
+use crate::protocol::reply::Reply;
+use crate::protocol::request::Request;
+use crate::router::{Client, Routes};
+use crate::telemetry;
+
+/// Runs the schedules of the config, as it changes.
+pub struct Scheduler {
+    shared: Arc<Shared>,
+}
+
+/// With tokens, whether the token named first may run the command named
+/// second (`None`: there is no such token).
+pub type TokenPermits = Box<dyn Fn(&str, &str) -> Option<bool> + Send + Sync>;
+
+/// What every schedule's task uses.
+struct Shared {
+    routes: Arc<Routes>,
+    /// `None` without tokens: every command may run.
+    tokens: Option<TokenPermits>,
+    board: Arc<Board>,
+    record: Mutex<Record>,
+}
+
+/// What the `schedules` command lists: every schedule, when it runs next
+/// and how its last run went.
+#[derive(Default)]
+pub struct Board(Mutex<BTreeMap<String, Entry>>);
+
+struct Entry {
+    settings: ScheduleSettings,
+    next: Option<Zoned>,
+    last: Option<(Zoned, Outcome)>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The command's reply was not an error.
+    Ok,
+    /// The command replied with an error (the plugin's, or a failure).
+    Error,
+    /// The schedule's token may not run the command.
+    Denied,
+    /// No plugin serves the command (one may arrive by hot reload).
+    Unknown,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Denied => "denied",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// A running schedule: its settings, and what stops its task.
+struct Running {
+    settings: ScheduleSettings,
+    stop: CancellationToken,
+}
+
+impl Scheduler {
+    /// Runs commands through `routes`, with the permissions of the
+    /// schedules' `tokens`, keeping when each ran in `state_dir`.
+    pub fn new(
+        routes: Arc<Routes>,
+        tokens: Option<TokenPermits>,
+        state_dir: &std::path::Path,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                routes,
+                tokens,
+                board: Arc::default(),
+                record: Mutex::new(Record::open(state_dir)),
+            }),
+        }
+    }
+
+    /// What the `schedules` command reads.
+    pub fn board(&self) -> Arc<Board> {
+        self.shared.board.clone()
+    }
+
+    /// Runs the schedules `config` holds, and follows its changes, until
+    /// `shutdown`. The first set may catch up on runs missed while the
+    /// server was down; later sets (a SIGHUP) never do.
+    pub async fn run(
+        self,
+        mut config: watch::Receiver<Vec<ScheduleSettings>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut running: BTreeMap<String, Running> = BTreeMap::new();
+        let mut at_start = true;
+        loop {
+            let wanted = config.borrow_and_update().clone();
+            self.follow(&wanted, &mut running, at_start, &shutdown);
+            at_start = false;
+            tokio::select! {
+                changed = config.changed() => if changed.is_err() { break },
+                () = shutdown.cancelled() => break,
+            }
+        }
+        for schedule in running.values() {
+            schedule.stop.cancel();
+        }
+    }
+
+    /// Starts, stops and restarts tasks so that `wanted` runs.
+    fn follow(
+        &self,
+        wanted: &[ScheduleSettings],
+        running: &mut BTreeMap<String, Running>,
+        at_start: bool,
+        shutdown: &CancellationToken,
+    ) {
+        running.retain(|name, schedule| {
+            let keep = wanted.contains(&schedule.settings);
+            if !keep {
+                schedule.stop.cancel();
+                self.shared.board.remove(name);
+                tracing::info!(schedule = name, "schedule stopped");
+            }
+            keep
+        });
+        self.shared
+            .lock_record()
+            .keep_only(wanted.iter().map(|w| w.name.as_str()));
+        for settings in wanted {
+            if running.contains_key(&settings.name) {
+                continue;
+            }
+            // Checked when the config loaded: cannot fail here.
+            let Ok(plan) = Plan::parse(&settings.cron, settings.timezone.as_deref()) else {
+                continue;
+            };
+            let stop = shutdown.child_token();
+            let missed = at_start
+                .then(|| self.shared.missed_run(settings, &plan))
+                .flatten();
+            self.shared.board.add(settings.clone());
+            tracing::info!(
+                schedule = settings.name,
+                cron = settings.cron,
+                command = settings.command,
+                "schedule started"
+            );
+            tokio::spawn(
+                self.shared
+                    .clone()
+                    .serve(settings.clone(), plan, missed, stop.clone()),
+            );
+            running.insert(
+                settings.name.clone(),
+                Running {
+                    settings: settings.clone(),
+                    stop,
+                },
+            );
+        }
+    }
+}
+
+/// At most this many skipped times are counted at once (a schedule every
+/// second behind a run of hours).
+const MAX_COUNTED_SKIPS: u64 = 100_000;
+
+impl Shared {
+    fn lock_record(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The time a `catch_up` schedule missed while the server was down,
+    /// if it did.
+    fn missed_run(&self, settings: &ScheduleSettings, plan: &Plan) -> Option<Timestamp> {
+        if !settings.catch_up {
+            return None;
+        }
+        let last = self.lock_record().last_run(&settings.name)?;
+        let missed = plan.next_after(last)?.timestamp();
+        (missed <= Timestamp::now()).then_some(missed)
+    }
+
+    /// One schedule's task: catches up on `missed`, then runs at each time
+    /// of `plan` until `stop`.
+    async fn serve(
+        self: Arc<Self>,
+        settings: ScheduleSettings,
+        plan: Plan,
+        missed: Option<Timestamp>,
+        stop: CancellationToken,
+    ) {
+        let name = settings.name.as_str();
+        if let Some(missed) = missed {
+            tracing::info!(
+                schedule = name,
+                "catching up on a run missed while the server was down"
+            );
+            self.run_once(&settings, missed).await;
+        }
+        let mut after = Timestamp::now();
+        loop {
+            let Some(next) = plan.next_after(after) else {
+                tracing::warn!(schedule = name, "no next time: the schedule ends");
+                return;
+            };
+            self.board.set_next(name, next.clone());
+            let wait = Duration::try_from(next.timestamp().duration_since(Timestamp::now()))
+                .unwrap_or_default();
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => return,
+            }
+            self.run_once(&settings, next.timestamp()).await;
+            after = skip_passed(&plan, name, next.timestamp());
+            if stop.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// Runs the schedule's command once, for the time `due`, and records
+    /// how it went.
+    async fn run_once(&self, settings: &ScheduleSettings, due: Timestamp) {
+        let name = settings.name.as_str();
+        let late = Timestamp::now().duration_since(due).as_secs_f64().max(0.0);
+        telemetry::schedule_lateness(name, late);
+        let (outcome, reply) = self.dispatch(settings).await;
+        let reply = reply.as_str();
+        match outcome {
+            Outcome::Ok => tracing::info!(
+                schedule = name,
+                command = settings.command,
+                reply,
+                "schedule ran"
+            ),
+            _ => tracing::warn!(
+                schedule = name,
+                command = settings.command,
+                reply,
+                outcome = outcome.as_str(),
+                "schedule ran"
+            ),
+        }
+        telemetry::schedule_run(name, outcome.as_str(), 1);
+        let at = Timestamp::now().to_zoned(jiff::tz::TimeZone::system());
+        self.board.set_last(name, at, outcome);
+        self.lock_record().ran(name, due);
+    }
+
+    /// The command's reply, as a client with the schedule's token would
+    /// get it.
+    async fn dispatch(&self, settings: &ScheduleSettings) -> (Outcome, Reply) {
+        let Ok(request) = Request::parse(settings.command.as_bytes()) else {
+            return (Outcome::Error, Reply::error("not a command"));
+        };
+        if let Some(denied) = self.refusal(settings, &request) {
+            return (Outcome::Denied, denied);
+        }
+        let routes = self.routes.load_full();
+        if !routes.serves(&request.command) {
+            let reply = Reply::error(format_args!("unknown command '{}'", request.command));
+            return (Outcome::Unknown, reply);
+        }
+        let mut session = Session::default();
+        let client = Client::anyone();
+        let mut replies = routes.serve(request, &mut (), &mut session, &client).await;
+        match replies.next() {
+            Some(reply) if reply.is_error() => (Outcome::Error, reply),
+            Some(reply) => (Outcome::Ok, reply),
+            None => (Outcome::Error, Reply::error("no reply")),
+        }
+    }
+
+    /// Why the schedule's token may not run `request`, if it may not.
+    fn refusal(&self, settings: &ScheduleSettings, request: &Request) -> Option<Reply> {
+        let tokens = self.tokens.as_ref()?;
+        let command = request.command.as_str();
+        let name = settings.token.as_deref().unwrap_or_default();
+        match tokens(name, command) {
+            Some(true) => None,
+            Some(false) => {
+                telemetry::permission_denied(name);
+                Some(Reply::error(format_args!(
+                    "permission denied: token '{name}' may not run '{command}'"
+                )))
+            }
+            None => Some(Reply::error(format_args!(
+                "permission denied: no token named '{name}'"
+            ))),
+        }
+    }
+}
+
+/// The last of `plan`'s times from `ran` up to now: the times that passed
+/// while the run due at `ran` went on are skipped, and counted.
+fn skip_passed(plan: &Plan, schedule: &str, ran: Timestamp) -> Timestamp {
+    let now = Timestamp::now();
+    let (mut cursor, mut skipped) = (ran, 0);
+    while skipped < MAX_COUNTED_SKIPS
+        && let Some(next) = plan.next_after(cursor)
+        && next.timestamp() <= now
+    {
+        cursor = next.timestamp();
+        skipped += 1;
+    }
+    if skipped > 0 {
+        tracing::info!(
+            schedule,
+            skipped,
+            "the last run outlasted the schedule's next times: skipped"
+        );
+        telemetry::schedule_run(schedule, "skipped", skipped);
+    }
+    cursor.max(ran)
+}
+
+impl Board {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add(&self, settings: ScheduleSettings) {
+        let name = settings.name.clone();
+        let entry = Entry {
+            settings,
+            next: None,
+            last: None,
+        };
+        self.lock().insert(name, entry);
+    }
+
+    fn remove(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
+    fn set_next(&self, name: &str, next: Zoned) {
+        if let Some(entry) = self.lock().get_mut(name) {
+            entry.next = Some(next);
+        }
+    }
+
+    fn set_last(&self, name: &str, at: Zoned, outcome: Outcome) {
+        if let Some(entry) = self.lock().get_mut(name) {
+            entry.last = Some((at, outcome));
+        }
+    }
+
+    /// The `schedules` reply: one line per schedule whose command `permits`
+    /// lets the client run, sorted by name:
+    /// `name: "cron" [zone] runs "command"; next TIME; last OUTCOME at TIME`.
+    pub fn list(&self, permits: &dyn Fn(&str) -> bool) -> Reply {
+        let time = |at: &Zoned| at.strftime("%Y-%m-%d %H:%M:%S %Z").to_string();
+        let lines: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, entry)| {
+                let command = entry.settings.command.split_whitespace().next();
+                command.is_some_and(permits)
+            })
+            .map(|(name, entry)| {
+                let settings = &entry.settings;
+                let zone = settings
+                    .timezone
+                    .as_deref()
+                    .map(|zone| format!(" {zone}"))
+                    .unwrap_or_default();
+                let next = entry.next.as_ref().map_or("none".into(), time);
+                let last = match &entry.last {
+                    Some((at, outcome)) => format!("{} at {}", outcome.as_str(), time(at)),
+                    None => "never".into(),
+                };
+                format!(
+                    "{name}: \"{}\"{zone} runs \"{}\"; next {next}; last {last}",
+                    settings.cron, settings.command
+                )
+            })
+            .collect();
+        Reply::ok(lines.join("\n"))
+    }
+}
