@@ -10,7 +10,7 @@ WASM_OUT := target/$(WASM_TARGET)/release
 # crate its tests share.
 NOT_GUESTS := --exclude plugboard --exclude plugboard-test-support
 # The plugins the default config serves (test plugins stay out of it).
-SHIPPED_PLUGINS := onoff relay
+SHIPPED_PLUGINS := onoff relay scene
 PLUGIN_DIR := target/plugins
 # Plugins in other languages are built into GUEST_OUT.
 GUEST_OUT := target/guest

@@ -119,7 +119,7 @@ fn describe() {
     );
     describe_counter!(
         CAPABILITY_DENIED,
-        "Uses of a capability the plugin was not granted, by plugin and kind (http, tcp, lookup)"
+        "Uses of a capability the plugin was not granted, by plugin and kind (http, tcp, lookup, command)"
     );
     describe_counter!(
         STATE_STORE_ERRORS,

@@ -15,6 +15,7 @@ mod reload;
 mod rollout;
 mod sandbox;
 mod scale_out;
+mod scenes;
 mod schedules;
 mod security;
 mod state;

@@ -63,6 +63,8 @@ pub struct Config {
     pub frame_timeout_ms: u64,
     /// On SIGINT/SIGTERM, how long in-flight commands get to finish.
     pub shutdown_timeout_ms: u64,
+    /// How deep plugins' `commands.call`s may nest.
+    pub max_call_depth: usize,
     /// Watch `plugin_dir` and load added, changed and removed plugins live.
     pub hot_reload: bool,
     /// Keep compiled plugins on disk so a restart does not recompile them.
@@ -155,6 +157,7 @@ impl Default for Config {
             idle_timeout_ms: 300_000,
             frame_timeout_ms: 10_000,
             shutdown_timeout_ms: 10_000,
+            max_call_depth: crate::router::DEFAULT_MAX_CALL_DEPTH,
             hot_reload: true,
             compile_cache: true,
             cache_dir: "plugboard-cache".into(),

@@ -31,6 +31,8 @@ pub struct PluginSettings {
     pub dirs: BTreeMap<String, PathBuf>,
     /// Directories it may read and write: guest path = host path.
     pub writable_dirs: BTreeMap<String, PathBuf>,
+    /// Commands it may run through `commands.call`: names, or `prefix*`.
+    pub allow_commands: Vec<String>,
 }
 
 impl PluginSettings {
@@ -41,6 +43,7 @@ impl PluginSettings {
             allow_tcp: &self.allow_tcp,
             dirs: &self.dirs,
             writable_dirs: &self.writable_dirs,
+            allow_commands: &self.allow_commands,
         };
         Grants::parse(&entries, at)
     }

@@ -28,6 +28,7 @@ impl Config {
                 idle_timeout_ms,
                 frame_timeout_ms,
                 shutdown_timeout_ms,
+                max_call_depth,
                 hot_reload,
                 compile_cache,
                 cache_dir,

@@ -427,3 +427,20 @@ fn with_tokens_a_schedule_names_one() {
     );
     load(&format!("{tokens}{schedule}token = \"house\"\n")).unwrap();
 }
+
+#[test]
+fn command_grants_and_call_depth_are_checked_naming_the_key() {
+    let err = format!(
+        "{:#}",
+        load("[plugins.scene]\nallow_commands = [\"re*lay\"]").unwrap_err()
+    );
+    assert!(err.contains("`plugins.scene.allow_commands`"), "{err}");
+    let config = load("[plugins.scene]\nallow_commands = [\"on\", \"relay-*\"]").unwrap();
+    let grants = &config.terms_for("scene").grants;
+    assert!(grants.permits_command("relay-set"));
+    assert!(!grants.permits_command("off"));
+    for depth in ["0", "17"] {
+        let err = format!("{:#}", load(&format!("max_call_depth = {depth}")).unwrap_err());
+        assert!(err.contains("`max_call_depth` must be between 1 and 16"), "{err}");
+    }
+}

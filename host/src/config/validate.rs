@@ -8,6 +8,8 @@ use super::{Config, StateStore};
 /// Stack limits outside this range are mistakes: too small for any real
 /// program, or large enough to reserve absurd address space per connection.
 const STACK_KIB_RANGE: std::ops::RangeInclusive<usize> = 64..=65536;
+/// Calls nested deeper than this are a loop, not a design.
+const MAX_CALL_DEPTH: usize = 16;
 /// Below this a compile process cannot start, let alone compile.
 const MIN_COMPILE_MEMORY_MIB: u64 = 64;
 
@@ -16,6 +18,10 @@ impl Config {
         ensure!(
             self.max_frame_bytes > 0,
             "`max_frame_bytes` must be at least 1"
+        );
+        ensure!(
+            (1..=MAX_CALL_DEPTH).contains(&self.max_call_depth),
+            "`max_call_depth` must be between 1 and {MAX_CALL_DEPTH}"
         );
         ensure!(
             self.max_connections > 0,

@@ -22,6 +22,7 @@ use crate::net::tls;
 use crate::plugin::{CompiledBy, WasmRuntime};
 use crate::reload::PluginDir;
 use crate::reload::Reloader;
+use crate::router::Dispatcher;
 use crate::schedule::{Scheduler, TokenPermits};
 use crate::telemetry::{ConnectionMetrics, LogBudget};
 
@@ -128,6 +129,8 @@ pub async fn serve(
     };
     report_startup(&runtime, &config, reloader.plugins());
     let routes = reloader.routes();
+    let dispatcher = Dispatcher::new(routes.clone(), config.max_call_depth);
+    runtime.set_dispatcher(Arc::new(dispatcher));
     let shutdown = CancellationToken::new();
     let schedules = reloader.schedules();
     let reloading = tokio::spawn(reloader.run(shutdown.clone()));

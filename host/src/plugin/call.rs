@@ -159,7 +159,7 @@ impl Plugin {
             Ok(taken) => taken,
             Err(err) => return Answer::Failure(err),
         };
-        let host_wait = self.begin_call(&mut store, started);
+        let host_wait = self.begin_call(&mut store, started, session.chain());
         // Boxed: wasmtime's call futures are kilobytes, and unboxed they would
         // be part of every connection task, busy or idle.
         let call = Box::pin(async {
@@ -212,15 +212,17 @@ impl Plugin {
     }
 
     /// Arms a call on `store`: its deadline from `started`, a clean record
-    /// of the call's waits, stderr and memory refusals. Returns the waits'
-    /// account, which the deadline follows.
+    /// of the call's waits, stderr and memory refusals, the nested calls
+    /// of `chain` behind it. Returns the waits' account, which the deadline
+    /// follows.
     pub(super) fn begin_call(
         &self,
         store: &mut wasmtime::Store<Sandbox>,
         started: Instant,
+        chain: &super::Chain,
     ) -> host_wait::HostWait {
         self.compiled.runtime.arm_deadline(store);
-        store.data_mut().begin_call(started)
+        store.data_mut().begin_call(started, chain)
     }
 
     /// Inside the call: takes the call's CPU place, then the warm instance

@@ -27,6 +27,7 @@ mod io_waits;
 mod limits;
 mod load;
 mod log;
+mod nested;
 mod runtime;
 mod sandbox;
 mod session;
@@ -44,6 +45,7 @@ use health::Health;
 pub use health::MAX_WINDOW as MAX_QUARANTINE_AFTER;
 pub use limits::Limits;
 pub use load::LoadError;
+pub use nested::{Chain, Dispatch, NestedReply};
 pub use runtime::{
     EngineOptions, MAX_CORE_INSTANCES_PER_INSTANCE, MAX_MEMORIES_PER_INSTANCE,
     MAX_TABLES_PER_INSTANCE, WasmRuntime, default_total_memory_bytes, instance_slots,
@@ -73,6 +75,8 @@ mod bindings {
             "plugboard:plugin/kv.delete": async | trappable,
             "plugboard:plugin/kv.increment": async | trappable,
             "plugboard:plugin/kv.compare-and-swap": async | trappable,
+            // A nested command runs for as long as it takes (`nested.rs`).
+            "plugboard:plugin/commands.call": async,
             // A plugin that breaks the batch protocol traps (`batch/`).
             "plugboard:plugin/batch.next-request": trappable,
             "plugboard:plugin/batch.reply": trappable,

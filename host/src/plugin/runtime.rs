@@ -20,6 +20,7 @@ use super::compile::Compiler;
 use super::epoch::EpochTicker;
 use super::incremental::DiskCacheStore;
 use super::limits::MemoryBudget;
+use super::nested::Dispatch;
 use super::sandbox::{InstanceHandles, Sandbox};
 use crate::store::Kv;
 
@@ -40,6 +41,8 @@ pub struct WasmRuntime {
     kv: Kv,
     /// All instances' memory together.
     memory_budget: Arc<MemoryBudget>,
+    /// What runs the commands plugins call: set once the server routes.
+    dispatcher: std::sync::OnceLock<Arc<dyn Dispatch>>,
 }
 
 /// Instances that may exist at once beyond one per connection: plugins being
@@ -234,6 +237,7 @@ impl WasmRuntime {
             cache,
             kv,
             memory_budget: MemoryBudget::new(options.max_total_memory_bytes),
+            dispatcher: std::sync::OnceLock::new(),
             options,
         }))
     }
@@ -309,6 +313,13 @@ impl WasmRuntime {
         component
     }
 
+    /// Lets plugins call commands, through `dispatcher` (the router's):
+    /// instances made from now on reach it. Set once; later calls are
+    /// ignored.
+    pub fn set_dispatcher(&self, dispatcher: Arc<dyn Dispatch>) {
+        let _ = self.dispatcher.set(dispatcher);
+    }
+
     pub fn linker(&self) -> &Linker<Sandbox> {
         &self.linker
     }
@@ -317,7 +328,8 @@ impl WasmRuntime {
     /// it, under `terms`; set to yield at every epoch tick.
     pub fn new_store(&self, handles: &InstanceHandles, terms: &Terms) -> Store<Sandbox> {
         let ticking = self.ticker.as_ref().map(EpochTicker::keep_ticking);
-        let sandbox = Sandbox::new(handles, terms, &self.memory_budget, ticking);
+        let dispatcher = self.dispatcher.get().cloned();
+        let sandbox = Sandbox::new(handles, terms, &self.memory_budget, ticking, dispatcher);
         let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limiter);
         self.arm_deadline(&mut store);

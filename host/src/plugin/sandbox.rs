@@ -20,10 +20,11 @@ use super::batch::Queue;
 use super::bindings::plugboard::plugin::{config, host, kv, types};
 use super::cpu_share::Running;
 use super::epoch::TickingGuard;
-use super::grants::{Denials, InstanceGrants};
+use super::grants::{Denials, Grants, InstanceGrants};
 use super::host_wait::HostWait;
 use super::limits::{MemoryBudget, MemoryLimiter};
 use super::log::{PluginLog, PluginOutput, StderrTail};
+use super::nested::{Chain, Dispatch};
 use crate::store::{Completion, KvError, Namespace, Write, Written};
 
 /// What the host hands every instance of one plugin (with one setup):
@@ -85,6 +86,11 @@ pub struct Sandbox {
     config: Arc<std::collections::BTreeMap<String, String>>,
     /// The plugin's key-value namespace.
     kv: Arc<Namespace>,
+    /// What it is granted (`commands.call` reads `allow_commands`).
+    grant: Arc<Grants>,
+    denials: Denials,
+    /// What runs the commands it calls; `None` outside a server.
+    dispatcher: Option<Arc<dyn Dispatch>>,
     /// Keeps the epoch ticking while this instance may run.
     _ticking: Option<TickingGuard>,
 }
@@ -100,6 +106,8 @@ pub struct CallState {
     pub stderr_tail: StderrTail,
     /// The requests of the `serve-batch` call under way (see `batch/`).
     pub batch: Option<Queue>,
+    /// The nested calls that led to this one (see `nested.rs`).
+    pub chain: Chain,
 }
 
 impl Sandbox {
@@ -108,6 +116,7 @@ impl Sandbox {
         terms: &Terms,
         budget: &Arc<MemoryBudget>,
         ticking: Option<TickingGuard>,
+        dispatcher: Option<Arc<dyn Dispatch>>,
     ) -> Self {
         let mut wasi = WasiCtx::builder();
         let call = CallState::default();
@@ -134,13 +143,18 @@ impl Sandbox {
             table,
             config: terms.config.clone(),
             kv: handles.kv.clone(),
+            grant: terms.grants.clone(),
+            denials: handles.denials.clone(),
+            dispatcher,
             _ticking: ticking,
         }
     }
 
-    /// A call begins at `started`; see [`Self::begin_command`]. Returns the
-    /// waits' account, which its deadline follows.
-    pub fn begin_call(&mut self, started: Instant) -> HostWait {
+    /// A call begins at `started`, with the nested calls of `chain` behind
+    /// it; see [`Self::begin_command`]. Returns the waits' account, which its
+    /// deadline follows.
+    pub fn begin_call(&mut self, started: Instant, chain: &Chain) -> HostWait {
+        self.call.chain = chain.clone();
         self.begin_command(started);
         self.call.host_wait.clone()
     }
@@ -152,6 +166,22 @@ impl Sandbox {
         self.call.host_wait.reset_from(started);
         self.call.stderr_tail.clear();
         self.limiter.begin_command();
+    }
+
+    pub(super) fn grants(&self) -> &Grants {
+        &self.grant
+    }
+
+    pub(super) fn denials(&self) -> &Denials {
+        &self.denials
+    }
+
+    pub(super) fn plugin_name(&self) -> &str {
+        &self.denials.plugin
+    }
+
+    pub(super) fn dispatcher(&self) -> Option<Arc<dyn Dispatch>> {
+        self.dispatcher.clone()
     }
 
     /// What `wasi:sockets/ip-name-lookup` reaches (see `grants/tcp.rs`).
@@ -201,7 +231,7 @@ impl host::Host for Sandbox {
 }
 
 /// The host interface as the linker knows it (what plugins import).
-const HOST_INTERFACE: &str = "plugboard:plugin/host@0.1.2";
+const HOST_INTERFACE: &str = "plugboard:plugin/host@0.1.3";
 
 /// Defines `host.log` again, reading the line where it lies in the guest's
 /// memory: the generated definition copies it into a `String` first, so a
@@ -278,7 +308,7 @@ impl Sandbox {
 }
 
 /// The kv interface as the linker knows it (what plugins import).
-const KV_INTERFACE: &str = "plugboard:plugin/kv@0.1.2";
+const KV_INTERFACE: &str = "plugboard:plugin/kv@0.1.3";
 
 /// Defines `kv.get` and `kv.list-keys` again, synchronously, for a store
 /// whose reads complete at once (memory, disk). The generated definitions

@@ -17,6 +17,7 @@ use wasmtime::Store;
 use wasmtime::component::ComponentExportIndex;
 
 use super::bindings;
+use super::nested::Chain;
 use super::sandbox::Sandbox;
 
 /// Calls after which an instance is replaced by a fresh one: instantiation
@@ -27,6 +28,9 @@ pub const MAX_CALLS_PER_INSTANCE: u32 = 10_000;
 #[derive(Default)]
 pub struct Session {
     warm: Option<Warm>,
+    /// For a plugin's nested call, the calls that led to it (see
+    /// `nested.rs`); empty for a connection.
+    chain: Chain,
 }
 
 /// A live instance and its store, of the plugin version `plugin_id`.
@@ -45,6 +49,15 @@ pub(super) struct Live {
 }
 
 impl Session {
+    /// The one-command session of a nested call with `chain` behind it.
+    pub fn nested(chain: Chain) -> Self {
+        Self { warm: None, chain }
+    }
+
+    pub(super) fn chain(&self) -> &Chain {
+        &self.chain
+    }
+
     /// Whether the session holds an instance (and so memory) to release.
     pub fn is_warm(&self) -> bool {
         self.warm.is_some()

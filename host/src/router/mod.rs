@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 pub use canary::{Arrival, Canary, Trial};
+pub use nested::{DEFAULT_MAX_CALL_DEPTH, Dispatcher};
 
 use crate::plugin::{Answer, CallError, Plugin, Session};
 use crate::protocol::reply::Reply;
@@ -514,5 +515,6 @@ pub mod native_baseline {
 }
 
 mod canary;
+mod nested;
 #[cfg(test)]
 mod tests;

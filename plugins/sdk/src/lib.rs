@@ -126,6 +126,20 @@ pub mod config {
     }
 }
 
+/// Running other commands, as a client would send them, for a plugin the
+/// operator granted them in `allow_commands` of its `[plugins.<name>]`
+/// table (say `allow_commands = ["on", "relay-*"]`).
+pub mod commands {
+    /// Runs the command line `line` and returns its reply: `Ok(text)`, or
+    /// `Err(message)` for an error reply (without `error: `). A command
+    /// not granted, a call nested too deep or back to a command already
+    /// running in the chain are errors too. Its time counts in this call's
+    /// deadline.
+    pub fn call(line: &str) -> Result<String, String> {
+        super::wit::commands::call(line)
+    }
+}
+
 /// Durable key-value state in the plugin's own namespace. [`Error`]
 /// implements `std::error::Error` and `Display`.
 pub mod kv {

@@ -233,8 +233,8 @@ fn handle_body(handle: Handle, text_len: u32) -> String {
 /// request from 4 bytes on: command, args and raw args, each a pointer and a
 /// length); `reply` takes a `result<string, string>` flat (discriminant,
 /// pointer, length).
-const BATCH_IMPORTS: &str = r#"(import "plugboard:plugin/batch@0.1.2" "next-request" (func $next_request (param i32)))
-  (import "plugboard:plugin/batch@0.1.2" "reply" (func $reply (param i32 i32 i32)))"#;
+const BATCH_IMPORTS: &str = r#"(import "plugboard:plugin/batch@0.1.3" "next-request" (func $next_request (param i32)))
+  (import "plugboard:plugin/batch@0.1.3" "reply" (func $reply (param i32 i32 i32)))"#;
 
 /// The core `serve-batch` export for `serve`.
 fn serve_batch(serve: ServeBatch) -> String {

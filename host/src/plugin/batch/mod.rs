@@ -134,7 +134,7 @@ impl Plugin {
         let later = requests.split_off(room.min(requests.len()));
         let max_reply_bytes = self.terms.limits.max_reply_bytes;
         store.data_mut().call.batch = Some(Queue::new(requests, max_reply_bytes, started));
-        let host_wait = self.begin_call(&mut store, started);
+        let host_wait = self.begin_call(&mut store, started, session.chain());
         let call = Box::pin(async {
             let live = self.start_call(&mut store, live).await?;
             let serve_batch = live

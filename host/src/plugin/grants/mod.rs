@@ -9,6 +9,7 @@
 //! module joins them: [`Grants::parse`] for the config, [`add_to_linker`]
 //! for the engine's linker, [`Grants::instance`] for a new instance.
 
+mod commands;
 mod dirs;
 mod http;
 mod tcp;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use wasmtime::component::Linker;
 use wasmtime_wasi::WasiCtxBuilder;
 
+pub use commands::CommandGrant;
 pub use dirs::DirGrant;
 pub use http::{HttpHooks, Origin};
 pub use tcp::{Lookups, NameLookups, TcpGrant, TcpName};
@@ -39,6 +41,8 @@ pub struct Grants {
     pub tcp_names: Arc<[TcpName]>,
     /// `dirs` and `writable_dirs`.
     pub dirs: Vec<DirGrant>,
+    /// `allow_commands`: the commands it may run through `commands.call`.
+    pub commands: Arc<[CommandGrant]>,
 }
 
 /// A plugin's grant entries as its config table spells them.
@@ -47,6 +51,7 @@ pub struct GrantEntries<'a> {
     pub allow_tcp: &'a [String],
     pub dirs: &'a BTreeMap<String, PathBuf>,
     pub writable_dirs: &'a BTreeMap<String, PathBuf>,
+    pub allow_commands: &'a [String],
 }
 
 /// A capability a plugin used without a grant: counted, and logged at DEBUG
@@ -58,6 +63,8 @@ pub struct Denials {
     pub http: metrics::Counter,
     /// Name lookups of names not granted.
     pub lookup: metrics::Counter,
+    /// Commands called that `allow_commands` does not grant.
+    pub command: metrics::Counter,
 }
 
 impl Denials {
@@ -67,6 +74,7 @@ impl Denials {
             tcp: crate::telemetry::capability_denied(plugin, "tcp"),
             http: crate::telemetry::capability_denied(plugin, "http"),
             lookup: crate::telemetry::capability_denied(plugin, "lookup"),
+            command: crate::telemetry::capability_denied(plugin, "command"),
         }
     }
 }
@@ -109,12 +117,27 @@ impl Grants {
                 Err(err) => anyhow::bail!("`{at}.allow_tcp`: {err}"),
             }
         }
+        let commands = entries
+            .allow_commands
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<CommandGrant>()
+                    .map_err(|err| anyhow::anyhow!("`{at}.allow_commands`: {err}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self {
+            commands,
             http,
             tcp: tcp.into(),
             tcp_names: tcp_names.into(),
             dirs: dirs::parse(entries.dirs, entries.writable_dirs, at)?,
         })
+    }
+
+    /// Whether `allow_commands` lets the plugin run `command`.
+    pub fn permits_command(&self, command: &str) -> bool {
+        commands::permits(&self.commands, command)
     }
 
     /// Whether what the grants name exists now (their directories): checked

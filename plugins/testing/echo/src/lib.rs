@@ -1,6 +1,6 @@
 //! A test plugin with one command per behaviour the end-to-end tests provoke.
 
-use plugboard_plugin::{Command, Plugin, Request, kv, log};
+use plugboard_plugin::{Command, Plugin, Request, commands, kv, log};
 
 struct Echo;
 
@@ -20,6 +20,10 @@ impl Plugin for Echo {
         Command::new("kv-count", "Increment the counter named by the argument"),
         Command::new("kv-del", "Delete the key named by the argument"),
         Command::new(
+            "call",
+            "Run the argument as a command, reply with its reply",
+        ),
+        Command::new(
             "kv-fill",
             "Store N bytes under a key: `kv-fill KEY N` (fills a disk fast)",
         ),
@@ -28,6 +32,7 @@ impl Plugin for Echo {
     fn handle(request: Request) -> Result<String, String> {
         match request.command.as_str() {
             "echo" => Ok(request.raw_args),
+            "call" => commands::call(&request.raw_args),
             "fail" => Err(request.raw_args),
             "panic" => panic!("deliberate panic for a test"),
             "sleep" => {

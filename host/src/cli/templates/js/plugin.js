@@ -4,7 +4,7 @@
 // is an error reply (`error: <its message><EOF>`), its stack in the server's
 // log: see build.mjs.
 
-import { log } from 'plugboard:plugin/host@0.1.2';
+import { log } from 'plugboard:plugin/host@0.1.3';
 
 const COMMAND = '{{name}}';
 
@@ -18,5 +18,9 @@ export function handle(request) {
   }
   const who = request.args[0] ?? 'world';
   log('info', `greeting ${who}`);
+  // To run another command, as a client would send it (grant it in
+  // `allow_commands` of [plugins.{{name}}] in the server's config):
+  //   import { call } from 'plugboard:plugin/commands@0.1.3';
+  //   const reply = call('on'); // throws for an error reply
   return `hello, ${who}`;
 }

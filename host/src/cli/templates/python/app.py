@@ -18,6 +18,10 @@ class WitWorld(wit_world.WitWorld):
             raise Err(f"{COMMAND} does not handle '{request.command}'")
         who = request.args[0] if request.args else "world"
         host.log(host.Level.INFO, f"greeting {who}")
+        # To run another command, as a client would send it (grant it in
+        # `allow_commands` of [plugins.{{name}}] in the server's config):
+        #     from wit_world.imports import commands
+        #     reply = commands.call("on")  # raises Err(message) for an error reply
         return f"hello, {who}"
 
     def serve_batch(self) -> None:
