@@ -440,7 +440,13 @@ fn command_grants_and_call_depth_are_checked_naming_the_key() {
     assert!(grants.permits_command("relay-set"));
     assert!(!grants.permits_command("off"));
     for depth in ["0", "17"] {
-        let err = format!("{:#}", load(&format!("max_call_depth = {depth}")).unwrap_err());
-        assert!(err.contains("`max_call_depth` must be between 1 and 16"), "{err}");
+        let err = format!(
+            "{:#}",
+            load(&format!("max_call_depth = {depth}")).unwrap_err()
+        );
+        assert!(
+            err.contains("`max_call_depth` must be between 1 and 16"),
+            "{err}"
+        );
     }
 }

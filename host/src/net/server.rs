@@ -129,7 +129,7 @@ pub async fn serve(
     };
     report_startup(&runtime, &config, reloader.plugins());
     let routes = reloader.routes();
-    let dispatcher = Dispatcher::new(routes.clone(), config.max_call_depth);
+    let dispatcher = Dispatcher::new(&routes, config.max_call_depth);
     runtime.set_dispatcher(Arc::new(dispatcher));
     let shutdown = CancellationToken::new();
     let schedules = reloader.schedules();

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::{Client, Routes};
 use crate::plugin::{Chain, Dispatch, NestedReply, Session};
@@ -17,14 +17,20 @@ pub const DEFAULT_MAX_CALL_DEPTH: usize = 4;
 
 /// Runs the commands plugins call.
 pub struct Dispatcher {
-    routes: Arc<Routes>,
+    /// Weak: the runtime holds the dispatcher and the table holds the
+    /// runtime's plugins; a strong reference would keep them all (and the
+    /// state store, unclosed) alive past the server's end.
+    routes: Weak<Routes>,
     max_depth: usize,
 }
 
 impl Dispatcher {
     /// Runs them through `routes`, nested at most `max_depth` calls deep.
-    pub fn new(routes: Arc<Routes>, max_depth: usize) -> Self {
-        Self { routes, max_depth }
+    pub fn new(routes: &Arc<Routes>, max_depth: usize) -> Self {
+        Self {
+            routes: Arc::downgrade(routes),
+            max_depth,
+        }
     }
 
     /// Why `line`, called from a call with `chain` behind it, may not run.
@@ -53,11 +59,14 @@ impl Dispatch for Dispatcher {
         chain: Chain,
     ) -> Pin<Box<dyn Future<Output = NestedReply> + Send + 'static>> {
         let refused = self.refusal(&line, &chain);
-        let routes = self.routes.load_full();
+        let routes = self.routes.upgrade().map(|routes| routes.load_full());
         Box::pin(async move {
             if let Some(why) = refused {
                 return Err(why);
             }
+            let Some(routes) = routes else {
+                return Err("the server is stopping".into());
+            };
             let request = Request::parse(line.as_bytes()).map_err(|err| err.to_string())?;
             if RESERVED.contains(&request.command.as_str()) {
                 return Err(format!(

@@ -18,9 +18,10 @@ export function handle(request) {
   }
   const who = request.args[0] ?? 'world';
   log('info', `greeting ${who}`);
-  // To run another command, as a client would send it (grant it in
-  // `allow_commands` of [plugins.{{name}}] in the server's config):
-  //   import { call } from 'plugboard:plugin/commands@0.1.3';
-  //   const reply = call('on'); // throws for an error reply
   return `hello, ${who}`;
 }
+
+// To run another command, as a client would send it (grant it in
+// `allow_commands` of [plugins.{{name}}] in the server's config):
+//   import { call } from 'plugboard:plugin/commands@0.1.3';
+//   const reply = call('on'); // throws for an error reply
