@@ -14,8 +14,8 @@
 //! - [`store`]: plugins' key-value state.
 //!
 //! Beside them, used from any layer: [`protocol`] (the wire format: frames,
-//! requests, replies; no I/O), [`config`] (the server's settings) and
-//! [`telemetry`] (metrics).
+//! requests, replies; no I/O), [`config`] (the server's settings),
+//! [`cron`] (when a schedule runs) and [`telemetry`] (metrics).
 //!
 //! No `unsafe`: the host's memory safety is the compiler's to prove, and
 //! the sandbox's is wasmtime's.
@@ -24,6 +24,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod cron;
 pub mod net;
 pub mod plugin;
 pub mod protocol;

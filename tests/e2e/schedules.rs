@@ -202,3 +202,87 @@ fn catch_up_makes_up_a_missed_run_once_at_start() {
     assert_eq!(count(&server, "eager"), 1);
     assert_eq!(server.log.count(RAN), 0);
 }
+
+/// A plugin's own schedules (the WIT `schedule` interface): added at run
+/// time under its `allow_commands`, kept across a restart, removed, each
+/// run checked against the grant it has then.
+#[test]
+fn a_plugin_schedules_its_own_commands_under_its_grant() {
+    let port = free_port();
+    let server = echo()
+        .config(&format!("metrics_listen = \"127.0.0.1:{port}\""))
+        .plugin_config("echo", r#"allow_commands = ["kv-count"]"#)
+        .start();
+    let mut client = server.connect();
+    let tick = "tick|* * * * * *|kv-count ticks";
+    assert_eq!(client.request(&format!("sched-add {tick}")), "added");
+    assert!(server.log.wait_for_count(RAN, 2));
+    assert!(count(&server, "ticks") >= 2);
+    assert_eq!(client.request("sched-list"), tick);
+    let listing = client.request("schedules");
+    assert!(
+        listing.starts_with("echo/tick: \"* * * * * *\" runs \"kv-count ticks\"; next "),
+        "{listing}"
+    );
+
+    // What may not be scheduled, and how many.
+    assert_eq!(
+        client.request("sched-add x|* * * * * *|echo hi"),
+        "error: permission denied: plugin 'echo' may not call 'echo' \
+         (grant it in `allow_commands` of [plugins.echo])"
+    );
+    let reply = client.request("sched-add x|61 * * * *|kv-count x");
+    assert!(
+        reply.starts_with("error: `61 * * * *` is not a cron pattern"),
+        "{reply}"
+    );
+    for n in 1..16 {
+        let reply = client.request(&format!("sched-add yearly{n}|0 0 1 1 *|kv-count y"));
+        assert_eq!(reply, "added");
+    }
+    assert_eq!(
+        client.request("sched-add one-more|0 0 1 1 *|kv-count y"),
+        "error: a plugin has at most 16 schedules: remove one first"
+    );
+    assert_eq!(client.request("sched-del yearly1"), "true");
+    let tock = "tock|* * * * * *|kv-count tocks";
+    assert_eq!(client.request(&format!("sched-add {tock}")), "added");
+
+    // Killed and started again: the schedules run on, from the store.
+    let before = count(&server, "ticks");
+    let server = server.kill_and_restart();
+    assert!(server.log.wait_for_count(RAN, 2));
+    assert!(count(&server, "ticks") > before);
+    let mut client = server.connect();
+    assert_eq!(client.request("sched-list").lines().count(), 16);
+
+    // Removed: `tick` stops while `tock` runs on.
+    assert_eq!(client.request("sched-del tick"), "true");
+    assert_eq!(client.request("sched-del tick"), "false");
+    assert!(server.log.wait_for("schedule stopped").is_some());
+    let ran = server.log.count(RAN);
+    assert!(server.log.wait_for_count(RAN, ran + 2));
+    let ticks = count(&server, "ticks");
+    let ran = server.log.count(RAN);
+    assert!(server.log.wait_for_count(RAN, ran + 2));
+    assert_eq!(count(&server, "ticks"), ticks, "tick ran after its removal");
+
+    // The grant withdrawn by SIGHUP: each run is refused, and counted.
+    let config = std::fs::read_to_string(&server.config_path).unwrap();
+    let withdrawn = config.replace(r#"allow_commands = ["kv-count"]"#, "allow_commands = []");
+    assert_ne!(config, withdrawn);
+    std::fs::write(&server.config_path, withdrawn).unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(server.log.wait_for("config reloaded").is_some());
+    let ran = server.log.count(RAN);
+    assert!(server.log.wait_for_count(RAN, ran + 2));
+    let tocks = count(&server, "tocks");
+    let ran = server.log.count(RAN);
+    assert!(server.log.wait_for_count(RAN, ran + 2));
+    assert_eq!(count(&server, "tocks"), tocks, "ran without its grant");
+    let denied = Scrape::from(port).value(
+        "plugboard_schedule_runs_total",
+        &[("schedule", "echo/tock"), ("outcome", "denied")],
+    );
+    assert!(denied.is_some_and(|runs| runs >= 2.0), "{denied:?}");
+}

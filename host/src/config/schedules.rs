@@ -6,8 +6,8 @@ use anyhow::{bail, ensure};
 use serde::Deserialize;
 
 use super::AuthSettings;
+use crate::cron::{Plan, PlanError};
 use crate::protocol::request::{RESERVED, Request};
-use crate::schedule::{Plan, PlanError};
 
 /// One `[[schedules]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

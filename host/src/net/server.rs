@@ -145,7 +145,8 @@ pub async fn serve(
         &config.state_dir,
     );
     let board = scheduler.board();
-    tokio::spawn(scheduler.run(schedules, shutdown.clone()));
+    let plugin_schedules = runtime.plugin_schedules().subscribe();
+    tokio::spawn(scheduler.run(schedules, plugin_schedules, shutdown.clone()));
     let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let local = listener.local_addr()?;
     warn_if_exposed(local, &config, auth.is_some());

@@ -111,7 +111,10 @@ impl Plugin {
             kv,
             runtime: runtime.clone(),
         };
-        Self::declared(compiled, terms).await
+        let plugin = Self::declared(compiled, terms).await?;
+        let schedules = runtime.plugin_schedules();
+        schedules.load(plugin.name(), &plugin.compiled.kv).await;
+        Ok(plugin)
     }
 
     /// The same compiled plugin under `terms`, asked for its commands

@@ -30,6 +30,7 @@ mod log;
 mod nested;
 mod runtime;
 mod sandbox;
+mod scheduled;
 mod session;
 
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub use runtime::{
     MAX_TABLES_PER_INSTANCE, WasmRuntime, default_total_memory_bytes, instance_slots,
 };
 use sandbox::InstanceHandles;
+pub use scheduled::{PluginSchedules, Scheduled};
 pub use session::{MAX_CALLS_PER_INSTANCE, Session};
 
 use crate::protocol::request::CommandName;
@@ -77,6 +79,10 @@ mod bindings {
             "plugboard:plugin/kv.compare-and-swap": async | trappable,
             // A nested command runs for as long as it takes (`nested.rs`).
             "plugboard:plugin/commands.call": async,
+            // A plugin's schedules are kept in its namespace (`scheduled.rs`).
+            "plugboard:plugin/schedule.add": async,
+            "plugboard:plugin/schedule.remove": async,
+            "plugboard:plugin/schedule.entries": async,
             // A plugin that breaks the batch protocol traps (`batch/`).
             "plugboard:plugin/batch.next-request": trappable,
             "plugboard:plugin/batch.reply": trappable,

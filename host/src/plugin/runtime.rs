@@ -21,7 +21,8 @@ use super::epoch::EpochTicker;
 use super::incremental::DiskCacheStore;
 use super::limits::MemoryBudget;
 use super::nested::Dispatch;
-use super::sandbox::{InstanceHandles, Sandbox};
+use super::sandbox::{InstanceHandles, Sandbox, ServerLinks};
+use super::scheduled::PluginSchedules;
 use crate::store::Kv;
 
 /// Shared by every loaded plugin: compiling and instantiating need the same engine.
@@ -43,6 +44,8 @@ pub struct WasmRuntime {
     memory_budget: Arc<MemoryBudget>,
     /// What runs the commands plugins call: set once the server routes.
     dispatcher: std::sync::OnceLock<Arc<dyn Dispatch>>,
+    /// Every loaded plugin's own schedules.
+    plugin_schedules: Arc<PluginSchedules>,
 }
 
 /// Instances that may exist at once beyond one per connection: plugins being
@@ -238,6 +241,7 @@ impl WasmRuntime {
             kv,
             memory_budget: MemoryBudget::new(options.max_total_memory_bytes),
             dispatcher: std::sync::OnceLock::new(),
+            plugin_schedules: Arc::default(),
             options,
         }))
     }
@@ -320,6 +324,11 @@ impl WasmRuntime {
         let _ = self.dispatcher.set(dispatcher);
     }
 
+    /// Every loaded plugin's own schedules (the scheduler follows them).
+    pub fn plugin_schedules(&self) -> &Arc<PluginSchedules> {
+        &self.plugin_schedules
+    }
+
     pub fn linker(&self) -> &Linker<Sandbox> {
         &self.linker
     }
@@ -328,8 +337,11 @@ impl WasmRuntime {
     /// it, under `terms`; set to yield at every epoch tick.
     pub fn new_store(&self, handles: &InstanceHandles, terms: &Terms) -> Store<Sandbox> {
         let ticking = self.ticker.as_ref().map(EpochTicker::keep_ticking);
-        let dispatcher = self.dispatcher.get().cloned();
-        let sandbox = Sandbox::new(handles, terms, &self.memory_budget, ticking, dispatcher);
+        let links = ServerLinks {
+            dispatcher: self.dispatcher.get().cloned(),
+            schedules: self.plugin_schedules.clone(),
+        };
+        let sandbox = Sandbox::new(handles, terms, &self.memory_budget, ticking, links);
         let mut store = Store::new(&self.engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limiter);
         self.arm_deadline(&mut store);

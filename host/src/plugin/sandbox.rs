@@ -25,6 +25,7 @@ use super::host_wait::HostWait;
 use super::limits::{MemoryBudget, MemoryLimiter};
 use super::log::{PluginLog, PluginOutput, StderrTail};
 use super::nested::{Chain, Dispatch};
+use super::scheduled::PluginSchedules;
 use crate::store::{Completion, KvError, Namespace, Write, Written};
 
 /// What the host hands every instance of one plugin (with one setup):
@@ -64,6 +65,24 @@ impl InstanceHandles {
     }
 }
 
+/// What the serving process lends every instance: how to run the commands
+/// a plugin calls (none outside a server), and where its schedules go.
+#[derive(Clone, Default)]
+pub struct ServerLinks {
+    pub dispatcher: Option<Arc<dyn Dispatch>>,
+    pub schedules: Arc<PluginSchedules>,
+}
+
+/// A store operation's outcome as a message, for host interfaces that
+/// report errors to the plugin rather than trapping.
+fn flatten<T>(result: wasmtime::Result<Result<T, kv::Error>>) -> Result<T, String> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(format!("{err:?}")),
+        Err(err) => Err(format!("state unavailable: {err}")),
+    }
+}
+
 /// Host resources (WASI handles) one instance may hold at once: a plugin
 /// that leaked 96 000 of them once cost the host 23 MB per instance.
 const MAX_HOST_RESOURCES: usize = 4096;
@@ -89,8 +108,8 @@ pub struct Sandbox {
     /// What it is granted (`commands.call` reads `allow_commands`).
     grant: Arc<Grants>,
     denials: Denials,
-    /// What runs the commands it calls; `None` outside a server.
-    dispatcher: Option<Arc<dyn Dispatch>>,
+    /// What the server lends it: how to call commands, where schedules go.
+    links: ServerLinks,
     /// Keeps the epoch ticking while this instance may run.
     _ticking: Option<TickingGuard>,
 }
@@ -116,7 +135,7 @@ impl Sandbox {
         terms: &Terms,
         budget: &Arc<MemoryBudget>,
         ticking: Option<TickingGuard>,
-        dispatcher: Option<Arc<dyn Dispatch>>,
+        links: ServerLinks,
     ) -> Self {
         let mut wasi = WasiCtx::builder();
         let call = CallState::default();
@@ -145,7 +164,7 @@ impl Sandbox {
             kv: handles.kv.clone(),
             grant: terms.grants.clone(),
             denials: handles.denials.clone(),
-            dispatcher,
+            links,
             _ticking: ticking,
         }
     }
@@ -181,7 +200,23 @@ impl Sandbox {
     }
 
     pub(super) fn dispatcher(&self) -> Option<Arc<dyn Dispatch>> {
-        self.dispatcher.clone()
+        self.links.dispatcher.clone()
+    }
+
+    pub(super) fn plugin_schedules(&self) -> &PluginSchedules {
+        &self.links.schedules
+    }
+
+    /// The plugin's value at `key`, for the host's own keys in its
+    /// namespace (its schedules).
+    pub(super) async fn read_key(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let completion = self.kv.get(key);
+        flatten(settle(completion, &self.call.host_wait, &mut self.call.running).await)
+    }
+
+    /// Sets the plugin's `key` to `bytes`, durably.
+    pub(super) async fn write_key(&mut self, key: &str, bytes: Vec<u8>) -> Result<(), String> {
+        flatten(self.write(key, Write::Set(bytes)).await).map(drop)
     }
 
     /// What `wasi:sockets/ip-name-lookup` reaches (see `grants/tcp.rs`).

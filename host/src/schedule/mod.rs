@@ -7,11 +7,16 @@
 //! never overlap: the task runs one command at a time, and the times that
 //! pass while a run is still going are skipped (and counted).
 //!
-//! A SIGHUP's config reaches the [`Scheduler`] through a watch channel:
-//! schedules added start, removed ones stop, changed ones start over; the
-//! others run on undisturbed. A run in progress always finishes.
+//! Beside the config's schedules run the plugins' own (the WIT `schedule`
+//! interface, see `plugin/scheduled.rs`), named `plugin/name`: each run is
+//! checked against the plugin's `allow_commands`, as its `commands.call`
+//! would be, and runs only while the plugin is loaded.
+//!
+//! A SIGHUP's config and the plugins' changes reach the [`Scheduler`]
+//! through watch channels: schedules added start, removed ones stop,
+//! changed ones start over; the others run on undisturbed. A run in
+//! progress always finishes.
 
-mod plan;
 mod record;
 
 use std::collections::BTreeMap;
@@ -22,11 +27,11 @@ use jiff::{Timestamp, Zoned};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use plan::{Plan, PlanError};
+use crate::cron::Plan;
 use record::Record;
 
 use crate::config::ScheduleSettings;
-use crate::plugin::Session;
+use crate::plugin::{Scheduled, Session};
 use crate::protocol::reply::Reply;
 use crate::protocol::request::Request;
 use crate::router::{Client, Routes};
@@ -85,9 +90,20 @@ impl Outcome {
     }
 }
 
-/// A running schedule: its settings, and what stops its task.
-struct Running {
+/// A schedule to run: its settings, and whose permissions its runs have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Job {
     settings: ScheduleSettings,
+    /// `Some(plugin)` for a plugin's own schedule: its grant applies.
+    plugin: Option<String>,
+}
+
+/// Every plugin's own schedules, by plugin name.
+pub type PluginJobs = watch::Receiver<BTreeMap<String, Vec<Scheduled>>>;
+
+/// A running schedule: what it runs, and what stops its task.
+struct Running {
+    job: Job,
     stop: CancellationToken,
 }
 
@@ -114,22 +130,24 @@ impl Scheduler {
         self.shared.board.clone()
     }
 
-    /// Runs the schedules `config` holds, and follows its changes, until
-    /// `shutdown`. The first set may catch up on runs missed while the
-    /// server was down; later sets (a SIGHUP) never do.
+    /// Runs the schedules `config` holds and the plugins' own, and follows
+    /// their changes, until `shutdown`. The first set may catch up on runs
+    /// missed while the server was down; later sets (a SIGHUP) never do.
     pub async fn run(
         self,
         mut config: watch::Receiver<Vec<ScheduleSettings>>,
+        mut plugins: PluginJobs,
         shutdown: CancellationToken,
     ) {
         let mut running: BTreeMap<String, Running> = BTreeMap::new();
         let mut at_start = true;
         loop {
-            let wanted = config.borrow_and_update().clone();
+            let wanted = jobs(&config.borrow_and_update(), &plugins.borrow_and_update());
             self.follow(&wanted, &mut running, at_start, &shutdown);
             at_start = false;
             tokio::select! {
                 changed = config.changed() => if changed.is_err() { break },
+                changed = plugins.changed() => if changed.is_err() { break },
                 () = shutdown.cancelled() => break,
             }
         }
@@ -141,13 +159,13 @@ impl Scheduler {
     /// Starts, stops and restarts tasks so that `wanted` runs.
     fn follow(
         &self,
-        wanted: &[ScheduleSettings],
+        wanted: &[Job],
         running: &mut BTreeMap<String, Running>,
         at_start: bool,
         shutdown: &CancellationToken,
     ) {
         running.retain(|name, schedule| {
-            let keep = wanted.contains(&schedule.settings);
+            let keep = wanted.contains(&schedule.job);
             if !keep {
                 schedule.stop.cancel();
                 self.shared.board.remove(name);
@@ -157,8 +175,9 @@ impl Scheduler {
         });
         self.shared
             .lock_record()
-            .keep_only(wanted.iter().map(|w| w.name.as_str()));
-        for settings in wanted {
+            .keep_only(wanted.iter().map(|w| w.settings.name.as_str()));
+        for job in wanted {
+            let settings = &job.settings;
             if running.contains_key(&settings.name) {
                 continue;
             }
@@ -180,17 +199,39 @@ impl Scheduler {
             tokio::spawn(
                 self.shared
                     .clone()
-                    .serve(settings.clone(), plan, missed, stop.clone()),
+                    .serve(job.clone(), plan, missed, stop.clone()),
             );
             running.insert(
                 settings.name.clone(),
                 Running {
-                    settings: settings.clone(),
+                    job: job.clone(),
                     stop,
                 },
             );
         }
     }
+}
+
+/// The config's schedules, then each plugin's own as `plugin/name`.
+fn jobs(config: &[ScheduleSettings], plugins: &BTreeMap<String, Vec<Scheduled>>) -> Vec<Job> {
+    let from_config = config.iter().map(|settings| Job {
+        settings: settings.clone(),
+        plugin: None,
+    });
+    let from_plugins = plugins.iter().flat_map(|(plugin, list)| {
+        list.iter().map(move |scheduled| Job {
+            settings: ScheduleSettings {
+                name: format!("{plugin}/{}", scheduled.name),
+                cron: scheduled.cron.clone(),
+                command: scheduled.command.clone(),
+                timezone: None,
+                token: None,
+                catch_up: false,
+            },
+            plugin: Some(plugin.clone()),
+        })
+    });
+    from_config.chain(from_plugins).collect()
 }
 
 /// At most this many skipped times are counted at once (a schedule every
@@ -217,18 +258,18 @@ impl Shared {
     /// of `plan` until `stop`.
     async fn serve(
         self: Arc<Self>,
-        settings: ScheduleSettings,
+        job: Job,
         plan: Plan,
         missed: Option<Timestamp>,
         stop: CancellationToken,
     ) {
-        let name = settings.name.as_str();
+        let name = job.settings.name.as_str();
         if let Some(missed) = missed {
             tracing::info!(
                 schedule = name,
                 "catching up on a run missed while the server was down"
             );
-            self.run_once(&settings, missed).await;
+            self.run_once(&job, missed).await;
         }
         let mut after = Timestamp::now();
         loop {
@@ -243,7 +284,7 @@ impl Shared {
                 () = tokio::time::sleep(wait) => {}
                 () = stop.cancelled() => return,
             }
-            self.run_once(&settings, next.timestamp()).await;
+            self.run_once(&job, next.timestamp()).await;
             after = skip_passed(&plan, name, next.timestamp());
             if stop.is_cancelled() {
                 return;
@@ -253,11 +294,12 @@ impl Shared {
 
     /// Runs the schedule's command once, for the time `due`, and records
     /// how it went.
-    async fn run_once(&self, settings: &ScheduleSettings, due: Timestamp) {
+    async fn run_once(&self, job: &Job, due: Timestamp) {
+        let settings = &job.settings;
         let name = settings.name.as_str();
         let late = Timestamp::now().duration_since(due).as_secs_f64().max(0.0);
         telemetry::schedule_lateness(name, late);
-        let (outcome, reply) = self.dispatch(settings).await;
+        let (outcome, reply) = self.dispatch(job).await;
         let reply = reply.as_str();
         match outcome {
             Outcome::Ok => tracing::info!(
@@ -280,16 +322,21 @@ impl Shared {
         self.lock_record().ran(name, due);
     }
 
-    /// The command's reply, as a client with the schedule's token would
-    /// get it.
-    async fn dispatch(&self, settings: &ScheduleSettings) -> (Outcome, Reply) {
+    /// The command's reply, as a client with the schedule's token (or the
+    /// plugin calling it) would get it.
+    async fn dispatch(&self, job: &Job) -> (Outcome, Reply) {
+        let settings = &job.settings;
         let Ok(request) = Request::parse(settings.command.as_bytes()) else {
             return (Outcome::Error, Reply::error("not a command"));
         };
-        if let Some(denied) = self.refusal(settings, &request) {
-            return (Outcome::Denied, denied);
-        }
         let routes = self.routes.load_full();
+        let refused = match &job.plugin {
+            Some(plugin) => plugin_refusal(&routes, plugin, &request),
+            None => self.refusal(settings, &request),
+        };
+        if let Some(refused) = refused {
+            return refused;
+        }
         if !routes.serves(&request.command) {
             let reply = Reply::error(format_args!("unknown command '{}'", request.command));
             return (Outcome::Unknown, reply);
@@ -305,23 +352,43 @@ impl Shared {
     }
 
     /// Why the schedule's token may not run `request`, if it may not.
-    fn refusal(&self, settings: &ScheduleSettings, request: &Request) -> Option<Reply> {
+    fn refusal(&self, settings: &ScheduleSettings, request: &Request) -> Option<(Outcome, Reply)> {
         let tokens = self.tokens.as_ref()?;
         let command = request.command.as_str();
         let name = settings.token.as_deref().unwrap_or_default();
-        match tokens(name, command) {
-            Some(true) => None,
+        let reply = match tokens(name, command) {
+            Some(true) => return None,
             Some(false) => {
                 telemetry::permission_denied(name);
-                Some(Reply::error(format_args!(
+                Reply::error(format_args!(
                     "permission denied: token '{name}' may not run '{command}'"
-                )))
+                ))
             }
-            None => Some(Reply::error(format_args!(
-                "permission denied: no token named '{name}'"
-            ))),
-        }
+            None => Reply::error(format_args!("permission denied: no token named '{name}'")),
+        };
+        Some((Outcome::Denied, reply))
     }
+}
+
+/// Why a schedule of `plugin` may not run `request` now, if it may not:
+/// the plugin is not loaded, or its grant no longer has the command.
+fn plugin_refusal(
+    routes: &crate::router::Router,
+    plugin: &str,
+    request: &Request,
+) -> Option<(Outcome, Reply)> {
+    let Some(loaded) = routes.plugins().into_iter().find(|p| p.name() == plugin) else {
+        let reply = Reply::error(format_args!("plugin '{plugin}' is not loaded"));
+        return Some((Outcome::Unknown, reply));
+    };
+    let command = request.command.as_str();
+    if loaded.terms().grants.permits_command(command) {
+        return None;
+    }
+    let reply = Reply::error(format_args!(
+        "permission denied: plugin '{plugin}' may not call '{command}'"
+    ));
+    Some((Outcome::Denied, reply))
 }
 
 /// The last of `plan`'s times from `ran` up to now: the times that passed

@@ -140,6 +140,35 @@ pub mod commands {
     }
 }
 
+/// The plugin's own schedules: command lines the server runs on time for
+/// it, as [`commands::call`] would (so only commands its `allow_commands`
+/// grants). Kept with its state, they outlive a reload and a restart, and
+/// run while the plugin is loaded; at most 16.
+pub mod schedule {
+    pub use super::wit::schedule::Entry;
+
+    /// Adds the schedule `name` (or replaces it): `cron` has 5 fields, or 6
+    /// with seconds first, in the host's time zone; `command` is the line
+    /// each run sends.
+    pub fn add(name: &str, cron: &str, command: &str) -> Result<(), String> {
+        super::wit::schedule::add(&Entry {
+            name: name.into(),
+            cron: cron.into(),
+            command: command.into(),
+        })
+    }
+
+    /// Removes the schedule `name`; whether there was one.
+    pub fn remove(name: &str) -> Result<bool, String> {
+        super::wit::schedule::remove(name)
+    }
+
+    /// The plugin's schedules, by name.
+    pub fn entries() -> Result<Vec<Entry>, String> {
+        super::wit::schedule::entries()
+    }
+}
+
 /// Durable key-value state in the plugin's own namespace. [`Error`]
 /// implements `std::error::Error` and `Display`.
 pub mod kv {

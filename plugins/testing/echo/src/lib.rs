@@ -1,6 +1,6 @@
 //! A test plugin with one command per behaviour the end-to-end tests provoke.
 
-use plugboard_plugin::{Command, Plugin, Request, commands, kv, log};
+use plugboard_plugin::{Command, Plugin, Request, commands, kv, log, schedule};
 
 struct Echo;
 
@@ -24,6 +24,15 @@ impl Plugin for Echo {
             "Run the argument as a command, reply with its reply",
         ),
         Command::new(
+            "sched-add",
+            "Add a schedule of its own: `sched-add NAME|CRON|COMMAND`",
+        ),
+        Command::new("sched-del", "Remove its schedule NAME"),
+        Command::new(
+            "sched-list",
+            "List its schedules, `NAME|CRON|COMMAND` a line",
+        ),
+        Command::new(
             "kv-fill",
             "Store N bytes under a key: `kv-fill KEY N` (fills a disk fast)",
         ),
@@ -33,6 +42,20 @@ impl Plugin for Echo {
         match request.command.as_str() {
             "echo" => Ok(request.raw_args),
             "call" => commands::call(&request.raw_args),
+            "sched-add" => match request.raw_args.splitn(3, '|').collect::<Vec<_>>()[..] {
+                [name, cron, command] => {
+                    schedule::add(name, cron, command).map(|()| "added".into())
+                }
+                _ => Err("sched-add NAME|CRON|COMMAND".into()),
+            },
+            "sched-del" => schedule::remove(&request.raw_args).map(|had| had.to_string()),
+            "sched-list" => schedule::entries().map(|entries| {
+                let lines: Vec<String> = entries
+                    .iter()
+                    .map(|e| format!("{}|{}|{}", e.name, e.cron, e.command))
+                    .collect();
+                lines.join("\n")
+            }),
             "fail" => Err(request.raw_args),
             "panic" => panic!("deliberate panic for a test"),
             "sleep" => {
