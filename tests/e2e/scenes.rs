@@ -153,6 +153,8 @@ fn calls_nest_no_deeper_than_max_call_depth() {
         ],
     )
     .config("max_call_depth = 3")
+    // One CPU place: a scene calling a scene must give its place up to it.
+    .plugin_config("scene", "max_concurrent_calls = 1")
     .start();
     let mut client = server.connect();
     // a -> b -> c -> on: three calls deep.

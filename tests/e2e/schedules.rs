@@ -286,3 +286,27 @@ fn a_plugin_schedules_its_own_commands_under_its_grant() {
     );
     assert!(denied.is_some_and(|runs| runs >= 2.0), "{denied:?}");
 }
+
+/// A run still going when the next is due skips it, counted: runs of one
+/// schedule never overlap.
+#[test]
+fn a_run_that_outlasts_the_next_time_skips_it() {
+    let port = free_port();
+    let server = echo()
+        .config(&format!("metrics_listen = \"127.0.0.1:{port}\""))
+        .plugin_config("echo", "call_timeout_ms = 5000")
+        .tables(&every_second("slow", "sleep 2500"))
+        .start();
+    assert!(server.log.wait_for_count(RAN, 2));
+    let runs = |outcome| {
+        Scrape::from(port)
+            .value(
+                "plugboard_schedule_runs_total",
+                &[("schedule", "slow"), ("outcome", outcome)],
+            )
+            .unwrap_or_default()
+    };
+    assert_eq!(runs("ok"), 2.0);
+    // The first run of 2.5 s passed two of the schedule's seconds.
+    assert!(runs("skipped") >= 2.0, "{}", runs("skipped"));
+}

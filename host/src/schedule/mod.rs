@@ -300,6 +300,12 @@ impl Shared {
         let late = Timestamp::now().duration_since(due).as_secs_f64().max(0.0);
         telemetry::schedule_lateness(name, late);
         let (outcome, reply) = self.dispatch(job).await;
+        // Counted and recorded before the log line, which says the run is
+        // over: what follows it (a scrape, a `schedules`) sees the run.
+        telemetry::schedule_run(name, outcome.as_str(), 1);
+        let at = Timestamp::now().to_zoned(jiff::tz::TimeZone::system());
+        self.board.set_last(name, at, outcome);
+        self.lock_record().ran(name, due);
         let reply = reply.as_str();
         match outcome {
             Outcome::Ok => tracing::info!(
@@ -316,10 +322,6 @@ impl Shared {
                 "schedule ran"
             ),
         }
-        telemetry::schedule_run(name, outcome.as_str(), 1);
-        let at = Timestamp::now().to_zoned(jiff::tz::TimeZone::system());
-        self.board.set_last(name, at, outcome);
-        self.lock_record().ran(name, due);
     }
 
     /// The command's reply, as a client with the schedule's token (or the
