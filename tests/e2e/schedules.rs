@@ -53,6 +53,19 @@ fn a_schedule_runs_every_second_across_a_restart_until_sighup_removes_it() {
         &[("schedule", "tick"), ("outcome", "ok")],
     );
     assert!(ok.is_some_and(|runs| runs >= 2.0), "{ok:?}");
+    // The operator's window shows it, without its command.
+    let (_, body) = crate::observability::get(port, "/status.json");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let shown = &status["schedules"][0];
+    assert_eq!(shown["name"], "tick", "{status}");
+    assert_eq!(shown["cron"], "* * * * * *");
+    assert_eq!(shown["last_outcome"], "ok");
+    assert!(shown.get("command").is_none(), "{shown}");
+    let (_, page) = crate::observability::get(port, "/");
+    assert!(
+        page.contains("<tr class=\"schedule\"><td><b>tick</b>"),
+        "{page}"
+    );
 
     // Killed and started again: the schedule runs on, on the same counter.
     let before = count(&server, "ticks");

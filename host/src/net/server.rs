@@ -160,6 +160,7 @@ pub async fn serve(
         tls: tls.is_some(),
         connections: connections.clone(),
         max_connections: config.max_connections,
+        schedules: board.clone(),
     });
     let door = Door {
         routes,

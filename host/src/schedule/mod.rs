@@ -66,6 +66,19 @@ struct Entry {
     last: Option<(Zoned, Outcome)>,
 }
 
+/// A schedule as the status page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScheduleView {
+    pub name: String,
+    pub cron: String,
+    pub timezone: Option<String>,
+    /// When it runs next, in its zone (`None`: no next time).
+    pub next: Option<String>,
+    /// When it last ran, in the server's zone, and how.
+    pub last: Option<String>,
+    pub last_outcome: Option<&'static str>,
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -445,6 +458,24 @@ impl Board {
         if let Some(entry) = self.lock().get_mut(name) {
             entry.last = Some((at, outcome));
         }
+    }
+
+    /// Every schedule, by name, for the status page: its times and how its
+    /// last run went, not its command (which may carry what an operator
+    /// would not put on a page).
+    pub fn views(&self) -> Vec<ScheduleView> {
+        let time = |at: &Zoned| at.strftime("%Y-%m-%d %H:%M:%S %Z").to_string();
+        self.lock()
+            .iter()
+            .map(|(name, entry)| ScheduleView {
+                name: name.clone(),
+                cron: entry.settings.cron.clone(),
+                timezone: entry.settings.timezone.clone(),
+                next: entry.next.as_ref().map(time),
+                last: entry.last.as_ref().map(|(at, _)| time(at)),
+                last_outcome: entry.last.as_ref().map(|(_, outcome)| outcome.as_str()),
+            })
+            .collect()
     }
 
     /// The `schedules` reply: one line per schedule whose command `permits`

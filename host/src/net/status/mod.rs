@@ -54,6 +54,8 @@ pub struct Serving {
     /// The places under `max_connections`: those taken are open connections.
     pub connections: Arc<Semaphore>,
     pub max_connections: usize,
+    /// The schedules and how their runs went.
+    pub schedules: Arc<crate::schedule::Board>,
 }
 
 impl Serving {

@@ -28,6 +28,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     header(&mut page, snapshot);
     charts(&mut page, &snapshot.history);
     plugins(&mut page, snapshot);
+    schedules(&mut page, snapshot);
     events(&mut page, snapshot);
     page.push_str(
         "<p class=\"muted\">The same data: <a href=\"/status.json\">/status.json</a>; \
@@ -160,6 +161,39 @@ fn plugins(page: &mut String, s: &Snapshot) {
                 (Some(keys), Some(bytes)) => format!("{keys} keys, {}", size(bytes)),
                 _ => "-".into(),
             },
+        );
+    }
+    page.push_str("</table>");
+}
+
+fn schedules(page: &mut String, s: &Snapshot) {
+    if s.schedules.is_empty() {
+        return;
+    }
+    page.push_str(
+        "<h2>Schedules</h2><table id=\"schedules\"><tr><th>schedule</th><th>when</th>\
+         <th>next run</th><th>last run</th></tr>",
+    );
+    for schedule in &s.schedules {
+        let zone = schedule
+            .timezone
+            .as_deref()
+            .map(|zone| format!(" ({})", escape(zone)))
+            .unwrap_or_default();
+        let last = match (&schedule.last, schedule.last_outcome) {
+            (Some(at), Some(outcome)) => {
+                let class = if outcome == "ok" { "ok" } else { "bad" };
+                format!("<span class=\"{class}\">{outcome}</span> at {}", escape(at))
+            }
+            _ => "<span class=\"muted\">never</span>".into(),
+        };
+        let _ = write!(
+            page,
+            "<tr class=\"schedule\"><td><b>{name}</b></td><td><code>{cron}</code>{zone}</td>\
+             <td>{next}</td><td>{last}</td></tr>",
+            name = escape(&schedule.name),
+            cron = escape(&schedule.cron),
+            next = schedule.next.as_deref().map_or("-".into(), escape),
         );
     }
     page.push_str("</table>");

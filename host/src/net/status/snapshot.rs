@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::history::{History, Rates, Sample, quantile};
 use super::{Serving, State};
+use crate::schedule::ScheduleView;
 use crate::store::Usage;
 use crate::telemetry::events::Event;
 
@@ -36,6 +37,8 @@ pub struct Snapshot {
     /// Commands answered per second, over the last 10 seconds.
     pub commands_per_sec: f64,
     pub plugins: Vec<PluginStatus>,
+    /// The schedules (`[[schedules]]` and the plugins' own), by name.
+    pub schedules: Vec<ScheduleView>,
     /// The last 20 events, newest first.
     pub events: Vec<EventStatus>,
     /// Every second of the last five minutes, oldest first: the charts.
@@ -138,6 +141,7 @@ impl Snapshot {
             },
             commands_per_sec,
             plugins,
+            schedules: serving.map_or_else(Vec::new, |serving| serving.schedules.views()),
             events: events.into_iter().map(EventStatus::from).collect(),
             history: history
                 .per_second()
