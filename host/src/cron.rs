@@ -66,6 +66,12 @@ impl Plan {
         self.cron.find_next_occurrence(&after, false).ok()
     }
 
+    /// The last time at or before `now` the schedule was due, in its zone.
+    pub fn last_due(&self, now: Timestamp) -> Option<Zoned> {
+        let now = now.to_zoned(self.zone.clone());
+        self.cron.find_previous_occurrence(&now, true).ok()
+    }
+
     /// The zone's name, for people (`None` when it has none to show).
     pub fn zone_name(&self) -> Option<&str> {
         self.zone.iana_name()

@@ -42,8 +42,9 @@ pub(super) fn validate(schedules: &[ScheduleSettings], auth: &AuthSettings) -> a
             )
         };
         ensure!(
-            !schedule.name.trim().is_empty(),
-            "`schedules[{index}].name` must not be empty"
+            !schedule.name.trim().is_empty() && !schedule.name.contains('/'),
+            "`schedules[{index}].name` must not be empty nor hold `/` (plugins' own \
+             schedules are named `plugin/name`)"
         );
         ensure!(
             names.insert(schedule.name.as_str()),

@@ -146,7 +146,7 @@ pub async fn serve(
     );
     let board = scheduler.board();
     let plugin_schedules = runtime.plugin_schedules().subscribe();
-    tokio::spawn(scheduler.run(schedules, plugin_schedules, shutdown.clone()));
+    let scheduling = tokio::spawn(scheduler.run(schedules, plugin_schedules, shutdown.clone()));
     let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let local = listener.local_addr()?;
     warn_if_exposed(local, &config, auth.is_some());
@@ -203,6 +203,11 @@ pub async fn serve(
     let left = config.shutdown_timeout().saturating_sub(stopping.elapsed());
     if tokio::time::timeout(left, reloading).await.is_err() {
         tracing::warn!("shutdown timeout reached: abandoning a plugin load in progress");
+    }
+    // Schedules' runs in progress finish like clients' commands.
+    let left = config.shutdown_timeout().saturating_sub(stopping.elapsed());
+    if tokio::time::timeout(left, scheduling).await.is_err() {
+        tracing::warn!("shutdown timeout reached: abandoning a schedule's run in progress");
     }
     Ok(())
 }

@@ -10,10 +10,12 @@
 //! call's time is the caller's, and when the caller's deadline ends the
 //! nested call is abandoned with it.
 //!
-//! Each call carries its [`Chain`]: the command lines that led to it. The
-//! dispatcher refuses a line already in the chain (a cycle) and a chain as
-//! long as the server allows (`max_call_depth`), with an error reply the
-//! plugin can handle, never a hang.
+//! Each call carries its [`Chain`]: the command lines that led to it, from
+//! the client's (or the schedule's) own. The dispatcher refuses a line
+//! already in the chain (a cycle: a scene calling itself is refused at its
+//! first call, before anything runs twice) and calls nested deeper than
+//! the server allows (`max_call_depth`), with an error reply the plugin
+//! can handle, never a hang.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,20 +30,25 @@ use super::sandbox::Sandbox;
 pub struct Chain(Arc<[String]>);
 
 impl Chain {
-    /// How many calls deep a call with this chain is.
-    pub fn depth(&self) -> usize {
+    /// How many command lines the chain holds.
+    pub fn len(&self) -> usize {
         self.0.len()
     }
 
-    /// Whether `line` is already in the chain.
-    pub fn contains(&self, line: &str) -> bool {
-        self.0.iter().any(|link| link == line)
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
-    /// The chain of a call of `line` made from a call with this chain.
+    /// Whether `line` is already in the chain (spacing aside).
+    pub fn contains(&self, line: &str) -> bool {
+        let line = normal(line);
+        self.0.contains(&line)
+    }
+
+    /// This chain followed by `line`.
     pub fn then(&self, line: &str) -> Self {
         let mut links = self.0.to_vec();
-        links.push(line.to_owned());
+        links.push(normal(line));
         Self(links.into())
     }
 
@@ -51,13 +58,18 @@ impl Chain {
     }
 }
 
+/// `line` with its words separated by one space, as the router reads it.
+fn normal(line: &str) -> String {
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// The reply of a nested command: `Ok(text)`, or `Err(message)` for an
 /// error reply (without its `error: ` prefix).
 pub type NestedReply = Result<String, String>;
 
 /// Runs a command line for a plugin, as the router would a client's.
 pub trait Dispatch: Send + Sync {
-    /// Runs `line`, called from a call with `chain` behind it.
+    /// Runs `line`, called by the last command of `chain`.
     fn dispatch(
         &self,
         line: String,
@@ -94,7 +106,11 @@ impl commands::Host for Sandbox {
         let Some(dispatcher) = self.dispatcher() else {
             return Err("this server runs no commands for plugins".into());
         };
-        let chain = self.call.chain.clone();
+        // The calls that led here, this one's own command last.
+        let chain = match &self.call.line {
+            Some(own) => self.call.chain.then(own),
+            None => self.call.chain.clone(),
+        };
         let mut task = AbortOnDrop(tokio::spawn(dispatcher.dispatch(line, chain)));
         self.call.running.pause();
         let reply = (&mut task.0).await;
@@ -109,9 +125,11 @@ mod tests {
 
     #[test]
     fn a_chain_grows_by_one_line_per_call() {
-        let chain = Chain::default().then("scene night").then("relay-set 1 off");
-        assert_eq!(chain.depth(), 2);
-        assert!(chain.contains("scene night"));
+        let chain = Chain::default()
+            .then("scene night")
+            .then("relay-set  1 off");
+        assert_eq!(chain.len(), 2);
+        assert!(chain.contains("scene   night"));
         assert!(!chain.contains("scene"));
         assert_eq!(chain.render(), "scene night -> relay-set 1 off");
     }

@@ -125,8 +125,12 @@ pub struct CallState {
     pub stderr_tail: StderrTail,
     /// The requests of the `serve-batch` call under way (see `batch/`).
     pub batch: Option<Queue>,
-    /// The nested calls that led to this one (see `nested.rs`).
+    /// The calls that led to this one (see `nested.rs`).
     pub chain: Chain,
+    /// The command line being served, when the plugin may call commands
+    /// (the chain's next link); `None` otherwise, so that the others pay
+    /// nothing for it.
+    pub line: Option<String>,
 }
 
 impl Sandbox {
@@ -174,6 +178,7 @@ impl Sandbox {
     /// deadline follows.
     pub fn begin_call(&mut self, started: Instant, chain: &Chain) -> HostWait {
         self.call.chain = chain.clone();
+        self.call.line = None;
         self.begin_command(started);
         self.call.host_wait.clone()
     }
@@ -185,6 +190,14 @@ impl Sandbox {
         self.call.host_wait.reset_from(started);
         self.call.stderr_tail.clear();
         self.limiter.begin_command();
+    }
+
+    /// Notes the command line being served, if the plugin may call
+    /// commands: the next link of their chain.
+    pub(super) fn serving(&mut self, request: &types::Request) {
+        if !self.grant.commands.is_empty() {
+            self.call.line = Some(format!("{} {}", request.command, request.raw_args));
+        }
     }
 
     pub(super) fn grants(&self) -> &Grants {
@@ -205,6 +218,10 @@ impl Sandbox {
 
     pub(super) fn plugin_schedules(&self) -> &PluginSchedules {
         &self.links.schedules
+    }
+
+    pub(super) fn links(&self) -> &ServerLinks {
+        &self.links
     }
 
     /// The plugin's value at `key`, for the host's own keys in its

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::bindings::plugboard::plugin::schedule;
 use super::sandbox::Sandbox;
 use crate::cron::Plan;
+use crate::protocol::request::Request;
 use crate::store::Namespace;
 
 /// Where a plugin's schedules are kept in its namespace.
@@ -32,23 +33,42 @@ pub struct Scheduled {
     pub command: String,
 }
 
+/// Longest cron pattern and command line a plugin may schedule.
+const MAX_CRON_BYTES: usize = 128;
+const MAX_COMMAND_BYTES: usize = 1024;
+
 /// Every loaded plugin's schedules, by plugin name.
-pub struct PluginSchedules(watch::Sender<BTreeMap<String, Vec<Scheduled>>>);
+pub struct PluginSchedules {
+    all: watch::Sender<BTreeMap<String, Vec<Scheduled>>>,
+    /// Held from reading a list to publishing the changed one: two
+    /// instances of a plugin adding at once lose neither addition.
+    edits: tokio::sync::Mutex<()>,
+}
 
 impl Default for PluginSchedules {
     fn default() -> Self {
-        Self(watch::Sender::new(BTreeMap::new()))
+        Self {
+            all: watch::Sender::new(BTreeMap::new()),
+            edits: tokio::sync::Mutex::new(()),
+        }
     }
 }
 
 impl PluginSchedules {
     /// Every plugin's schedules, now and as they change.
     pub fn subscribe(&self) -> watch::Receiver<BTreeMap<String, Vec<Scheduled>>> {
-        self.0.subscribe()
+        self.all.subscribe()
+    }
+
+    /// Stops `plugin`'s schedules: its file was removed. They stay in its
+    /// state, and run again if it comes back.
+    pub fn forget(&self, plugin: &str) {
+        self.all
+            .send_if_modified(|all| all.remove(plugin).is_some());
     }
 
     fn replace(&self, plugin: &str, list: Vec<Scheduled>) {
-        self.0.send_if_modified(|all| {
+        self.all.send_if_modified(|all| {
             let unchanged = all.get(plugin).map_or(list.is_empty(), |old| *old == list);
             if !unchanged {
                 all.insert(plugin.to_owned(), list);
@@ -67,7 +87,7 @@ impl PluginSchedules {
             }
         };
         match decode(stored.as_deref()) {
-            Ok(list) => self.replace(plugin, list),
+            Ok(list) => self.replace(plugin, checked(plugin, list)),
             Err(err) => tracing::warn!(plugin, "{err}"),
         }
     }
@@ -79,6 +99,69 @@ fn decode(stored: Option<&[u8]>) -> Result<Vec<Scheduled>, String> {
         Some(bytes) => serde_json::from_slice(bytes)
             .map_err(|err| format!("the stored schedules (key `{KEY}`) are not readable: {err}")),
     }
+}
+
+/// What of a list read back from the plugin's namespace may run: the key
+/// is the plugin's to overwrite, so what `add` checks is checked again
+/// (the grant is checked at each run).
+fn checked(plugin: &str, list: Vec<Scheduled>) -> Vec<Scheduled> {
+    let mut kept: Vec<Scheduled> = Vec::new();
+    for entry in list {
+        if let Some(why) = entry_error(&entry) {
+            tracing::warn!(
+                plugin,
+                schedule = entry.name,
+                "stored schedule ignored: {why}"
+            );
+        } else if kept.iter().any(|k| k.name == entry.name) || kept.len() == MAX_PER_PLUGIN {
+            tracing::warn!(
+                plugin,
+                schedule = entry.name,
+                "stored schedule ignored: a duplicate or over {MAX_PER_PLUGIN}"
+            );
+        } else {
+            kept.push(entry);
+        }
+    }
+    kept
+}
+
+/// Why `entry` is not a schedule a plugin may have, whatever its grant.
+fn entry_error(entry: &Scheduled) -> Option<String> {
+    let name_ok = !entry.name.is_empty()
+        && entry.name.len() <= 64
+        && entry
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !name_ok {
+        return Some(format!(
+            "schedule name '{}': 1 to 64 letters, digits, '-' or '_'",
+            entry.name.escape_debug()
+        ));
+    }
+    if entry.cron.len() > MAX_CRON_BYTES {
+        return Some(format!("a cron pattern is at most {MAX_CRON_BYTES} bytes"));
+    }
+    if let Err(err) = Plan::parse(&entry.cron, None) {
+        return Some(err.to_string());
+    }
+    if entry.command.len() > MAX_COMMAND_BYTES || entry.command.contains(char::is_control) {
+        return Some(format!(
+            "a schedule's command is one line of at most {MAX_COMMAND_BYTES} bytes"
+        ));
+    }
+    if Request::parse(entry.command.as_bytes()).is_err() {
+        return Some("a schedule's command must not be empty".into());
+    }
+    None
+}
+
+/// Why a plugin may not add a schedule.
+enum Refusal {
+    Invalid(String),
+    /// The command is not in its `allow_commands`: counted as a denial.
+    NotGranted(String),
 }
 
 impl From<schedule::Entry> for Scheduled {
@@ -103,32 +186,17 @@ impl From<Scheduled> for schedule::Entry {
 
 impl Sandbox {
     /// Why `entry` cannot be one of this plugin's schedules, if it cannot.
-    fn refusal(&self, entry: &Scheduled) -> Option<String> {
-        let name_ok = !entry.name.is_empty()
-            && entry.name.len() <= 64
-            && entry
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !name_ok {
-            return Some(format!(
-                "schedule name '{}': 1 to 64 letters, digits, '-' or '_'",
-                entry.name
-            ));
-        }
-        if let Err(err) = Plan::parse(&entry.cron, None) {
-            return Some(err.to_string());
+    fn refusal(&self, entry: &Scheduled) -> Option<Refusal> {
+        if let Some(why) = entry_error(entry) {
+            return Some(Refusal::Invalid(why));
         }
         let command = entry.command.split_whitespace().next().unwrap_or_default();
-        if command.is_empty() {
-            return Some("a schedule's command must not be empty".into());
-        }
         if !self.grants().permits_command(command) {
             let plugin = self.plugin_name();
-            return Some(format!(
+            return Some(Refusal::NotGranted(format!(
                 "permission denied: plugin '{plugin}' may not call '{command}' \
                  (grant it in `allow_commands` of [plugins.{plugin}])"
-            ));
+            )));
         }
         None
     }
@@ -143,7 +211,8 @@ impl Sandbox {
         let bytes = serde_json::to_vec(&list).map_err(|err| err.to_string())?;
         self.write_key(KEY, bytes).await?;
         let plugin = self.plugin_name().to_owned();
-        self.plugin_schedules().replace(&plugin, list);
+        let runnable = checked(&plugin, list);
+        self.plugin_schedules().replace(&plugin, runnable);
         Ok(())
     }
 }
@@ -151,12 +220,16 @@ impl Sandbox {
 impl schedule::Host for Sandbox {
     async fn add(&mut self, entry: schedule::Entry) -> Result<(), String> {
         let entry = Scheduled::from(entry);
-        if let Some(why) = self.refusal(&entry) {
-            self.denials()
-                .command
-                .increment(u64::from(why.starts_with("permission")));
-            return Err(why);
+        match self.refusal(&entry) {
+            Some(Refusal::Invalid(why)) => return Err(why),
+            Some(Refusal::NotGranted(why)) => {
+                self.denials().command.increment(1);
+                return Err(why);
+            }
+            None => {}
         }
+        let schedules = self.links().schedules.clone();
+        let _editing = schedules.edits.lock().await;
         let mut list = self.stored_schedules().await?;
         list.retain(|kept| kept.name != entry.name);
         if list.len() >= MAX_PER_PLUGIN {
@@ -170,6 +243,8 @@ impl schedule::Host for Sandbox {
     }
 
     async fn remove(&mut self, name: String) -> Result<bool, String> {
+        let schedules = self.links().schedules.clone();
+        let _editing = schedules.edits.lock().await;
         let mut list = self.stored_schedules().await?;
         let before = list.len();
         list.retain(|kept| kept.name != name);

@@ -163,6 +163,9 @@ impl PluginDir {
             }
             keep
         });
+        for removed in &changes.removed {
+            runtime.plugin_schedules().forget(removed);
+        }
         let mut reads = Vec::new();
         for path in &paths {
             reads.extend(self.read_if_changed(path).await);

@@ -33,7 +33,9 @@ impl Dispatcher {
         }
     }
 
-    /// Why `line`, called from a call with `chain` behind it, may not run.
+    /// Why `line`, called by the last command of `chain`, may not run.
+    /// The chain's first line is the client's (or the schedule's) own:
+    /// the calls nested so far are the rest.
     fn refusal(&self, line: &str, chain: &Chain) -> Option<String> {
         if chain.contains(line) {
             return Some(format!(
@@ -41,7 +43,7 @@ impl Dispatcher {
                 chain.render()
             ));
         }
-        if chain.depth() >= self.max_depth {
+        if chain.len().saturating_sub(1) >= self.max_depth {
             return Some(format!(
                 "calls nest at most {} deep (max_call_depth): {} -> {line}",
                 self.max_depth,
@@ -74,7 +76,8 @@ impl Dispatch for Dispatcher {
                     request.command
                 ));
             }
-            let mut session = Session::nested(chain.then(&line));
+            // The called plugin adds its own line as it calls further.
+            let mut session = Session::nested(chain);
             let client = Client::anyone();
             let reply = routes
                 .serve(request, &mut (), &mut session, &client)

@@ -109,15 +109,27 @@ struct Job {
     settings: ScheduleSettings,
     /// `Some(plugin)` for a plugin's own schedule: its grant applies.
     plugin: Option<String>,
+    /// See [`Job::metric_label`].
+    label: String,
+}
+
+impl Job {
+    /// The `schedule` label of its metrics: its name, or `plugin/*` for
+    /// a plugin's own, whose names the plugin chooses (and may change
+    /// without end: labels are series the exporter keeps).
+    fn metric_label(&self) -> &str {
+        &self.label
+    }
 }
 
 /// Every plugin's own schedules, by plugin name.
 pub type PluginJobs = watch::Receiver<BTreeMap<String, Vec<Scheduled>>>;
 
-/// A running schedule: what it runs, and what stops its task.
+/// A running schedule: what it runs, what stops its task, and the task.
 struct Running {
     job: Job,
     stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Scheduler {
@@ -164,8 +176,13 @@ impl Scheduler {
                 () = shutdown.cancelled() => break,
             }
         }
+        // A run in progress finishes (within the server's shutdown
+        // timeout): its command is a client's, and is not cut in half.
         for schedule in running.values() {
             schedule.stop.cancel();
+        }
+        for schedule in running.into_values() {
+            let _ = schedule.task.await;
         }
     }
 
@@ -177,15 +194,21 @@ impl Scheduler {
         at_start: bool,
         shutdown: &CancellationToken,
     ) {
-        running.retain(|name, schedule| {
-            let keep = wanted.contains(&schedule.job);
-            if !keep {
-                schedule.stop.cancel();
-                self.shared.board.remove(name);
-                tracing::info!(schedule = name, "schedule stopped");
+        // A changed schedule's new task waits for the old one's run in
+        // progress: runs of one schedule never overlap.
+        let mut stopping = BTreeMap::new();
+        let names: Vec<String> = running.keys().cloned().collect();
+        for name in names {
+            if running.get(&name).is_some_and(|r| wanted.contains(&r.job)) {
+                continue;
             }
-            keep
-        });
+            if let Some(schedule) = running.remove(&name) {
+                schedule.stop.cancel();
+                self.shared.board.remove(&name);
+                tracing::info!(schedule = name, "schedule stopped");
+                stopping.insert(name, schedule.task);
+            }
+        }
         self.shared
             .lock_record()
             .keep_only(wanted.iter().map(|w| w.settings.name.as_str()));
@@ -194,7 +217,8 @@ impl Scheduler {
             if running.contains_key(&settings.name) {
                 continue;
             }
-            // Checked when the config loaded: cannot fail here.
+            // Checked as the config loaded and as the plugin's list was
+            // read (see `plugin/scheduled.rs`): cannot fail here.
             let Ok(plan) = Plan::parse(&settings.cron, settings.timezone.as_deref()) else {
                 continue;
             };
@@ -209,20 +233,31 @@ impl Scheduler {
                 command = settings.command,
                 "schedule started"
             );
-            tokio::spawn(
-                self.shared
-                    .clone()
-                    .serve(job.clone(), plan, missed, stop.clone()),
-            );
+            let previous = stopping.remove(&settings.name);
+            let task = tokio::spawn(self.shared.clone().serve(
+                job.clone(),
+                plan,
+                Start { missed, previous },
+                stop.clone(),
+            ));
             running.insert(
                 settings.name.clone(),
                 Running {
                     job: job.clone(),
                     stop,
+                    task,
                 },
             );
         }
     }
+}
+
+/// How a schedule's task starts: after the task it replaces, if any, has
+/// finished its run; with the run missed while the server was down, if
+/// it makes it up.
+struct Start {
+    missed: Option<Timestamp>,
+    previous: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The config's schedules, then each plugin's own as `plugin/name`.
@@ -230,6 +265,7 @@ fn jobs(config: &[ScheduleSettings], plugins: &BTreeMap<String, Vec<Scheduled>>)
     let from_config = config.iter().map(|settings| Job {
         settings: settings.clone(),
         plugin: None,
+        label: settings.name.clone(),
     });
     let from_plugins = plugins.iter().flat_map(|(plugin, list)| {
         list.iter().map(move |scheduled| Job {
@@ -242,6 +278,7 @@ fn jobs(config: &[ScheduleSettings], plugins: &BTreeMap<String, Vec<Scheduled>>)
                 catch_up: false,
             },
             plugin: Some(plugin.clone()),
+            label: format!("{plugin}/*"),
         })
     });
     from_config.chain(from_plugins).collect()
@@ -262,22 +299,21 @@ impl Shared {
         if !settings.catch_up {
             return None;
         }
+        // The latest time passed, not the first after the last run: made
+        // up once, however long the server was down, and recorded as such.
         let last = self.lock_record().last_run(&settings.name)?;
-        let missed = plan.next_after(last)?.timestamp();
-        (missed <= Timestamp::now()).then_some(missed)
+        let missed = plan.last_due(Timestamp::now())?.timestamp();
+        (missed > last).then_some(missed)
     }
 
     /// One schedule's task: catches up on `missed`, then runs at each time
     /// of `plan` until `stop`.
-    async fn serve(
-        self: Arc<Self>,
-        job: Job,
-        plan: Plan,
-        missed: Option<Timestamp>,
-        stop: CancellationToken,
-    ) {
+    async fn serve(self: Arc<Self>, job: Job, plan: Plan, start: Start, stop: CancellationToken) {
         let name = job.settings.name.as_str();
-        if let Some(missed) = missed {
+        if let Some(previous) = start.previous {
+            let _ = previous.await;
+        }
+        if let Some(missed) = start.missed {
             tracing::info!(
                 schedule = name,
                 "catching up on a run missed while the server was down"
@@ -298,7 +334,7 @@ impl Shared {
                 () = stop.cancelled() => return,
             }
             self.run_once(&job, next.timestamp()).await;
-            after = skip_passed(&plan, name, next.timestamp());
+            after = skip_passed(&plan, job.metric_label(), next.timestamp());
             if stop.is_cancelled() {
                 return;
             }
@@ -311,14 +347,17 @@ impl Shared {
         let settings = &job.settings;
         let name = settings.name.as_str();
         let late = Timestamp::now().duration_since(due).as_secs_f64().max(0.0);
-        telemetry::schedule_lateness(name, late);
+        telemetry::schedule_lateness(job.metric_label(), late);
         let (outcome, reply) = self.dispatch(job).await;
         // Counted and recorded before the log line, which says the run is
         // over: what follows it (a scrape, a `schedules`) sees the run.
-        telemetry::schedule_run(name, outcome.as_str(), 1);
+        telemetry::schedule_run(job.metric_label(), outcome.as_str(), 1);
         let at = Timestamp::now().to_zoned(jiff::tz::TimeZone::system());
         self.board.set_last(name, at, outcome);
-        self.lock_record().ran(name, due);
+        // Only `catch_up` reads it: the others cost no write per run.
+        if settings.catch_up {
+            self.lock_record().ran(name, due);
+        }
         let reply = reply.as_str();
         match outcome {
             Outcome::Ok => tracing::info!(

@@ -89,6 +89,7 @@ impl batch::Host for Sandbox {
         if !first {
             self.begin_command(started);
         }
+        self.serving(&request);
         Ok(Some(request))
     }
 
