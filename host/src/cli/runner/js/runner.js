@@ -10,6 +10,7 @@ import * as config from 'plugboard:plugin/config@0.1.3';
 import * as kv from 'plugboard:plugin/kv@0.1.3';
 import * as batch from 'plugboard:plugin/batch@0.1.3';
 import * as calls from 'plugboard:plugin/commands@0.1.3';
+import * as schedule from 'plugboard:plugin/schedule@0.1.3';
 import * as preopens from 'wasi:filesystem/preopens@0.2.12';
 import * as filesystem from 'wasi:filesystem/types@0.2.12';
 import { rewrite, ModuleSyntaxError, RT } from './rewrite.js';
@@ -20,7 +21,7 @@ const ENTRY = 'plugin.js';
 // `plugboard:plugin/host@0.1.0`...`@0.1.3` all name the same interface.
 const BUILTINS = {
   'plugboard:plugin/host': host, 'plugboard:plugin/config': config, 'plugboard:plugin/kv': kv,
-  'plugboard:plugin/batch': batch, 'plugboard:plugin/commands': calls, 'wasi:filesystem/preopens': preopens, 'wasi:filesystem/types': filesystem,
+  'plugboard:plugin/batch': batch, 'plugboard:plugin/commands': calls, 'plugboard:plugin/schedule': schedule, 'wasi:filesystem/preopens': preopens, 'wasi:filesystem/types': filesystem,
 };
 
 /// A failure to load the plugin, its message already located (`file:line:col: ...`).
