@@ -12,64 +12,13 @@
 
 use plugboard_test_support as support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{COMPILE_TIMEOUT, Client, Log, Setup, built_guest, plugboard};
+use support::dev::{Dev, new_project};
+use support::{COMPILE_TIMEOUT, Client, Setup, built_guest};
 
 const EDITS: usize = 5;
-
-struct Dev {
-    child: Child,
-    log: Log,
-    addr: std::net::SocketAddr,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-fn new_project(parent: &Path, name: &str, lang: &str) -> PathBuf {
-    let created = plugboard()
-        .args(["new", name, "--lang", lang, "--dir"])
-        .arg(parent)
-        .output()
-        .unwrap();
-    assert!(created.status.success(), "{created:?}");
-    parent.join(name)
-}
-
-fn start(projects: &[&Path]) -> Dev {
-    let target = support::tmp_dir().join("scaffold-target");
-    let mut child = plugboard()
-        .arg("dev")
-        .args(projects)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("CARGO_TARGET_DIR", target)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Log::capture(child.stderr.take().unwrap());
-    let line = log
-        .wait_for_within("listening on ", COMPILE_TIMEOUT)
-        .unwrap_or_else(|| panic!("dev did not start:\n{}", log.text()));
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    Dev { child, log, addr }
-}
 
 /// Saves `file` with `from` replaced by `to`, and times how long until
 /// `command` replies with `expect` on `client`.
@@ -135,7 +84,7 @@ fn main() {
     let python = new_project(projects.path(), "bench-py", "python");
     let js = new_project(projects.path(), "bench-js", "js");
     let started = Instant::now();
-    let dev = start(&[&rust, &python, &js]);
+    let dev = Dev::start(&[&rust, &python, &js]);
     println!(
         "dev started with three projects in {:.1} s (runners and compiles cached from earlier runs count here)",
         started.elapsed().as_secs_f64()
@@ -230,7 +179,7 @@ fn main() {
         .collect();
     let elapsed = started.elapsed();
     times.sort();
-    let pid = dev.child.id();
+    let pid = dev.pid();
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {

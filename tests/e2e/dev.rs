@@ -1,114 +1,11 @@
 //! `plugboard dev`: projects made by `plugboard new` built, served, and
 //! rebuilt and reloaded on every edit.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
-use crate::support::{COMPILE_TIMEOUT, Client, Log, plugboard};
-
-/// A running `plugboard dev`, stopped when dropped.
-struct Dev {
-    child: Child,
-    log: Log,
-    addr: std::net::SocketAddr,
-}
-
-impl Dev {
-    fn start(projects: &[&Path]) -> Self {
-        Self::start_with(projects, &[])
-    }
-
-    fn start_with(projects: &[&Path], args: &[&str]) -> Self {
-        // Rust builds share one target directory between test runs.
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target");
-        let mut child = plugboard()
-            .arg("dev")
-            .args(projects)
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .env("CARGO_TARGET_DIR", target)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plugboard dev");
-        let log = Log::capture(child.stderr.take().unwrap());
-        let Some(line) = log.wait_for_within("listening on ", COMPILE_TIMEOUT) else {
-            let _ = child.kill();
-            panic!("dev did not start:\n{}", log.text());
-        };
-        let addr = line.split("listening on ").nth(1).unwrap().trim();
-        let addr = addr.parse().unwrap_or_else(|_| panic!("{line}"));
-        Self { child, log, addr }
-    }
-
-    fn request(&self, command: &str) -> String {
-        Client::connect(self.addr).request(command)
-    }
-
-    /// Edits `file` and waits until the server has reloaded `reloads` times.
-    fn edit(&self, file: &Path, from: &str, to: &str, reloads: usize) {
-        replace_in(file, from, to);
-        let reloaded =
-            self.log
-                .wait_for_count_within("plugin set updated", reloads, COMPILE_TIMEOUT);
-        assert!(reloaded, "no reload:\n{}", self.log.text());
-    }
-
-    /// Edits a runner project's `file` and waits until the server loaded
-    /// or rejected the new source of `plugin`: what it logged either way.
-    fn edit_source(&self, file: &Path, from: &str, to: &str, plugin: &str) -> String {
-        let of_plugin = format!("plugin=\"{plugin}\"");
-        let lines = || -> Vec<String> {
-            let text = self.log.text();
-            let lines = text.lines().filter(|line| line.contains("from its source"));
-            lines
-                .filter(|line| line.contains(&of_plugin))
-                .map(str::to_owned)
-                .collect()
-        };
-        let before = lines().len();
-        let mut seen = self.log.count("from its source");
-        replace_in(file, from, to);
-        loop {
-            if let Some(line) = lines().into_iter().nth(before) {
-                return line;
-            }
-            seen += 1;
-            let loaded = self
-                .log
-                .wait_for_count_within("from its source", seen, COMPILE_TIMEOUT);
-            assert!(loaded, "the edit was not loaded:\n{}", self.log.text());
-        }
-    }
-}
-
-impl Drop for Dev {
-    /// SIGTERM, so that dev removes its plugin directory as it ends.
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-/// Replaces `from` by `to` in `file`, as an editor saves it.
-fn replace_in(file: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(file).unwrap();
-    assert!(text.contains(from), "{text}");
-    std::fs::write(file, text.replace(from, to)).unwrap();
-}
-
-fn new_project(parent: &Path, name: &str, lang: &str) -> PathBuf {
-    let created = plugboard()
-        .args(["new", name, "--lang", lang, "--dir"])
-        .arg(parent)
-        .output()
-        .unwrap();
-    assert!(created.status.success(), "{created:?}");
-    parent.join(name)
-}
+use crate::support::dev::{Dev, new_project, replace_in};
+use crate::support::{COMPILE_TIMEOUT, Client};
 
 /// A Rust and a Python project built and served at start (`--build`: the
 /// real builds, as a release); an edit to either is rebuilt and served

@@ -12,6 +12,7 @@
 //! build out: `<target>/<profile>/deps/<test>` beside `<profile>/plugboard`.
 
 pub mod components;
+pub mod dev;
 pub mod services;
 
 use std::io::{BufRead, BufReader, Read, Write};
