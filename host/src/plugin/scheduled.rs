@@ -260,3 +260,40 @@ impl schedule::Host for Sandbox {
         Ok(list.into_iter().map(schedule::Entry::from).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, cron: &str, command: &str) -> Scheduled {
+        Scheduled {
+            name: name.into(),
+            cron: cron.into(),
+            command: command.into(),
+        }
+    }
+
+    #[test]
+    fn what_a_plugin_wrote_itself_is_checked_as_add_checks_it() {
+        let mut list = vec![
+            entry("ok", "* * * * *", "on"),
+            entry("ok", "* * * * *", "off"),
+            entry("bad name", "* * * * *", "on"),
+            entry("bad-cron", "61 * * * *", "on"),
+            entry("two-lines", "* * * * *", "on\noff"),
+            entry("empty", "* * * * *", "  "),
+            entry("long", &"* ".repeat(100), "on"),
+        ];
+        list.extend((0..20).map(|n| entry(&format!("n{n}"), "0 0 1 1 *", "on")));
+        let kept = checked("p", list);
+        assert_eq!(kept.len(), MAX_PER_PLUGIN);
+        assert_eq!(kept[0], entry("ok", "* * * * *", "on"));
+        assert!(kept[1..].iter().all(|e| e.name.starts_with('n')));
+    }
+
+    #[test]
+    fn an_unreadable_list_is_an_error_and_none_is_empty() {
+        assert_eq!(decode(None), Ok(Vec::new()));
+        assert!(decode(Some(b"not json")).is_err());
+    }
+}
