@@ -22,6 +22,12 @@ fn echo() -> Setup {
     Setup::new().plugin("testing_echo", "echo")
 }
 
+/// `plugboard_schedule_runs_total` of `schedule` with `outcome`.
+fn runs(port: u16, schedule: &str, outcome: &str) -> Option<f64> {
+    let labels = [("schedule", schedule), ("outcome", outcome)];
+    Scrape::from(port).value("plugboard_schedule_runs_total", &labels)
+}
+
 /// The counter `key` of the echo plugin (0 when never counted).
 fn count(server: &Server, key: &str) -> u64 {
     let value = server.connect().request(&format!("kv-get {key}"));
@@ -48,10 +54,7 @@ fn a_schedule_runs_every_second_across_a_restart_until_sighup_removes_it() {
         "{listing}"
     );
     assert!(listing.contains("; last ok at "), "{listing}");
-    let ok = Scrape::from(port).value(
-        "plugboard_schedule_runs_total",
-        &[("schedule", "tick"), ("outcome", "ok")],
-    );
+    let ok = runs(port, "tick", "ok");
     assert!(ok.is_some_and(|runs| runs >= 2.0), "{ok:?}");
     // The operator's window shows it, without its command.
     let (_, body) = crate::observability::get(port, "/status.json");
@@ -133,10 +136,7 @@ fn a_schedule_whose_token_may_not_run_its_command_is_refused_at_each_run() {
         .tables(&format!("{admin_entry}\n{panel_entry}\n{schedule}"))
         .start();
     assert!(server.log.wait_for_count(RAN, 2));
-    let denied = Scrape::from(port).value(
-        "plugboard_schedule_runs_total",
-        &[("schedule", "tick"), ("outcome", "denied")],
-    );
+    let denied = runs(port, "tick", "denied");
     assert!(denied.is_some_and(|runs| runs >= 2.0), "{denied:?}");
 
     let mut client = server.connect();
@@ -159,10 +159,7 @@ fn a_schedule_of_a_command_no_plugin_serves_runs_once_one_arrives() {
         .tables(&every_second("tick", "kv-count ticks"))
         .start();
     assert!(server.log.wait_for_count(RAN, 2));
-    let unknown = Scrape::from(port).value(
-        "plugboard_schedule_runs_total",
-        &[("schedule", "tick"), ("outcome", "unknown")],
-    );
+    let unknown = runs(port, "tick", "unknown");
     assert!(unknown.is_some_and(|runs| runs >= 2.0), "{unknown:?}");
     server.install(
         "echo.wasm",
@@ -307,10 +304,7 @@ fn a_plugin_schedules_its_own_commands_under_its_grant() {
     let ran = server.log.count(RAN);
     assert!(server.log.wait_for_count(RAN, ran + 2));
     assert_eq!(count(&server, "tocks"), tocks, "ran without its grant");
-    let denied = Scrape::from(port).value(
-        "plugboard_schedule_runs_total",
-        &[("schedule", "echo/*"), ("outcome", "denied")],
-    );
+    let denied = runs(port, "echo/*", "denied");
     assert!(denied.is_some_and(|runs| runs >= 2.0), "{denied:?}");
 }
 
@@ -325,15 +319,8 @@ fn a_run_that_outlasts_the_next_time_skips_it() {
         .tables(&every_second("slow", "sleep 2500"))
         .start();
     assert!(server.log.wait_for_count(RAN, 2));
-    let runs = |outcome| {
-        Scrape::from(port)
-            .value(
-                "plugboard_schedule_runs_total",
-                &[("schedule", "slow"), ("outcome", outcome)],
-            )
-            .unwrap_or_default()
-    };
-    assert_eq!(runs("ok"), 2.0);
+    let slow = |outcome| runs(port, "slow", outcome).unwrap_or_default();
+    assert_eq!(slow("ok"), 2.0);
     // The first run of 2.5 s passed two of the schedule's seconds.
-    assert!(runs("skipped") >= 2.0, "{}", runs("skipped"));
+    assert!(slow("skipped") >= 2.0, "{}", slow("skipped"));
 }

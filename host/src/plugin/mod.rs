@@ -41,7 +41,7 @@ use wasmtime::component::ComponentExportIndex;
 pub use call::{Answer, CallError, Trap};
 pub use compile::{ChildCompile, ChildLimits, CompiledBy, Compiler, compile_plugin_from_stdin};
 use cpu_share::CpuShare;
-pub use grants::{DirGrant, GrantEntries, Grants, Origin, TcpGrant};
+pub use grants::{DirGrant, GrantEntries, Grants, Origin, TcpGrant, not_granted};
 use health::Health;
 pub use health::MAX_WINDOW as MAX_QUARANTINE_AFTER;
 pub use limits::Limits;

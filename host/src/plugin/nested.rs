@@ -22,39 +22,45 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::bindings::plugboard::plugin::commands;
+use super::grants::not_granted;
 use super::sandbox::Sandbox;
 
 /// The command lines of the nested calls that led to a call, outermost
-/// first; empty for a client's command.
+/// first. Empty for a client's command, and then nothing at all: every
+/// call carries its chain, and a client's costs no allocation and no
+/// reference count.
 #[derive(Debug, Clone, Default)]
-pub struct Chain(Arc<[String]>);
+pub struct Chain(Option<Arc<[String]>>);
 
 impl Chain {
+    fn links(&self) -> &[String] {
+        self.0.as_deref().unwrap_or_default()
+    }
+
     /// How many command lines the chain holds.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.links().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
     }
 
     /// Whether `line` is already in the chain (spacing aside).
     pub fn contains(&self, line: &str) -> bool {
-        let line = normal(line);
-        self.0.contains(&line)
+        self.links().contains(&normal(line))
     }
 
     /// This chain followed by `line`.
     pub fn then(&self, line: &str) -> Self {
-        let mut links = self.0.to_vec();
+        let mut links = self.links().to_vec();
         links.push(normal(line));
-        Self(links.into())
+        Self(Some(links.into()))
     }
 
     /// `a -> b -> c`, for messages.
     pub fn render(&self) -> String {
-        self.0.join(" -> ")
+        self.links().join(" -> ")
     }
 }
 
@@ -98,10 +104,7 @@ impl commands::Host for Sandbox {
             self.denials().command.increment(1);
             let plugin = self.plugin_name();
             tracing::debug!(plugin, command, "command call not granted");
-            return Err(format!(
-                "permission denied: plugin '{plugin}' may not call '{command}' \
-                 (grant it in `allow_commands` of [plugins.{plugin}])"
-            ));
+            return Err(not_granted(plugin, &command));
         }
         let Some(dispatcher) = self.dispatcher() else {
             return Err("this server runs no commands for plugins".into());

@@ -216,12 +216,8 @@ impl Sandbox {
         self.links.dispatcher.clone()
     }
 
-    pub(super) fn plugin_schedules(&self) -> &PluginSchedules {
+    pub(super) fn plugin_schedules(&self) -> &Arc<PluginSchedules> {
         &self.links.schedules
-    }
-
-    pub(super) fn links(&self) -> &ServerLinks {
-        &self.links
     }
 
     /// The plugin's value at `key`, for the host's own keys in its

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::bindings::plugboard::plugin::schedule;
+use super::grants::not_granted;
 use super::sandbox::Sandbox;
 use crate::cron::Plan;
 use crate::protocol::request::Request;
@@ -193,10 +194,7 @@ impl Sandbox {
         let command = entry.command.split_whitespace().next().unwrap_or_default();
         if !self.grants().permits_command(command) {
             let plugin = self.plugin_name();
-            return Some(Refusal::NotGranted(format!(
-                "permission denied: plugin '{plugin}' may not call '{command}' \
-                 (grant it in `allow_commands` of [plugins.{plugin}])"
-            )));
+            return Some(Refusal::NotGranted(not_granted(plugin, command)));
         }
         None
     }
@@ -228,7 +226,7 @@ impl schedule::Host for Sandbox {
             }
             None => {}
         }
-        let schedules = self.links().schedules.clone();
+        let schedules = self.plugin_schedules().clone();
         let _editing = schedules.edits.lock().await;
         let mut list = self.stored_schedules().await?;
         list.retain(|kept| kept.name != entry.name);
@@ -243,7 +241,7 @@ impl schedule::Host for Sandbox {
     }
 
     async fn remove(&mut self, name: String) -> Result<bool, String> {
-        let schedules = self.links().schedules.clone();
+        let schedules = self.plugin_schedules().clone();
         let _editing = schedules.edits.lock().await;
         let mut list = self.stored_schedules().await?;
         let before = list.len();

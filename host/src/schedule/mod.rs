@@ -197,17 +197,15 @@ impl Scheduler {
         // A changed schedule's new task waits for the old one's run in
         // progress: runs of one schedule never overlap.
         let mut stopping = BTreeMap::new();
-        let names: Vec<String> = running.keys().cloned().collect();
-        for name in names {
-            if running.get(&name).is_some_and(|r| wanted.contains(&r.job)) {
+        for (name, schedule) in std::mem::take(running) {
+            if wanted.contains(&schedule.job) {
+                running.insert(name, schedule);
                 continue;
             }
-            if let Some(schedule) = running.remove(&name) {
-                schedule.stop.cancel();
-                self.shared.board.remove(&name);
-                tracing::info!(schedule = name, "schedule stopped");
-                stopping.insert(name, schedule.task);
-            }
+            schedule.stop.cancel();
+            self.shared.board.remove(&name);
+            tracing::info!(schedule = name, "schedule stopped");
+            stopping.insert(name, schedule.task);
         }
         self.shared
             .lock_record()
@@ -439,9 +437,7 @@ fn plugin_refusal(
     if loaded.terms().grants.permits_command(command) {
         return None;
     }
-    let reply = Reply::error(format_args!(
-        "permission denied: plugin '{plugin}' may not call '{command}'"
-    ));
+    let reply = Reply::error(crate::plugin::not_granted(plugin, command));
     Some((Outcome::Denied, reply))
 }
 
@@ -503,15 +499,14 @@ impl Board {
     /// last run went, not its command (which may carry what an operator
     /// would not put on a page).
     pub fn views(&self) -> Vec<ScheduleView> {
-        let time = |at: &Zoned| at.strftime("%Y-%m-%d %H:%M:%S %Z").to_string();
         self.lock()
             .iter()
             .map(|(name, entry)| ScheduleView {
                 name: name.clone(),
                 cron: entry.settings.cron.clone(),
                 timezone: entry.settings.timezone.clone(),
-                next: entry.next.as_ref().map(time),
-                last: entry.last.as_ref().map(|(at, _)| time(at)),
+                next: entry.next.as_ref().map(shown),
+                last: entry.last.as_ref().map(|(at, _)| shown(at)),
                 last_outcome: entry.last.as_ref().map(|(_, outcome)| outcome.as_str()),
             })
             .collect()
@@ -521,7 +516,6 @@ impl Board {
     /// lets the client run, sorted by name:
     /// `name: "cron" [zone] runs "command"; next TIME; last OUTCOME at TIME`.
     pub fn list(&self, permits: &dyn Fn(&str) -> bool) -> Reply {
-        let time = |at: &Zoned| at.strftime("%Y-%m-%d %H:%M:%S %Z").to_string();
         let lines: Vec<String> = self
             .lock()
             .iter()
@@ -536,9 +530,9 @@ impl Board {
                     .as_deref()
                     .map(|zone| format!(" {zone}"))
                     .unwrap_or_default();
-                let next = entry.next.as_ref().map_or("none".into(), time);
+                let next = entry.next.as_ref().map_or("none".into(), shown);
                 let last = match &entry.last {
-                    Some((at, outcome)) => format!("{} at {}", outcome.as_str(), time(at)),
+                    Some((at, outcome)) => format!("{} at {}", outcome.as_str(), shown(at)),
                     None => "never".into(),
                 };
                 format!(
@@ -549,4 +543,9 @@ impl Board {
             .collect();
         Reply::ok(lines.join("\n"))
     }
+}
+
+/// A time as the `schedules` reply and the status page show it.
+fn shown(at: &Zoned) -> String {
+    at.strftime("%Y-%m-%d %H:%M:%S %Z").to_string()
 }

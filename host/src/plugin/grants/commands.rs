@@ -40,6 +40,15 @@ impl CommandGrant {
     }
 }
 
+/// What a plugin is told when it calls (or schedules) `command` outside
+/// its grant: what to grant.
+pub fn not_granted(plugin: &str, command: &str) -> String {
+    format!(
+        "permission denied: plugin '{plugin}' may not call '{command}' \
+         (grant it in `allow_commands` of [plugins.{plugin}])"
+    )
+}
+
 /// Whether `grants` let the plugin run `command`.
 pub fn permits(grants: &[CommandGrant], command: &str) -> bool {
     grants.iter().any(|grant| grant.permits(command))

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use wasmtime::component::Linker;
 use wasmtime_wasi::WasiCtxBuilder;
 
-pub use commands::CommandGrant;
+pub use commands::{CommandGrant, not_granted};
 pub use dirs::DirGrant;
 pub use http::{HttpHooks, Origin};
 pub use tcp::{Lookups, NameLookups, TcpGrant, TcpName};
@@ -99,15 +99,7 @@ impl Grants {
     /// The grants of one `[plugins.<name>]` table; `at` is its key path,
     /// for messages.
     pub fn parse(entries: &GrantEntries<'_>, at: &str) -> anyhow::Result<Self> {
-        let http = entries
-            .allow_http
-            .iter()
-            .map(|origin| {
-                origin
-                    .parse::<Origin>()
-                    .map_err(|err| anyhow::anyhow!("`{at}.allow_http`: {err}"))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let http = parse_each(entries.allow_http, &format!("{at}.allow_http"))?;
         let mut tcp = Vec::new();
         let mut tcp_names = Vec::new();
         for target in entries.allow_tcp {
@@ -117,15 +109,7 @@ impl Grants {
                 Err(err) => anyhow::bail!("`{at}.allow_tcp`: {err}"),
             }
         }
-        let commands = entries
-            .allow_commands
-            .iter()
-            .map(|entry| {
-                entry
-                    .parse::<CommandGrant>()
-                    .map_err(|err| anyhow::anyhow!("`{at}.allow_commands`: {err}"))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let commands = parse_each(entries.allow_commands, &format!("{at}.allow_commands"))?;
         Ok(Self {
             commands,
             http,
@@ -155,4 +139,21 @@ impl Grants {
             http: HttpHooks::new(self.http.clone(), denials),
         }
     }
+}
+
+/// Each entry of the list at `key`, parsed; the first that is not, as an
+/// error naming the key.
+fn parse_each<T>(entries: &[String], key: &str) -> anyhow::Result<Arc<[T]>>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    entries
+        .iter()
+        .map(|entry| {
+            entry
+                .parse::<T>()
+                .map_err(|err| anyhow::anyhow!("`{key}`: {err}"))
+        })
+        .collect()
 }

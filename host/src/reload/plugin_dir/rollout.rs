@@ -129,9 +129,10 @@ impl PluginDir {
     /// How `new` takes over from `serving`, said in the log.
     pub(super) fn admit(&self, serving: &Plugin, new: Arc<Plugin>) -> Admission {
         let rollout = (self.rollouts.rollout_for)(new.name());
-        let at_once = if rollout.canary_percent == 0 {
-            None
-        } else if new.version() == serving.version() {
+        if rollout.canary_percent == 0 {
+            return Admission::AtOnce(new);
+        }
+        let at_once = if new.version() == serving.version() {
             Some("it is the version serving")
         } else if serving.is_disabled() {
             Some("the version serving is quarantined")
@@ -140,10 +141,8 @@ impl PluginDir {
         } else {
             None
         };
-        if rollout.canary_percent == 0 || at_once.is_some() {
-            if let Some(why) = at_once {
-                tracing::info!(plugin = new.name(), "new version takes over at once: {why}");
-            }
+        if let Some(why) = at_once {
+            tracing::info!(plugin = new.name(), "new version takes over at once: {why}");
             return Admission::AtOnce(new);
         }
         let trial = Trial::start(
