@@ -110,7 +110,7 @@ fn main() {
     );
     bench("memory", &Kv::in_memory(LIMITS), 10_000);
     let dir = tempfile::tempdir().expect("temp dir");
-    let disk = Kv::open_disk(dir.path(), LIMITS).expect("disk store");
+    let disk = Kv::open_disk(dir.path(), 64 << 20, LIMITS).expect("disk store");
     bench("disk", &disk, 1_000);
     let redis_server = Redis::start();
     // The Redis store's operations run on a runtime of their own threads,

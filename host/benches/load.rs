@@ -12,7 +12,7 @@
 //!
 //! Prints figures; asserts nothing about time. `make bench` runs it (with the
 //! other benchmarks); `PLUGBOARD_BENCH_SECS` sets each run's length (default
-//! 3), `PLUGBOARD_BENCH_ONLY` one section (`native`, `languages`, `tls`,
+//! 3), `PLUGBOARD_BENCH_ONLY` one section (`native`, `redis`, `languages`, `tls`,
 //! `cpu`, `attacks`, `memory`, `writes`, `http`, `scale`, `status`).
 
 use plugboard_test_support as support;
@@ -145,10 +145,73 @@ fn run(addr: SocketAddr, load: Load, window: Duration) -> Figures {
 fn run_over(addr: SocketAddr, tls: Option<TlsConnector>, load: Load, window: Duration) -> Figures {
     std::thread::spawn(move || {
         let runtime = pinned_runtime(CLIENT_CORE);
-        runtime.block_on(generate(addr, tls, load, window))
+        runtime.block_on(generate(addr, tls, Wire::Plugboard, load, window))
     })
     .join()
     .expect("load generator")
+}
+
+/// Runs `load` against a Redis at `addr`, each command sent as `FCALL`.
+fn run_fcall(addr: SocketAddr, load: Load, window: Duration) -> Figures {
+    std::thread::spawn(move || {
+        let runtime = pinned_runtime(CLIENT_CORE);
+        runtime.block_on(generate(addr, None, Wire::Resp, load, window))
+    })
+    .join()
+    .expect("load generator")
+}
+
+/// How commands and replies are framed: plugboard's `<EOF>`, or Redis's
+/// RESP (a command line becomes `FCALL <function> 1 lamp`, and each reply is
+/// a line that is not a bulk string's length).
+#[derive(Clone, Copy)]
+enum Wire {
+    Plugboard,
+    Resp,
+}
+
+impl Wire {
+    fn encode(self, command: &str) -> String {
+        match self {
+            Self::Plugboard => format!("{command}<EOF>"),
+            Self::Resp => {
+                let words = ["FCALL", command, "1", "lamp"];
+                let mut encoded = format!("*{}\r\n", words.len());
+                for word in words {
+                    encoded.push_str(&format!("${}\r\n{word}\r\n", word.len()));
+                }
+                encoded
+            }
+        }
+    }
+
+    /// Removes every complete reply from the front of `received`, passing
+    /// each to `each`; returns how many there were.
+    fn take_replies(self, received: &mut Vec<u8>, mut each: impl FnMut(&[u8])) -> usize {
+        let delimiter = match self {
+            Self::Plugboard => DELIMITER,
+            Self::Resp => b"\r\n",
+        };
+        let mut consumed = 0;
+        let mut count = 0;
+        while let Some(at) = memchr::memmem::find(&received[consumed..], delimiter) {
+            let reply = &received[consumed..consumed + at];
+            consumed += at + delimiter.len();
+            match (self, reply) {
+                (Self::Resp, [b'$', ..]) => {}
+                (Self::Resp, [b'-', ..]) => {
+                    count += 1;
+                    each(b"error");
+                }
+                _ => {
+                    count += 1;
+                    each(reply);
+                }
+            }
+        }
+        received.drain(..consumed);
+        count
+    }
 }
 
 /// A one-thread runtime for the calling thread, pinned to `core` when
@@ -172,6 +235,7 @@ fn pin_to(core: usize) {
 async fn generate(
     addr: SocketAddr,
     tls: Option<TlsConnector>,
+    wire: Wire,
     load: Load,
     window: Duration,
 ) -> Figures {
@@ -187,7 +251,7 @@ async fn generate(
                 if load.reconnect {
                     reconnecting_client(addr, load.command, clock).await
                 } else {
-                    pipelining_client(addr, tls, load, clock).await
+                    pipelining_client(addr, tls, wire, load, clock).await
                 }
             })
         })
@@ -256,27 +320,29 @@ fn new_histogram() -> Histogram<u64> {
 async fn pipelining_client(
     addr: SocketAddr,
     tls: Option<TlsConnector>,
+    wire: Wire,
     load: Load,
     clock: Clock,
 ) -> Tally {
     let stream = TcpStream::connect(addr).await.expect("connect");
     stream.set_nodelay(true).unwrap();
     match tls {
-        None => pipeline_over(stream, load, clock).await,
+        None => pipeline_over(stream, wire, load, clock).await,
         Some(tls) => {
             let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
             let stream = tls.connect(name, stream).await.expect("TLS handshake");
-            pipeline_over(stream, load, clock).await
+            pipeline_over(stream, wire, load, clock).await
         }
     }
 }
 
 async fn pipeline_over(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    wire: Wire,
     load: Load,
     clock: Clock,
 ) -> Tally {
-    let batch = format!("{}<EOF>", load.command).repeat(load.depth);
+    let batch = wire.encode(load.command).repeat(load.depth);
     let mut tally = Tally::new();
     let mut received = Vec::with_capacity(64 << 10);
     let mut chunk = vec![0u8; 64 << 10];
@@ -289,7 +355,7 @@ async fn pipeline_over(
             assert!(n > 0, "server closed the connection");
             received.extend_from_slice(&chunk[..n]);
             let now = Instant::now();
-            outstanding -= take_replies(&mut received, |reply| {
+            outstanding -= wire.take_replies(&mut received, |reply| {
                 tally.record(reply, sent, now, clock);
             });
         }
@@ -316,7 +382,9 @@ async fn reconnecting_client(addr: SocketAddr, command: &str, clock: Clock) -> T
             assert!(n > 0, "server closed the connection");
             received.extend_from_slice(&chunk[..n]);
             let now = Instant::now();
-            if take_replies(&mut received, |reply| tally.record(reply, sent, now, clock)) > 0 {
+            let replies = Wire::Plugboard
+                .take_replies(&mut received, |reply| tally.record(reply, sent, now, clock));
+            if replies > 0 {
                 break;
             }
         }
@@ -324,21 +392,6 @@ async fn reconnecting_client(addr: SocketAddr, command: &str, clock: Clock) -> T
     tally
 }
 
-/// Removes every complete reply from the front of `received`, passing each
-/// to `each`; returns how many there were.
-fn take_replies(received: &mut Vec<u8>, mut each: impl FnMut(&[u8])) -> usize {
-    let mut consumed = 0;
-    let mut count = 0;
-    while let Some(at) = memchr::memmem::find(&received[consumed..], DELIMITER) {
-        each(&received[consumed..consumed + at]);
-        consumed += at + DELIMITER.len();
-        count += 1;
-    }
-    received.drain(..consumed);
-    count
-}
-
-/// Plugboard against the native baseline for `on`, at each load shape.
 fn compare_with_native(window: Duration) {
     let loads = [
         Load {
@@ -398,6 +451,67 @@ fn compare_with_native(window: Duration) {
             wasm.per_sec() / minimal.per_sec(),
             native.per_sec() / minimal.per_sec(),
             wasm.percentile_us(0.99) / minimal.percentile_us(0.99),
+        );
+    }
+}
+
+/// onoff's `on` as a Redis function: read the state, write only on change.
+const ON_IN_LUA: &str = "#!lua name=onoff
+redis.register_function('on', function(keys, args)
+  if redis.call('GET', keys[1]) ~= 'on' then
+    redis.call('SET', keys[1], 'on')
+  end
+  return 'success'
+end)";
+
+/// The closest peer: Redis running `on` as a Lua function (FCALL), pinned
+/// to the server's core, against plugboard with its state on disk as the
+/// repo's config keeps it.
+fn against_redis(window: Duration) {
+    let redis = Redis::start();
+    if cores() > 1 {
+        let pid = redis.pid().expect("redis runs").to_string();
+        let pinned = Command::new("taskset")
+            .args(["-a", "-p", "-c", &SERVER_CORE.to_string(), &pid])
+            .output()
+            .expect("run taskset");
+        assert!(pinned.status.success(), "taskset: {pinned:?}");
+    }
+    assert_eq!(
+        redis.cli(&["FUNCTION", "LOAD", "REPLACE", ON_IN_LUA]),
+        "onoff"
+    );
+    let redis_addr: SocketAddr = format!("127.0.0.1:{}", redis.port).parse().unwrap();
+    let server = Setup::new()
+        .plugin("onoff", "onoff")
+        .arg("--no-watch")
+        .start_with(server_command);
+    let from_file = Setup::new()
+        .plugin("onoff", "onoff")
+        .config("state_cache_mib = 0")
+        .arg("--no-watch")
+        .start_with(server_command);
+    for load in [
+        Load::shape(64, 16, "on"),
+        Load::shape(64, 1, "on"),
+        Load::shape(1, 1, "on"),
+    ] {
+        let plugboard = run(server.addr, load, window);
+        let reading_the_file = run(from_file.addr, load, window);
+        let fcall = run_fcall(redis_addr, load, window);
+        println!("{} plugboard (disk) {}", load.label(), plugboard.summary());
+        println!(
+            "{} reads from file  {} (state_cache_mib = 0: {:.2} of cached)",
+            load.label(),
+            reading_the_file.summary(),
+            reading_the_file.per_sec() / plugboard.per_sec()
+        );
+        println!("{} Redis FCALL      {}", load.label(), fcall.summary());
+        println!(
+            "{} ratio            {:.2} of Redis FCALL's commands/s, p99 {:.2}x Redis's",
+            load.label(),
+            plugboard.per_sec() / fcall.per_sec(),
+            plugboard.percentile_us(0.99) / fcall.percentile_us(0.99),
         );
     }
 }
@@ -963,6 +1077,9 @@ fn main() {
     let run = |section: &str| only.as_deref().is_none_or(|only| only == section);
     if run("native") {
         compare_with_native(window);
+    }
+    if run("redis") {
+        against_redis(window);
     }
     if run("languages") {
         other_languages(window);

@@ -53,7 +53,9 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn backends_with(limits: KvLimits) -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
-    let disk = Kv::open_disk(dir.path(), limits).unwrap();
+    let disk = Kv::open_disk(dir.path(), 1 << 20, limits).unwrap();
+    let uncached_dir = tempfile::tempdir().unwrap();
+    let uncached = Kv::open_disk(uncached_dir.path(), 0, limits).unwrap();
     let redis = Redis::start();
     let runtime = runtime();
     vec![
@@ -66,6 +68,11 @@ fn backends_with(limits: KvLimits) -> Vec<Backend> {
             name: "disk",
             store: disk,
             _keep: Keep::Dir(dir),
+        },
+        Backend {
+            name: "disk, reads from the file",
+            store: uncached,
+            _keep: Keep::Dir(uncached_dir),
         },
         Backend {
             name: "redis",
@@ -344,6 +351,55 @@ fn concurrent_writes_each_apply_once() {
     }
 }
 
+/// A write is read by everyone once acknowledged, on the disk store too,
+/// where reads come from memory: each round a fresh namespace is copied in
+/// by readers while its writer commits, and no read ever goes back.
+#[test]
+fn a_write_is_read_everywhere_once_acknowledged() {
+    let limits = KvLimits {
+        max_key_bytes: 16,
+        max_value_bytes: 16,
+        max_keys: 16,
+        max_bytes: 1024,
+    };
+    for backend in backends_with(limits) {
+        for round in 0..20 {
+            let ns = format!("r{round}");
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    let ns = backend.store.namespace(&ns);
+                    let done = done.clone();
+                    std::thread::spawn(move || {
+                        let mut last = 0;
+                        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                            let seen = count(&ns);
+                            assert!(seen >= last, "a read went back from {last} to {seen}");
+                            last = seen;
+                        }
+                    })
+                })
+                .collect();
+            let writer = backend.store.namespace(&ns);
+            for n in 1..=10 {
+                let written = writer.write("n", Write::Increment(1)).wait_blocking();
+                assert_eq!(written, Ok(Written::Incremented(n)), "{}", backend.name);
+                let elsewhere = backend.store.namespace(&ns);
+                assert_eq!(count(&elsewhere), n, "{}: read after the ack", backend.name);
+                assert_eq!(list(&elsewhere, ""), ["n"], "{}", backend.name);
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            for reader in readers {
+                reader.join().unwrap();
+            }
+        }
+    }
+}
+
+fn count(ns: &Namespace) -> i64 {
+    get(ns, "n").map_or(0, |n| String::from_utf8(n).unwrap().parse().unwrap())
+}
+
 /// The quota is kept in Redis beside the entries: two stores (two hosts)
 /// share it, so together they cannot exceed it.
 #[test]
@@ -411,16 +467,19 @@ fn rediss_verifies_redis_against_the_given_ca() {
 fn the_disk_store_persists_and_refuses_a_damaged_file() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Kv::open_disk(dir.path(), limits()).unwrap();
+        let store = Kv::open_disk(dir.path(), 1 << 20, limits()).unwrap();
         set(&store.namespace("p"), "k", b"v").unwrap();
     }
-    let store = Kv::open_disk(dir.path(), limits()).unwrap();
+    let store = Kv::open_disk(dir.path(), 1 << 20, limits()).unwrap();
     assert_eq!(get(&store.namespace("p"), "k"), Some(b"v".to_vec()));
     drop(store);
     let file = dir.path().join("state.redb");
     for damage in [&b"garbage, not a database"[..], b""] {
         std::fs::write(&file, damage).unwrap();
-        let err = format!("{:#}", Kv::open_disk(dir.path(), limits()).err().unwrap());
+        let err = format!(
+            "{:#}",
+            Kv::open_disk(dir.path(), 1 << 20, limits()).err().unwrap()
+        );
         assert!(err.contains(&file.display().to_string()), "{err}");
     }
 }

@@ -43,7 +43,11 @@ impl Config {
             max_bytes: self.max_bytes_per_plugin,
         };
         match self.state_store {
-            StateStore::Disk => Kv::open_disk(&self.state_dir, limits),
+            StateStore::Disk => Kv::open_disk(
+                &self.state_dir,
+                self.state_cache_mib.saturating_mul(1 << 20),
+                limits,
+            ),
             StateStore::Memory => Ok(Kv::in_memory(limits)),
             StateStore::Redis => Kv::open_redis(&self.redis(), limits),
         }

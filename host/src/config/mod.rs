@@ -93,6 +93,9 @@ pub struct Config {
     pub max_total_memory_mib: Option<u64>,
     /// Where plugins' key-value state is kept on disk. Relative to the config file.
     pub state_dir: PathBuf,
+    /// Memory the disk store may use to answer reads, in MiB; 0: every read
+    /// goes to the file.
+    pub state_cache_mib: u64,
     /// `disk` (durable, in `state_dir`), `memory` (lost at exit) or
     /// `redis` (at `redis_url`, shared by every host pointed at it).
     pub state_store: StateStore,
@@ -169,6 +172,7 @@ impl Default for Config {
             max_stack_kib: EngineOptions::default().max_wasm_stack_bytes >> 10,
             max_total_memory_mib: None,
             state_dir: "plugboard-state".into(),
+            state_cache_mib: 64,
             state_store: StateStore::Disk,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_timeout_ms: 1000,

@@ -38,6 +38,7 @@ impl Config {
                 max_stack_kib,
                 max_total_memory_mib,
                 state_dir,
+                state_cache_mib,
                 state_store,
                 redis_url,
                 redis_timeout_ms,

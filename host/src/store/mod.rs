@@ -250,10 +250,14 @@ impl Kv {
         Self { backend, limits }
     }
 
-    /// The on-disk store in `dir`, created if absent. A file that is not a
-    /// readable store is an error: never silently replaced by an empty one.
-    pub fn open_disk(dir: &Path, limits: KvLimits) -> anyhow::Result<Self> {
-        Ok(Self::new(Arc::new(DiskStore::open(dir)?), limits))
+    /// The on-disk store in `dir`, created if absent, answering reads from
+    /// up to `cache_bytes` of memory. A file that is not a readable store is
+    /// an error: never silently replaced by an empty one.
+    pub fn open_disk(dir: &Path, cache_bytes: u64, limits: KvLimits) -> anyhow::Result<Self> {
+        Ok(Self::new(
+            Arc::new(DiskStore::open(dir, cache_bytes)?),
+            limits,
+        ))
     }
 
     pub fn in_memory(limits: KvLimits) -> Self {

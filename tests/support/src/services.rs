@@ -147,6 +147,11 @@ impl Redis {
         );
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no chance to write anything more.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -23,15 +23,21 @@
 //! Every value carries a checksum, checked as it is read (`sealed.rs`): a
 //! damaged value is never served as data.
 //!
+//! Reads are answered from memory once a namespace has been read
+//! (`cache.rs`): the writer applies each commit there before answering it.
+//!
 //! The parts: the writer thread and its group commit (`writer.rs`), the
-//! reserve (`reserve.rs`), the watch on the state file (`watch.rs`), the
-//! values' checksums (`sealed.rs`); reads and the store's face are here.
+//! read cache (`cache.rs`), the reserve (`reserve.rs`), the watch on the
+//! state file (`watch.rs`), the values' checksums (`sealed.rs`); reads and
+//! the store's face are here.
 
+mod cache;
 mod reserve;
 mod sealed;
 mod watch;
 mod writer;
 
+use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -44,6 +50,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 use tokio::sync::oneshot;
 
 use super::{Backend, Completion, KvError, KvLimits, Unavailable, Usage, Write, Written};
+use cache::{Cached, Claim, ReadCache};
 use reserve::Reserve;
 use watch::Watched;
 use writer::Writer;
@@ -78,6 +85,8 @@ struct Shared {
     reopen_wanted: AtomicBool,
     /// Writes sent and not yet answered.
     queued: AtomicUsize,
+    /// What reads are answered from; the writer keeps it coherent.
+    cache: ReadCache,
 }
 
 impl Shared {
@@ -106,9 +115,10 @@ struct WriteJob {
 }
 
 impl DiskStore {
-    /// Opens (or creates) the store in `dir`. A damaged or foreign file is an
-    /// error naming it, never replaced: state is not silently lost.
-    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+    /// Opens (or creates) the store in `dir`, answering reads from up to
+    /// `cache_bytes` of memory. A damaged or foreign file is an error naming
+    /// it, never replaced: state is not silently lost.
+    pub fn open(dir: &Path, cache_bytes: u64) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create `state_dir` {}", dir.display()))?;
         let path = dir.join(FILE_NAME);
@@ -134,6 +144,7 @@ impl DiskStore {
             db: RwLock::new(Some(db)),
             reopen_wanted: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
+            cache: ReadCache::new(cache_bytes),
         });
         let (jobs, queue) = mpsc::channel();
         let writer = Writer::new(shared.clone(), identity, reserve);
@@ -167,6 +178,25 @@ impl DiskStore {
         }
     }
 
+    /// `answer` from the cache, copying `ns` in first when it is not held
+    /// and fits; `None` when the file must be read.
+    fn cached<T>(&self, ns: &str, answer: impl Fn(&ReadCache) -> Option<T>) -> Option<T> {
+        let cache = &self.shared.cache;
+        if let Some(answer) = answer(cache) {
+            return Some(answer);
+        }
+        if let Claim::ReadFile = cache.claim(ns) {
+            return None;
+        }
+        match self.read(|db| copy_namespace(db, ns, cache)) {
+            Ok(Some(entries)) => cache.fill(ns, entries),
+            // It did not fit: the cache marked it.
+            Ok(None) => {}
+            Err(_) => cache.give_up(ns),
+        }
+        answer(cache)
+    }
+
     fn read_failed(&self, reason: String) -> Unavailable {
         self.shared.reopen_wanted.store(true, Ordering::Relaxed);
         if let Some(jobs) = &self.jobs {
@@ -189,13 +219,22 @@ impl Drop for DiskStore {
 
 impl Backend for DiskStore {
     fn get(&self, ns: &str, key: &str) -> Completion<Option<Vec<u8>>> {
+        if let Some(cached) = self.cached(ns, |cache| cache.get(ns, key)) {
+            return Ok(cached)
+                .and_then(|value| match value {
+                    None => Ok(None),
+                    Some(Cached::Value(value)) => Ok(Some(value)),
+                    Some(Cached::Damaged) => Err(damaged(key)),
+                })
+                .into();
+        }
         self.read(|db| {
             let tx = db.begin_read()?;
             let entries = tx.open_table(ENTRIES)?;
             let value = entries.get((ns, key))?;
             Ok(value.map(|v| match sealed::open(ns, key, v.value()) {
                 Ok(value) => Ok(value.to_vec()),
-                Err(_) => Err(Unavailable(format!("the value of {key:?} is damaged"))),
+                Err(_) => Err(damaged(key)),
             }))
         })
         .and_then(Option::transpose)
@@ -213,6 +252,9 @@ impl Backend for DiskStore {
     }
 
     fn list_keys(&self, ns: &str, prefix: &str) -> Completion<Vec<String>> {
+        if let Some(keys) = self.cached(ns, |cache| cache.list_keys(ns, prefix)) {
+            return Completion::Ready(Ok(keys));
+        }
         self.read(|db| {
             let tx = db.begin_read()?;
             let entries = tx.open_table(ENTRIES)?;
@@ -251,6 +293,39 @@ impl Backend for DiskStore {
         }
         Completion::Pending(receiver)
     }
+}
+
+fn damaged(key: &str) -> Unavailable {
+    Unavailable(format!("the value of {key:?} is damaged"))
+}
+
+/// Every entry of `ns`, in one read transaction, when its size fits in the
+/// cache (asked of `cache` before anything is copied).
+fn copy_namespace(
+    db: &Database,
+    ns: &str,
+    cache: &ReadCache,
+) -> Result<Option<BTreeMap<String, Cached>>, redb::Error> {
+    let tx = db.begin_read()?;
+    let (keys, bytes) = tx.open_table(USAGE)?.get(ns)?.map_or((0, 0), |u| u.value());
+    if !cache.make_room(ns, bytes + u64::from(keys) * cache::ENTRY_OVERHEAD) {
+        return Ok(None);
+    }
+    let entries = tx.open_table(ENTRIES)?;
+    let mut copy = BTreeMap::new();
+    for item in entries.range((ns, "")..)? {
+        let (entry, value) = item?;
+        let (entry_ns, key) = entry.value();
+        if entry_ns != ns {
+            break;
+        }
+        let value = match sealed::open(ns, key, value.value()) {
+            Ok(value) => Cached::Value(value.to_vec()),
+            Err(_) => Cached::Damaged,
+        };
+        copy.insert(key.to_owned(), value);
+    }
+    Ok(Some(copy))
 }
 
 /// Opens the database at `path`, creating it (and its tables) if absent.
@@ -355,7 +430,7 @@ mod tests {
             max_keys: 2,
             max_bytes: 12,
         };
-        let store = DiskStore::open(dir.path()).unwrap();
+        let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
         let write = |key: &str, value: &[u8]| {
             store
                 .write("p", key, Write::Set(value.to_vec()), limits)

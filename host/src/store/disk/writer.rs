@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use redb::{ReadableTable, Table};
 
+use super::cache::Committed;
 use super::reserve::Reserve;
 use super::sealed::{self, Damaged};
 use super::watch::Watched;
@@ -102,8 +103,13 @@ impl Writer {
             .map(|job| ((job.ns, job.key, job.write, job.limits), job.reply))
             .unzip();
         match self.commit(writes) {
-            Ok(_) if let Err(reason) = self.still_attached() => refuse(replies, &reason),
-            Ok(results) => {
+            Ok(_) if let Err(reason) = self.still_attached() => {
+                self.shared.cache.clear();
+                refuse(replies, &reason)
+            }
+            Ok(Outcome { results, committed }) => {
+                // Before the replies: a write is read everywhere once answered.
+                self.shared.cache.apply(committed);
                 if std::mem::take(&mut self.failing) {
                     tracing::info!(file = %self.shared.path.display(), "state store writes work again");
                 }
@@ -112,6 +118,8 @@ impl Writer {
                 }
             }
             Err(fault) => {
+                // Whether a failed commit reached the file is not known.
+                self.shared.cache.clear();
                 refuse(replies, &fault.reason);
                 self.failed(fault);
             }
@@ -158,6 +166,7 @@ impl Writer {
             .db
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        self.shared.cache.clear();
         // redb locks its file: the old handle must close first.
         if let Some(old) = slot.take() {
             let _ = catch_unwind(AssertUnwindSafe(|| drop(old)));
@@ -237,10 +246,7 @@ impl Writer {
     }
 
     /// Applies the writes in order in one transaction and commits it once.
-    fn commit(
-        &self,
-        writes: Vec<(String, String, Write, KvLimits)>,
-    ) -> Result<Vec<Result<Written, KvError>>, Fault> {
+    fn commit(&self, writes: Vec<(String, String, Write, KvLimits)>) -> Result<Outcome, Fault> {
         let slot = self.shared.database();
         let Some(db) = slot.as_ref() else {
             return Err(Fault {
@@ -250,18 +256,26 @@ impl Writer {
         };
         let committed = catch_unwind(AssertUnwindSafe(|| -> Result<_, redb::Error> {
             let tx = db.begin_write()?;
+            let mut committed = Vec::new();
             let results = {
                 let mut entries = tx.open_table(ENTRIES)?;
                 let mut usage = tx.open_table(USAGE)?;
                 writes
                     .into_iter()
                     .map(|(ns, key, write, limits)| {
-                        apply(&mut entries, &mut usage, &ns, &key, write, &limits)
+                        let result = apply(&mut entries, &mut usage, &ns, &key, write, &limits)?;
+                        Ok(result.map(|applied| match applied {
+                            Applied::Kept(written) => written,
+                            Applied::Changed(written, value) => {
+                                committed.push(Committed { ns, key, value });
+                                written
+                            }
+                        }))
                     })
-                    .collect::<Result<Vec<_>, _>>()?
+                    .collect::<Result<Vec<_>, redb::Error>>()?
             };
             tx.commit()?;
-            Ok(results)
+            Ok(Outcome { results, committed })
         }));
         match committed {
             Ok(result) => result.map_err(Fault::from),
@@ -273,6 +287,20 @@ impl Writer {
     }
 }
 
+/// A committed transaction: each write's result, and the keys it changed
+/// with their final values.
+struct Outcome {
+    results: Vec<Result<Written, KvError>>,
+    committed: Vec<Committed>,
+}
+
+/// What one write did to its key.
+enum Applied {
+    Kept(Written),
+    /// The key's new value (`None`: removed).
+    Changed(Written, Option<Vec<u8>>),
+}
+
 /// One write inside the batch's transaction. Its own outcome (a limit, not a
 /// number) is the inner result; a database error fails the whole batch.
 fn apply(
@@ -282,7 +310,7 @@ fn apply(
     key: &str,
     write: Write,
     limits: &KvLimits,
-) -> Result<Result<Written, KvError>, redb::Error> {
+) -> Result<Result<Applied, KvError>, redb::Error> {
     let stored = entries.get((ns, key))?.map(|v| v.value().to_vec());
     let current = match stored
         .as_deref()
@@ -294,8 +322,7 @@ fn apply(
         // its size; anything else would act on damaged data.
         Some(Err(Damaged(value))) if matches!(write, Write::Set(_) | Write::Delete) => Some(value),
         Some(Err(_)) => {
-            let damaged = Unavailable(format!("the value of {key:?} is damaged"));
-            return Ok(Err(damaged.into()));
+            return Ok(Err(super::damaged(key).into()));
         }
     };
     let (keys, bytes) = usage.get(ns)?.map_or((0, 0), |u| u.value());
@@ -304,19 +331,23 @@ fn apply(
         Ok(plan) => plan,
         Err(err) => return Ok(Err(err)),
     };
-    match plan.change {
-        Change::Keep => return Ok(Ok(plan.written)),
+    let change = match plan.change {
+        Change::Keep => return Ok(Ok(Applied::Kept(plan.written))),
         Change::Put(value) => {
             let sealed = sealed::seal(ns, key, &value);
             drop(entries.insert((ns, key), sealed.as_slice())?);
+            Some(value)
         }
-        Change::Remove => drop(entries.remove((ns, key))?),
-    }
+        Change::Remove => {
+            drop(entries.remove((ns, key))?);
+            None
+        }
+    };
     // Most writes keep a key's size (a counter, a flag): one page less to sync.
     if plan.usage != before {
         usage.insert(ns, (plan.usage.keys, plan.usage.bytes))?;
     }
-    Ok(Ok(plan.written))
+    Ok(Ok(Applied::Changed(plan.written, change)))
 }
 
 /// After a batch: how many writers there were (answered or queued), and
