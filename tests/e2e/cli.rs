@@ -358,7 +358,7 @@ fn check_lists_commands_and_imports_of_a_valid_plugin() {
     let report = stdout(&output);
     assert!(report.contains("ok, plugin 'onoff'"), "{report}");
     assert!(report.contains("toggle  Flip the device"), "{report}");
-    assert!(report.contains("plugboard:plugin/kv@0.1.3"), "{report}");
+    assert!(report.contains("plugboard:plugin/kv@0.1.4"), "{report}");
     assert!(report.contains("batches: yes"), "{report}");
 }
 

@@ -86,6 +86,7 @@ mod bindings {
             // A plugin that breaks the batch protocol traps (`batch/`).
             "plugboard:plugin/batch.next-request": trappable,
             "plugboard:plugin/batch.reply": trappable,
+            "plugboard:plugin/batch.take-requests": trappable,
         },
     });
 }

@@ -279,7 +279,7 @@ impl host::Host for Sandbox {
 }
 
 /// The host interface as the linker knows it (what plugins import).
-const HOST_INTERFACE: &str = "plugboard:plugin/host@0.1.3";
+const HOST_INTERFACE: &str = "plugboard:plugin/host@0.1.4";
 
 /// Defines `host.log` again, reading the line where it lies in the guest's
 /// memory: the generated definition copies it into a `String` first, so a
@@ -356,7 +356,7 @@ impl Sandbox {
 }
 
 /// The kv interface as the linker knows it (what plugins import).
-const KV_INTERFACE: &str = "plugboard:plugin/kv@0.1.3";
+const KV_INTERFACE: &str = "plugboard:plugin/kv@0.1.4";
 
 /// Defines `kv.get` and `kv.list-keys` again, synchronously, for a store
 /// whose reads complete at once (memory, disk). The generated definitions

@@ -4,7 +4,7 @@
 // A returned string is the reply; a thrown Error (or string) is an error
 // reply with its message.
 
-import { log } from 'plugboard:plugin/host@0.1.3';
+import { log } from 'plugboard:plugin/host@0.1.4';
 
 export function commands() {
   return [

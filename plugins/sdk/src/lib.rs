@@ -325,13 +325,63 @@ pub fn __handle<P: Plugin>(request: Request) -> Result<String, String> {
     P::handle(request)
 }
 
-/// Serves the host's batch: each request as [`__handle`] would, each reply
-/// given back before the next request is taken (so a trap loses none).
+/// Serves the host's batch: its requests taken in one buffer (one crossing
+/// for them all), each handled as [`__handle`] would and its reply given
+/// back before the next is served (so a trap loses none).
 #[doc(hidden)]
 pub fn __serve_batch<P: Plugin>() {
-    while let Some(request) = wit::batch::next_request() {
+    let buffer = wit::batch::take_requests();
+    let mut requests = Requests::new(&buffer);
+    while let Some(request) = requests.next() {
         let reply = __handle::<P>(request);
         wit::batch::reply(reply.as_deref().map_err(String::as_str));
+    }
+}
+
+/// The requests of a `take-requests` buffer (its layout is in the WIT).
+/// A buffer that does not hold to it is the host's bug: it traps.
+struct Requests<'a> {
+    buffer: &'a [u8],
+    left: u32,
+}
+
+impl<'a> Requests<'a> {
+    fn new(buffer: &'a [u8]) -> Self {
+        let mut requests = Self { buffer, left: 0 };
+        requests.left = requests.number();
+        requests
+    }
+
+    fn number(&mut self) -> u32 {
+        let (number, rest) = self
+            .buffer
+            .split_first_chunk::<4>()
+            .expect("a batch buffer cut short");
+        self.buffer = rest;
+        u32::from_le_bytes(*number)
+    }
+
+    fn text(&mut self) -> String {
+        let len = self.number() as usize;
+        let (text, rest) = self.buffer.split_at(len);
+        self.buffer = rest;
+        String::from_utf8(text.to_vec()).expect("a batch buffer's text is UTF-8")
+    }
+}
+
+impl Iterator for Requests<'_> {
+    type Item = Request;
+
+    fn next(&mut self) -> Option<Request> {
+        self.left = self.left.checked_sub(1)?;
+        let command = self.text();
+        let raw_args = self.text();
+        let args = (0..self.number()).map(|_| self.text()).collect();
+        Some(Request {
+            command,
+            args,
+            raw_args,
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! The host side of WIT's `batch` interface: one `serve-batch` call's
-//! requests, handed out one at a time by `next-request`, and the replies
-//! `reply` takes back, each timed from its request.
+//! requests, handed out all at once by `take-requests` (one buffer, one
+//! lowering) or one at a time by `next-request`, and the replies `reply`
+//! takes back, each timed from its request.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -16,6 +17,9 @@ pub struct Queue {
     served: Vec<Served>,
     /// The request handed out and not yet replied to: when its time began.
     serving: Option<Instant>,
+    /// Every request was handed out by `take-requests`: each reply makes
+    /// the next pending one the one being served.
+    taken_whole: bool,
     /// The last reply, or the call's start: the next command's time begins
     /// here. One clock read per command (at its reply) times them all; the
     /// plugin's moments between a reply and its next `next-request` are
@@ -49,6 +53,7 @@ impl Queue {
             served: Vec::with_capacity(requests.len()),
             pending: requests,
             serving: None,
+            taken_whole: false,
             last_reply: started,
             max_reply_bytes,
         }
@@ -75,6 +80,9 @@ impl Sandbox {
 impl batch::Host for Sandbox {
     fn next_request(&mut self) -> wasmtime::Result<Option<types::Request>> {
         let batch = self.batch()?;
+        if batch.taken_whole {
+            wasmtime::bail!("`next-request` after `take-requests`");
+        }
         if batch.serving.is_some() {
             wasmtime::bail!("`next-request` before the reply to the last request");
         }
@@ -91,6 +99,18 @@ impl batch::Host for Sandbox {
         }
         self.serving(&request);
         Ok(Some(request))
+    }
+
+    fn take_requests(&mut self) -> wasmtime::Result<Vec<u8>> {
+        let batch = self.batch()?;
+        if batch.taken_whole || batch.serving.is_some() || !batch.served.is_empty() {
+            wasmtime::bail!("`take-requests` after requests were handed out");
+        }
+        batch.taken_whole = true;
+        let buffer = encode(&batch.pending);
+        // The first command's deadline started with the call.
+        self.serve_next_taken(None);
+        Ok(buffer)
     }
 
     fn reply(&mut self, reply: Result<String, String>) -> wasmtime::Result<()> {
@@ -111,6 +131,61 @@ impl batch::Host for Sandbox {
             reply,
             elapsed: now.saturating_duration_since(started),
         });
+        if batch.taken_whole {
+            self.serve_next_taken(Some(now));
+        }
         Ok(())
     }
+}
+
+impl Sandbox {
+    /// After `take-requests`: the next pending request becomes the one
+    /// served, its time beginning at `started` (the reply before it), or
+    /// with the call for the first.
+    fn serve_next_taken(&mut self, started: Option<Instant>) {
+        let Some(batch) = self.call.batch.as_mut() else {
+            return;
+        };
+        let Some(request) = batch.pending.pop_front() else {
+            return;
+        };
+        batch.serving = Some(batch.last_reply);
+        if let Some(started) = started {
+            self.begin_command(started);
+        }
+        self.serving(&request);
+    }
+}
+
+/// The requests as `take-requests` hands them over (the layout is in the
+/// WIT): lengths and counts as little-endian `u32`.
+fn encode(requests: &VecDeque<types::Request>) -> Vec<u8> {
+    let strings = |request: &types::Request| {
+        request.command.len()
+            + request.raw_args.len()
+            + request.args.iter().map(String::len).sum::<usize>()
+    };
+    let size = 4 + requests
+        .iter()
+        .map(|request| strings(request) + 4 * (3 + request.args.len()))
+        .sum::<usize>();
+    let mut buffer = Vec::with_capacity(size);
+    put_len(&mut buffer, requests.len());
+    for request in requests {
+        for text in [&request.command, &request.raw_args] {
+            put_len(&mut buffer, text.len());
+            buffer.extend_from_slice(text.as_bytes());
+        }
+        put_len(&mut buffer, request.args.len());
+        for arg in &request.args {
+            put_len(&mut buffer, arg.len());
+            buffer.extend_from_slice(arg.as_bytes());
+        }
+    }
+    buffer
+}
+
+fn put_len(buffer: &mut Vec<u8>, len: usize) {
+    // A request is one frame, far below 4 GiB.
+    buffer.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
 }

@@ -16,8 +16,8 @@ const here = (path) => fileURLToPath(new URL(path, import.meta.url));
 const output = process.argv[2] ?? '{{file}}.wasm';
 
 const entry = `import * as plugin from './plugin.js';
-import { log } from 'plugboard:plugin/host@0.1.3';
-import { nextRequest, reply } from 'plugboard:plugin/batch@0.1.3';
+import { log } from 'plugboard:plugin/host@0.1.4';
+import { nextRequest, reply } from 'plugboard:plugin/batch@0.1.4';
 
 export function commands() {
   return plugin.commands();

@@ -4,7 +4,7 @@
 // is an error reply (`error: <its message><EOF>`), its stack in the server's
 // log: see build.mjs.
 
-import { log } from 'plugboard:plugin/host@0.1.3';
+import { log } from 'plugboard:plugin/host@0.1.4';
 
 const COMMAND = '{{name}}';
 
@@ -23,5 +23,5 @@ export function handle(request) {
 
 // To run another command, as a client would send it (grant it in
 // `allow_commands` of [plugins.{{name}}] in the server's config):
-//   import { call } from 'plugboard:plugin/commands@0.1.3';
+//   import { call } from 'plugboard:plugin/commands@0.1.4';
 //   const reply = call('on'); // throws for an error reply
