@@ -74,11 +74,11 @@ plugins: wasm-target $(GUEST_OUT)/stats.wasm $(GUEST_OUT)/notify.wasm $(GUEST_OU
 	cp $(GUEST_OUT)/stats.wasm $(GUEST_OUT)/text.wasm $(PLUGIN_DIR)/
 
 # Python: componentize-py (pinned) from PyPI; rebuilt when the source or the contract changes.
-$(GUEST_OUT)/stats.wasm: plugins/python/stats/app.py wit/plugin.wit
+$(GUEST_OUT)/stats.wasm: plugins/python/stats/app.py plugins/python/sdk/plugboard.py wit/plugin.wit
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
 	mkdir -p $(GUEST_OUT)
 	cd plugins/python/stats && "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/componentize-py" \
-		-d ../../../wit -w batched-plugin componentize app -o ../../../$@
+		-d ../../../wit -w batched-plugin componentize -p . -p ../sdk app -o ../../../$@
 
 # Tests that need root (a network namespace, a tmpfs, a raised open-file
 # limit) are marked #[ignore]; run as root (as CI does), `make test` runs
@@ -131,11 +131,13 @@ $(GUEST_OUT)/notify.wasm: plugins/python/notify/app.py wit/plugin.wit wit/http.w
 # JavaScript: componentize-js, pinned by package-lock.json, through its API
 # (build.mjs); rebuilt when the source, the lock or the contract changes.
 # The build script is the one `plugboard new --lang js` writes into a project
-# (thrown Errors become error replies), filled in for this directory.
+# (thrown Errors become error replies), filled in for this directory, and the
+# SDK is copied beside plugin.js (componentize-js reads only files under it).
 JS_BUILD := host/src/cli/templates/js/build.mjs
-$(GUEST_OUT)/text.wasm: plugins/js/text/plugin.js $(JS_BUILD) plugins/js/text/package-lock.json wit/plugin.wit
+$(GUEST_OUT)/text.wasm: plugins/js/text/plugin.js $(JS_BUILD) plugins/js/sdk/plugboard.js plugins/js/text/package-lock.json wit/plugin.wit
 	mkdir -p $(GUEST_OUT)
-	sed -e 's|{{file}}|text|' -e 's|{{wit}}|../../../wit|' $(JS_BUILD) > plugins/js/text/.build.mjs
+	sed -e 's|{{file}}|text|' -e 's|{{wit}}|../../../wit|' -e 's|{{sdk}}|./.plugboard.js|' $(JS_BUILD) > plugins/js/text/.build.mjs
+	cp plugins/js/sdk/plugboard.js plugins/js/text/.plugboard.js
 	cd plugins/js/text && $(NPM) ci --silent --no-audit --no-fund && node .build.mjs ../../../$@
 
 # A server for a 64-bit ARM board (a Raspberry Pi 3, 4 or 5 on a 64-bit OS):

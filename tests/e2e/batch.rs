@@ -74,6 +74,32 @@ fn pipelined_commands_get_a_reply_each_in_order_from_one_batch() {
     assert_eq!(scrape.commands("echo", "fail", "error"), 1.0);
 }
 
+/// A batch reaches the plugin as one buffer (`take-requests`): each
+/// request, its words and its raw arguments arrive exactly as they would
+/// one call each, whatever their text.
+#[test]
+fn a_batched_request_arrives_as_it_would_alone() {
+    let (server, port) = server(&[]);
+    let messages = [
+        "args",
+        "args one",
+        "args  two   spaced\twords  ",
+        "args héllo wörld ✓ 日本",
+        "args {\"json\": [1, 2]}",
+        "echo",
+        "args a",
+    ];
+    let mut client = server.connect();
+    let alone: Vec<String> = messages.iter().map(|m| client.request(m)).collect();
+    assert_eq!(alone[2], "args/3:[two|spaced|words]/[two   spaced\twords]");
+    let before = batched(port);
+    assert_eq!(pipelined(&mut client, &messages), alone);
+    assert!(
+        batched(port) - before >= messages.len() as f64 - 1.0,
+        "they went as one batch"
+    );
+}
+
 #[test]
 fn a_trap_mid_batch_costs_only_its_command() {
     let (server, port) = server(&[]);
@@ -225,6 +251,9 @@ fn a_plugin_breaking_the_batch_protocol_fails_only_its_own_commands() {
         (ServeBatch::AskTwice, [failed; 3]),
         (ServeBatch::ReturnAtOnce, [failed; 3]),
         (ServeBatch::TakeThenSpin, [timed_out; 3]),
+        (ServeBatch::TakeAllTwice, [failed; 3]),
+        (ServeBatch::TakeAllThenAsk, [failed; 3]),
+        (ServeBatch::TakeAllThenReturn, [failed; 3]),
     ] {
         let port = free_port();
         // `handle` answers `handled`: a command served one by one would say so.

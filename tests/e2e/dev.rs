@@ -178,6 +178,14 @@ fn a_runner_answers_as_the_built_plugin_does() {
             "{command}"
         );
     }
+    // Pipelined, so that they are served as batches (one buffer each).
+    let expected: Vec<String> = commands.iter().map(|c| component.request(c)).collect();
+    let pipelined: String = commands.iter().map(|c| format!("{c}<EOF>")).collect();
+    for client in [&mut runner, &mut component] {
+        client.send(pipelined.as_bytes());
+        let replies: Vec<String> = commands.iter().map(|_| client.reply().unwrap()).collect();
+        assert_eq!(replies, expected);
+    }
 }
 
 /// A project's third-party packages (Python's requirements.txt, the

@@ -19,7 +19,11 @@
 # measuring binary must not replace target/release/plugboard). Revisions
 # from before the feature existed (2026-12-04) need the old measure.patch
 # from git history.
+#
+# SHAPE="CONNECTIONS DEPTH SMALL LARGE" measures another load: SHAPE="8 0 2000
+# 8000" is a connection per command (8 clients; 2 000 and 8 000 commands).
 set -euo pipefail
+read -r connections depth small large <<<"${SHAPE:-64 16 32000 128000}"
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(git -C "$here" rev-parse --show-toplevel)
@@ -60,7 +64,7 @@ count() {
         kill -0 "$server" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
         sleep 0.1
     done
-    python3 "$here/lockstep.py" 127.0.0.61 1190 64 16 "$commands" on >/dev/null
+    python3 "$here/lockstep.py" 127.0.0.61 1190 "$connections" "$depth" "$commands" on >/dev/null
     kill -INT "$server"
     wait "$server"
     grep -h "^summary" "$work"/cg.out.* | awk '{ total += $2 } END { print total }'
@@ -75,8 +79,8 @@ for rev in "${@:-HEAD}"; do
     rm -rf "$work/cache"
     count "$bin" wasm 1000 >/dev/null # fills the compile cache
     for path in native wasm; do
-        small=$(count "$bin" "$path" 32000)
-        large=$(count "$bin" "$path" 128000)
-        echo "$(git -C "$repo" rev-parse --short "$rev") $path: $(((large - small) / 96000)) instructions a command"
+        small_total=$(count "$bin" "$path" "$small")
+        large_total=$(count "$bin" "$path" "$large")
+        echo "$(git -C "$repo" rev-parse --short "$rev") $path ($connections x $depth): $(((large_total - small_total) / (large - small))) instructions a command"
     done
 done

@@ -95,6 +95,10 @@ impl Lang {
             Lang::Python => &Template {
                 files: &[
                     ("app.py", include_str!("templates/python/app.py")),
+                    (
+                        "plugboard.py",
+                        include_str!("../../../plugins/python/sdk/plugboard.py"),
+                    ),
                     ("Makefile", include_str!("templates/python/Makefile")),
                     ("README.md", include_str!("templates/python/README.md")),
                 ],
@@ -104,6 +108,10 @@ impl Lang {
                 files: &[
                     ("plugin.js", include_str!("templates/js/plugin.js")),
                     ("build.mjs", include_str!("templates/js/build.mjs")),
+                    (
+                        "plugboard.js",
+                        include_str!("../../../plugins/js/sdk/plugboard.js"),
+                    ),
                     ("package.json", include_str!("templates/js/package.json")),
                     ("Makefile", include_str!("templates/js/Makefile")),
                     ("README.md", include_str!("templates/js/README.md")),
@@ -117,7 +125,8 @@ impl Lang {
 /// The scaffold's files with `{{name}}` (the project, which is also its
 /// command), `{{file}}` (the `.wasm` file's stem, which names the plugin:
 /// Cargo turns `-` into `_`, the other languages follow), `{{type}}` (a Rust
-/// type name), `{{plugboard}}` (this binary) and `{{wit}}` filled in.
+/// type name), `{{plugboard}}` (this binary), `{{wit}}` and `{{sdk}}` (the
+/// JavaScript SDK) filled in.
 fn scaffold_files(name: &str, lang: Lang) -> Vec<(&'static str, String)> {
     let file = name.replace('-', "_");
     let plugboard = this_binary();
@@ -127,6 +136,7 @@ fn scaffold_files(name: &str, lang: Lang) -> Vec<(&'static str, String)> {
             .replace("{{type}}", &type_name(name))
             .replace("{{plugboard}}", &plugboard)
             .replace("{{wit}}", "./wit")
+            .replace("{{sdk}}", "./plugboard.js")
     };
     let template = lang.template();
     let mut files: Vec<(&'static str, String)> = template

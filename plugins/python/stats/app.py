@@ -6,12 +6,12 @@ Written in Python against plugboard's WIT contract, built with componentize-py.
 
 import math
 
-import wit_world
-from componentize_py_types import Err, Ok
-from wit_world.imports import batch, host, types
+import plugboard
+from componentize_py_types import Err
+from wit_world.imports import host, types
 
 
-class WitWorld(wit_world.WitWorld):
+class WitWorld(plugboard.Plugin):
     def commands(self) -> list[types.CommandInfo]:
         return [
             types.CommandInfo(
@@ -32,19 +32,6 @@ class WitWorld(wit_world.WitWorld):
             f"count={len(numbers)} mean={mean:g} median={median(numbers):g} "
             f"min={numbers[0]:g} max={numbers[-1]:g} stdev={stdev(numbers, mean):g}"
         )
-
-    def serve_batch(self) -> None:
-        """Serves a client's pipelined commands in one call, each as `handle` would.
-
-        One call into a component costs more than a `stats` command, so the
-        host hands over every command a client sent at once through here.
-        """
-        while (request := batch.next_request()) is not None:
-            try:
-                reply = Ok(self.handle(request))
-            except Err as err:
-                reply = err
-            batch.reply(reply)
 
 
 # Plain float arithmetic (math.fsum keeps sums exact enough): the statistics

@@ -331,8 +331,7 @@ pub fn __handle<P: Plugin>(request: Request) -> Result<String, String> {
 #[doc(hidden)]
 pub fn __serve_batch<P: Plugin>() {
     let buffer = wit::batch::take_requests();
-    let mut requests = Requests::new(&buffer);
-    while let Some(request) = requests.next() {
+    for request in Requests::new(&buffer) {
         let reply = __handle::<P>(request);
         wit::batch::reply(reply.as_deref().map_err(String::as_str));
     }

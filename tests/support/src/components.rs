@@ -71,6 +71,12 @@ pub enum ServeBatch {
     ReturnAtOnce,
     /// Takes a request and never replies, looping forever.
     TakeThenSpin,
+    /// Takes the whole batch with `take-requests`, then takes it again.
+    TakeAllTwice,
+    /// Takes the whole batch, then asks `next-request` for more.
+    TakeAllThenAsk,
+    /// Takes the whole batch and returns without replying.
+    TakeAllThenReturn,
 }
 
 /// A component of the `batched-plugin` world: `handle` answers as `handle`
@@ -233,12 +239,16 @@ fn handle_body(handle: Handle, text_len: u32) -> String {
 /// request from 4 bytes on: command, args and raw args, each a pointer and a
 /// length); `reply` takes a `result<string, string>` flat (discriminant,
 /// pointer, length).
+/// `take-requests` (0.1.4) writes its `list<u8>` (pointer, length) where
+/// its argument points.
 const BATCH_IMPORTS: &str = r#"(import "plugboard:plugin/batch@0.1.3" "next-request" (func $next_request (param i32)))
-  (import "plugboard:plugin/batch@0.1.3" "reply" (func $reply (param i32 i32 i32)))"#;
+  (import "plugboard:plugin/batch@0.1.3" "reply" (func $reply (param i32 i32 i32)))
+  (import "plugboard:plugin/batch@0.1.4" "take-requests" (func $take_requests (param i32)))"#;
 
 /// The core `serve-batch` export for `serve`.
 fn serve_batch(serve: ServeBatch) -> String {
     let take = format!("(call $next_request (i32.const {RETURN_AT}))");
+    let take_all = format!("(call $take_requests (i32.const {RETURN_AT}))");
     let reply_with_command = format!(
         "(call $reply (i32.const 0) (i32.load (i32.const {command_at})) (i32.load (i32.const {len_at})))",
         command_at = RETURN_AT + 4,
@@ -263,6 +273,9 @@ fn serve_batch(serve: ServeBatch) -> String {
         ServeBatch::AskTwice => format!("{take} {take}"),
         ServeBatch::ReturnAtOnce => String::new(),
         ServeBatch::TakeThenSpin => format!("{take} (loop $forever (br $forever))"),
+        ServeBatch::TakeAllTwice => format!("{take_all} {take_all}"),
+        ServeBatch::TakeAllThenAsk => format!("{take_all} {take}"),
+        ServeBatch::TakeAllThenReturn => take_all,
     };
     format!(r#"(func (export "serve-batch") {body})"#)
 }

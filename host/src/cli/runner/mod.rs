@@ -58,6 +58,10 @@ const WASI_WIT: &[(&str, &str)] = &[
 
 const PYTHON_RUNNER: &[(&str, &str)] = &[
     ("runner.py", include_str!("python/runner.py")),
+    (
+        "plugboard.py",
+        include_str!("../../../../plugins/python/sdk/plugboard.py"),
+    ),
     ("preload.py", PYTHON_PRELOAD),
 ];
 /// The standard-library modules every Python runner holds.
@@ -66,6 +70,10 @@ const PYTHON_PRELOAD: &str = include_str!("python/preload.py");
 const JS_RUNNER: &[(&str, &str)] = &[
     ("runner.js", include_str!("js/runner.js")),
     ("rewrite.js", include_str!("js/rewrite.js")),
+    (
+        "plugboard.js",
+        include_str!("../../../../plugins/js/sdk/plugboard.js"),
+    ),
     ("build.mjs", include_str!("js/build.mjs")),
     ("wit/runner.wit", include_str!("js/runner.wit")),
 ];

@@ -114,6 +114,7 @@ const IN_EVERY_RUNNER: &[&str] = &[
     "sys",
     "time",
     "traceback",
+    "plugboard",
     "wit_world",
     "componentize_py_types",
     "componentize_py_runtime",

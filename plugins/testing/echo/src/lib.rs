@@ -36,11 +36,22 @@ impl Plugin for Echo {
             "kv-fill",
             "Store N bytes under a key: `kv-fill KEY N` (fills a disk fast)",
         ),
+        Command::new(
+            "args",
+            "Reply with the command, its words and raw arguments, delimited",
+        ),
     ];
 
     fn handle(request: Request) -> Result<String, String> {
         match request.command.as_str() {
             "echo" => Ok(request.raw_args),
+            "args" => Ok(format!(
+                "{}/{}:[{}]/[{}]",
+                request.command,
+                request.args.len(),
+                request.args.join("|"),
+                request.raw_args
+            )),
             "call" => commands::call(&request.raw_args),
             "sched-add" => match request.raw_args.splitn(3, '|').collect::<Vec<_>>()[..] {
                 [name, cron, command] => {

@@ -7,7 +7,8 @@
 // stack goes to the server's log. A syntax error is reported with its line.
 // The entry also serves batches (the `batched-plugin` world): a client's
 // pipelined commands in one call, each through handle() as alone, since a
-// call into the component costs more than a small command.
+// call into the component costs more than a small command; plugboard.js
+// (the SDK) decodes them.
 import { writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { componentize } from '@bytecodealliance/componentize-js';
@@ -16,8 +17,8 @@ const here = (path) => fileURLToPath(new URL(path, import.meta.url));
 const output = process.argv[2] ?? '{{file}}.wasm';
 
 const entry = `import * as plugin from './plugin.js';
+import { batchRequests, reply } from '{{sdk}}';
 import { log } from 'plugboard:plugin/host@0.1.4';
-import { nextRequest, reply } from 'plugboard:plugin/batch@0.1.4';
 
 export function commands() {
   return plugin.commands();
@@ -32,7 +33,7 @@ export function handle(request) {
 }
 
 export function serveBatch() {
-  for (let request = nextRequest(); request !== undefined; request = nextRequest()) {
+  for (const request of batchRequests()) {
     try {
       reply({ tag: 'ok', val: plugin.handle(request) });
     } catch (thrown) {

@@ -1,13 +1,14 @@
 """The {{name}} plugboard plugin."""
 
-import wit_world
-from componentize_py_types import Err, Ok
-from wit_world.imports import batch, host, types
+import plugboard
+from componentize_py_types import Err
+from wit_world.imports import host, types
 
 COMMAND = "{{name}}"
 
 
-class WitWorld(wit_world.WitWorld):
+# plugboard.Plugin serves a client's pipelined commands through `handle`.
+class WitWorld(plugboard.Plugin):
     def commands(self) -> list[types.CommandInfo]:
         """The commands this plugin serves; the server routes them here."""
         return [types.CommandInfo(COMMAND, "Greet the first argument (or the world)")]
@@ -23,16 +24,3 @@ class WitWorld(wit_world.WitWorld):
         #     from wit_world.imports import commands
         #     reply = commands.call("on")  # raises Err(message) for an error reply
         return f"hello, {who}"
-
-    def serve_batch(self) -> None:
-        """Serves a client's pipelined commands in one call, each through `handle`.
-
-        A call into the plugin costs more than a small command, so the server
-        hands over every command a client sent at once through here.
-        """
-        while (request := batch.next_request()) is not None:
-            try:
-                reply = Ok(self.handle(request))
-            except Err as err:
-                reply = err
-            batch.reply(reply)
