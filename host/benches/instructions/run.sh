@@ -20,14 +20,16 @@
 # from before the feature existed (2026-12-04) need the old measure.patch
 # from git history.
 #
-# SHAPE="CONNECTIONS DEPTH SMALL LARGE" measures another load: SHAPE="8 0 2000
+# ONOFF=file serves another build of onoff (one built against an older WIT
+# loads on older revisions too). SHAPE="CONNECTIONS DEPTH SMALL LARGE"
+# measures another load: SHAPE="8 0 2000
 # 8000" is a connection per command (8 clients; 2 000 and 8 000 commands).
 set -euo pipefail
 read -r connections depth small large <<<"${SHAPE:-64 16 32000 128000}"
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(git -C "$here" rev-parse --show-toplevel)
-onoff=$repo/target/wasm32-wasip2/release/onoff.wasm
+onoff=${ONOFF:-$repo/target/wasm32-wasip2/release/onoff.wasm}
 [ -f "$onoff" ] || { echo "error: $onoff missing: run 'make plugins' first" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "error: valgrind is not installed" >&2; exit 1; }
 
