@@ -682,6 +682,11 @@ fn attacks(window: Duration) {
             Load::shape(4, 1, "huge-reply 10"),
         ),
         (
+            "log lines: 8 connections logging one 40 MiB line a call",
+            hostile(),
+            Load::shape(8, 1, "log-flood 1 41943040"),
+        ),
+        (
             "CPU: 256 connections looping burn 20",
             hostile().plugin_config("hostile", "call_timeout_ms = 60000"),
             Load::shape(256, 1, "burn 20"),
@@ -711,7 +716,161 @@ fn attacks(window: Duration) {
         println!("  attack           {}", attack.summary());
         println!("  peak resident    {:.1} MiB", server.peak_resident_mib());
     }
+    silent_sockets(window);
+    damaged_value_reads(window);
     python_clients();
+}
+
+/// With tokens, 64 silent sockets from two addresses keep taking every
+/// place (`max_connections = 64`), reconnecting as soon as the server
+/// displaces them, while a token holder from a third opens a connection,
+/// authenticates and runs `on`, one connection after another: what the
+/// deadline and the share of the unauthenticated keep open for it.
+fn silent_sockets(window: Duration) {
+    let token = Command::new(support::plugboard_path())
+        .args(["token", "--name", "bench", "--command", "*"])
+        .output()
+        .expect("run plugboard token");
+    let text = String::from_utf8(token.stdout).expect("token output");
+    let (token, entry) = text.split_once('\n').expect("a token and its entry");
+    let server = start(
+        Setup::new()
+            .plugin("onoff", "onoff")
+            .config("max_connections = 64")
+            .tables(&format!("[auth]\n{entry}")),
+        false,
+    );
+    let addr = server.addr;
+    let stop_at = Instant::now() + WARMUP * 2 + window;
+    let attacking = std::thread::spawn(move || {
+        let runtime = pinned_runtime(CLIENT_CORE);
+        runtime.block_on(async move {
+            let sockets: Vec<_> = (0..64)
+                .map(|n| {
+                    tokio::spawn(silent_socket(
+                        addr,
+                        ["127.0.0.2", "127.0.0.3"][n % 2],
+                        stop_at,
+                    ))
+                })
+                .collect();
+            let mut displaced = 0;
+            for socket in sockets {
+                displaced += socket.await.expect("silent socket");
+            }
+            displaced
+        })
+    });
+    std::thread::sleep(WARMUP);
+    let bystander = authenticating_bystander(addr, token, window);
+    let displaced = attacking.join().expect("attack");
+    println!("attack: silent sockets, 64 places, auth required");
+    println!(
+        "  bystander, a connection per `on` (connect, auth, on): {}",
+        bystander.summary()
+    );
+    println!("  silent sockets displaced and reopened: {displaced}");
+}
+
+/// Connects from `source` and says nothing, again each time the server
+/// closes it, until `stop_at`; returns how many times it was closed.
+async fn silent_socket(addr: SocketAddr, source: &str, stop_at: Instant) -> u64 {
+    let mut closed = 0;
+    let mut chunk = [0u8; 512];
+    while Instant::now() < stop_at {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("{source}:0").parse().expect("source address"))
+            .expect("bind");
+        let Ok(mut stream) = socket.connect(addr).await else {
+            continue;
+        };
+        let left = stop_at.saturating_duration_since(Instant::now());
+        loop {
+            match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+                Ok(Ok(0) | Err(_)) => {
+                    closed += 1;
+                    break;
+                }
+                Ok(Ok(_)) => {}
+                Err(_) => return closed,
+            }
+        }
+    }
+    closed
+}
+
+/// A client with `token` from its own address: connect, `auth`, `on`,
+/// close, in a loop for `window`; each round's time is one sample.
+fn authenticating_bystander(addr: SocketAddr, token: &str, window: Duration) -> Figures {
+    let mut figures = Figures {
+        replies: 0,
+        errors: 0,
+        window,
+        latency: new_histogram(),
+    };
+    let stop_at = Instant::now() + window;
+    while Instant::now() < stop_at {
+        let started = Instant::now();
+        let mut client = Client::connect_from("127.0.0.4", addr);
+        let authenticated = client.request(&format!("auth {token}"));
+        let reply = client.request("on");
+        figures.replies += 1;
+        if authenticated != "success" || reply != "success" {
+            figures.errors += 1;
+        }
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        figures.latency.saturating_record(nanos);
+    }
+    figures
+}
+
+/// 16 connections reading a value whose bytes are damaged in the state
+/// file (each read refused: `state unavailable`), beside a bystander's
+/// `on`, whose state is in the same file.
+fn damaged_value_reads(window: Duration) {
+    let setup = Setup::new()
+        .plugin("onoff", "onoff")
+        .plugin("testing_echo", "echo")
+        .arg("--no-watch");
+    let file = setup
+        .plugin_dir()
+        .parent()
+        .expect("the server's directory")
+        .join("plugboard-state/state.redb");
+    let value = "a value to be damaged in the file";
+    let mut server = setup.start_with(server_command);
+    assert_eq!(
+        server.connect().request(&format!("kv-set k {value}")),
+        "stored"
+    );
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    server.wait_exit();
+    let mut bytes = std::fs::read(&file).expect("state file");
+    let found: Vec<usize> = bytes
+        .windows(value.len())
+        .enumerate()
+        .filter(|(_, window)| *window == value.as_bytes())
+        .map(|(at, _)| at)
+        .collect();
+    assert!(!found.is_empty(), "the value is in the file");
+    for at in found {
+        bytes[at + 3] ^= 0x01;
+    }
+    std::fs::write(&file, bytes).expect("write the damaged file");
+    let server = server.restart_stopped();
+    let addr = server.addr;
+    let attacking =
+        std::thread::spawn(move || run(addr, Load::shape(16, 1, "kv-get k"), window + WARMUP * 2));
+    std::thread::sleep(WARMUP);
+    let bystander = run(addr, Load::shape(1, 1, "on"), window);
+    let attack = attacking.join().expect("attack");
+    println!("attack: 16 connections reading a damaged value");
+    println!("  bystander `on`   {}", bystander.summary());
+    println!(
+        "  attack           {} (every reply refused)",
+        attack.summary()
+    );
 }
 
 /// How many clients of the Python plugin, all calling at once, are served.

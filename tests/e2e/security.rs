@@ -208,6 +208,95 @@ fn silent_connections_cannot_keep_a_token_holder_out() {
     }
 }
 
+/// Silent sockets from two addresses reconnecting as fast as they are
+/// closed, each displacing another, cannot keep a token holder from a
+/// third address out either, even one slow to send `auth` (hundreds of
+/// the flood's connections come and go meanwhile): a newcomer displaces
+/// the oldest of the address holding the most places, so the flood
+/// displaces itself.
+#[test]
+fn a_reconnecting_flood_of_silent_sockets_cannot_keep_a_token_holder_out() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (token, entry) = new_token(&["*"]);
+    let server = onoff()
+        .config("max_connections = 64")
+        .tables(&format!("[auth]\n{entry}"))
+        .start();
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let flood = {
+        let (stop, closed) = (stop.clone(), closed.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let sockets: Vec<_> = (0..64)
+                    .map(|n| {
+                        let source = ["127.0.0.2", "127.0.0.3"][n % 2];
+                        tokio::spawn(silent_socket(addr, source, stop.clone(), closed.clone()))
+                    })
+                    .collect();
+                for socket in sockets {
+                    socket.await.unwrap();
+                }
+            });
+        })
+    };
+    // The storm is on once the server has closed a thousand of them.
+    while closed.load(Ordering::Relaxed) < 1000 {
+        std::thread::yield_now();
+    }
+    for round in 0..5 {
+        let mut holder = Client::connect_from("127.0.0.4", addr);
+        let connected = closed.load(Ordering::Relaxed);
+        while closed.load(Ordering::Relaxed) < connected + 200 {
+            std::thread::yield_now();
+        }
+        let authenticated = holder.send_and_reply(&format!("auth {token}"));
+        assert_eq!(authenticated.as_deref(), Some("success"), "round {round}");
+        assert_eq!(holder.request("on"), "success", "round {round}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+}
+
+/// Connects from `source` and says nothing, again each time the server
+/// closes it, until `stop`; counts each close in `closed`.
+async fn silent_socket(
+    addr: std::net::SocketAddr,
+    source: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 512];
+    while !stop.load(Ordering::Relaxed) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let Ok(mut stream) = socket.connect(addr).await else {
+            continue;
+        };
+        loop {
+            let read = tokio::time::timeout(
+                std::time::Duration::from_millis(100),
+                stream.read(&mut chunk),
+            );
+            match read.await {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(_)) => {}
+                Err(_) if stop.load(Ordering::Relaxed) => return,
+                Err(_) => {}
+            }
+        }
+        closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[test]
 fn a_wrong_token_is_refused_and_nothing_after_it_runs() {
     let (server, _) = with_token(&["*"]);

@@ -16,9 +16,11 @@
 //! `max_connections` and has done nothing to earn it, so it gets a deadline
 //! of its own (`auth.timeout_ms`, see `timeouts.rs`), and together such
 //! connections hold at most `auth.max_unauthenticated_percent` of the
-//! places: past it, a newcomer displaces the oldest (see [`Waiting`]).
-//! Silent sockets can then never keep a client with a token out: it
-//! connects, displaces one of them, and authenticates a round trip later.
+//! places: past it, a newcomer displaces the oldest of the address holding
+//! the most (see [`Waiting`]). Silent sockets can then never keep a client
+//! with a token out: it connects, displaces one of them, and authenticates
+//! a round trip later; sockets reconnecting as fast as they are closed
+//! displace one another, not the newcomer from an address of its own.
 //!
 //! With no tokens, protected mode (on by default, as in Redis) serves only
 //! loopback clients: a server reachable from a network with no credential
@@ -45,12 +47,59 @@ pub struct Auth {
     waiting: Waiting,
 }
 
-/// The connections that have not authenticated yet, oldest first (ids
-/// grow), each with the token that closes it when it is displaced.
+/// The connections that have not authenticated yet.
 struct Waiting {
     limit: usize,
     next_id: AtomicU64,
-    connections: Mutex<BTreeMap<u64, CancellationToken>>,
+    connections: Mutex<WaitingSet>,
+}
+
+/// The unauthenticated connections, oldest first (ids grow), each with its
+/// address and the token that closes it when it is displaced, and how many
+/// each address holds: the one displaced is the oldest of an address
+/// holding the most, so a flood from a few addresses displaces itself.
+#[derive(Default)]
+struct WaitingSet {
+    by_age: BTreeMap<u64, (IpAddr, CancellationToken)>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+impl WaitingSet {
+    fn len(&self) -> usize {
+        self.by_age.len()
+    }
+
+    fn insert(&mut self, id: u64, peer: IpAddr, displaced: CancellationToken) {
+        self.by_age.insert(id, (peer, displaced));
+        *self.per_address.entry(peer).or_default() += 1;
+    }
+
+    fn remove(&mut self, id: u64) -> Option<CancellationToken> {
+        let (peer, displaced) = self.by_age.remove(&id)?;
+        if let Some(count) = self.per_address.get_mut(&peer) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_address.remove(&peer);
+            }
+        }
+        Some(displaced)
+    }
+
+    /// Closes the oldest connection of an address holding the most.
+    fn displace_one(&mut self) -> bool {
+        let Some(most) = self.per_address.values().copied().max() else {
+            return false;
+        };
+        let victim = self
+            .by_age
+            .iter()
+            .find(|(_, (peer, _))| self.per_address.get(peer) == Some(&most))
+            .map(|(id, _)| *id);
+        victim
+            .and_then(|id| self.remove(id))
+            .map(|displaced| displaced.cancel())
+            .is_some()
+    }
 }
 
 /// A connection's place among the unauthenticated: given up when it
@@ -144,23 +193,19 @@ impl Auth {
             waiting: Waiting {
                 limit: max_unauthenticated.max(1),
                 next_id: AtomicU64::new(0),
-                connections: Mutex::new(BTreeMap::new()),
+                connections: Mutex::new(WaitingSet::default()),
             },
         })))
     }
 
-    /// A place among the connections waiting to authenticate; the oldest
-    /// waiting connection is displaced if they are at their limit.
-    fn wait(self: &Arc<Self>) -> WaitingPlace {
+    /// A place among the connections waiting to authenticate, for one from
+    /// `peer`; one of them is displaced if they are at their limit.
+    fn wait(self: &Arc<Self>, peer: IpAddr) -> WaitingPlace {
         let id = self.waiting.next_id.fetch_add(1, Ordering::Relaxed);
         let displaced = CancellationToken::new();
         let mut connections = self.waiting.lock();
-        connections.insert(id, displaced.clone());
-        while connections.len() > self.waiting.limit {
-            if let Some((_, oldest)) = connections.pop_first() {
-                oldest.cancel();
-            }
-        }
+        connections.insert(id, peer, displaced.clone());
+        while connections.len() > self.waiting.limit && connections.displace_one() {}
         drop(connections);
         WaitingPlace {
             id,
@@ -211,16 +256,16 @@ impl Auth {
         Some(token.permits(command))
     }
 
-    /// Closes the oldest connection waiting to authenticate, if there is
-    /// one: for a newcomer when every place is taken.
-    pub fn displace_oldest(&self) -> bool {
-        let oldest = self.waiting.lock().pop_first();
-        oldest.map(|(_, displaced)| displaced.cancel()).is_some()
+    /// Closes a connection waiting to authenticate (the oldest of an
+    /// address holding the most), if there is one: for a newcomer when
+    /// every place is taken.
+    pub fn displace_one(&self) -> bool {
+        self.waiting.lock().displace_one()
     }
 }
 
 impl Waiting {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WaitingSet> {
         self.connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -229,7 +274,7 @@ impl Waiting {
 
 impl Drop for WaitingPlace {
     fn drop(&mut self) {
-        self.auth.waiting.lock().remove(&self.id);
+        self.auth.waiting.lock().remove(self.id);
     }
 }
 
@@ -253,11 +298,11 @@ impl Token {
 }
 
 impl Access {
-    /// How a new connection starts under `auth`.
-    pub fn new(auth: Option<&Arc<Auth>>) -> Self {
+    /// How a new connection from `peer` starts under `auth`.
+    pub fn new(auth: Option<&Arc<Auth>>, peer: IpAddr) -> Self {
         match auth {
             None => Self::Open,
-            Some(auth) => Self::Pending(auth.wait()),
+            Some(auth) => Self::Pending(auth.wait(peer)),
         }
     }
 
@@ -361,7 +406,7 @@ impl Access {
                 tracing::debug!(%peer, ?delay, "authentication failed");
                 tokio::time::sleep(delay).await;
                 if let Self::Granted(_) = self {
-                    *self = Self::Pending(auth.wait());
+                    *self = Self::Pending(auth.wait(peer));
                 }
                 Gate::Close("invalid token".into())
             }
@@ -426,7 +471,7 @@ mod tests {
     async fn nothing_runs_before_auth_and_only_the_granted_commands_after() {
         let (auth, token) = auth(&["status"]);
         let auth = Some(&auth);
-        let mut access = Access::new(auth);
+        let mut access = Access::new(auth, ip());
         assert!(matches!(
             access.gate(auth, request("status"), ip()).await,
             Gate::Close(_)
@@ -454,7 +499,7 @@ mod tests {
     async fn a_wrong_token_closes_and_revokes() {
         let (auth, token) = auth(&["*"]);
         let auth = Some(&auth);
-        let mut access = Access::new(auth);
+        let mut access = Access::new(auth, ip());
         access
             .gate(auth, request(&format!("auth {token}")), ip())
             .await;
@@ -467,10 +512,10 @@ mod tests {
     #[tokio::test]
     async fn past_the_limit_a_newcomer_displaces_the_oldest_unauthenticated() {
         let (auth, token) = auth(&["*"]);
-        let waiting: Vec<Access> = (0..4).map(|_| Access::new(Some(&auth))).collect();
+        let waiting: Vec<Access> = (0..4).map(|_| Access::new(Some(&auth), ip())).collect();
         let displaced: Vec<_> = waiting.iter().map(|a| a.displaced().unwrap()).collect();
         assert!(displaced.iter().all(|d| !d.is_cancelled()));
-        let mut newcomer = Access::new(Some(&auth));
+        let mut newcomer = Access::new(Some(&auth), ip());
         assert!(displaced[0].is_cancelled());
         assert!(displaced[1..].iter().all(|d| !d.is_cancelled()));
         // Authenticated and closed connections give their places up.
@@ -480,19 +525,39 @@ mod tests {
         assert!(matches!(granted, Gate::Answer(_)));
         assert!(newcomer.displaced().is_none());
         drop(waiting);
-        let after: Vec<Access> = (0..4).map(|_| Access::new(Some(&auth))).collect();
+        let after: Vec<Access> = (0..4).map(|_| Access::new(Some(&auth), ip())).collect();
         assert!(after.iter().all(|a| !a.displaced().unwrap().is_cancelled()));
+    }
+
+    /// Newcomers from one address displace that address's own waiting
+    /// connections, never one from an address holding fewer places.
+    #[tokio::test]
+    async fn a_flood_from_one_address_displaces_itself() {
+        let (auth, _) = auth(&["*"]);
+        let holder = Access::new(Some(&auth), "127.0.0.4".parse().unwrap());
+        let flood: Vec<Access> = (0..100)
+            .map(|_| Access::new(Some(&auth), "127.0.0.2".parse().unwrap()))
+            .collect();
+        assert!(!holder.displaced().unwrap().is_cancelled());
+        let waiting = flood
+            .iter()
+            .filter(|a| !a.displaced().unwrap().is_cancelled());
+        assert_eq!(waiting.count(), 3, "the flood keeps the rest of the places");
+        // A newcomer from a third address displaces the flood's too.
+        let other = Access::new(Some(&auth), "127.0.0.3".parse().unwrap());
+        assert!(!other.displaced().unwrap().is_cancelled());
+        assert!(!holder.displaced().unwrap().is_cancelled());
     }
 
     #[tokio::test]
     async fn before_auth_a_message_that_is_not_a_request_closes() {
         let (auth, _) = auth(&["*"]);
         let auth = Some(&auth);
-        let mut access = Access::new(auth);
+        let mut access = Access::new(auth, ip());
         let empty = access.gate(auth, request(""), ip()).await;
         assert!(matches!(empty, Gate::Close(why) if why.contains("empty message")));
         let not_utf8 = Request::parse(b"\xff\xfe");
-        let mut access = Access::new(auth);
+        let mut access = Access::new(auth, ip());
         assert!(matches!(
             access.gate(auth, not_utf8, ip()).await,
             Gate::Close(_)
@@ -501,7 +566,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_tokens_everything_runs_and_auth_is_refused() {
-        let mut access = Access::new(None);
+        let mut access = Access::new(None, ip());
         assert!(matches!(
             access.gate(None, request("on"), ip()).await,
             Gate::Route(_)

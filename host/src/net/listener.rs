@@ -274,7 +274,7 @@ impl Door {
         let span = tracing::debug_span!("connection", %peer);
         let client = Admitted {
             peer,
-            access: Access::new(self.settings.auth.as_ref()),
+            access: Access::new(self.settings.auth.as_ref(), peer.ip()),
             routes: self.routes.clone(),
             settings: self.settings.clone(),
             shutdown: self.shutdown.clone(),
@@ -294,12 +294,12 @@ impl Door {
         );
     }
 
-    /// With every place taken, closes the oldest connection still waiting
-    /// to authenticate, if there is one and the newcomer can wait for its
+    /// With every place taken, closes a connection still waiting to
+    /// authenticate (the oldest of an address holding the most), if there is one and the newcomer can wait for its
     /// place (see [`Self::admit_when_displaced`]).
     fn displace_unauthenticated(&self) -> bool {
         match &self.settings.auth {
-            Some(auth) if self.refusals.available_permits() > 0 => auth.displace_oldest(),
+            Some(auth) if self.refusals.available_permits() > 0 => auth.displace_one(),
             _ => false,
         }
     }

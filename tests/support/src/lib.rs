@@ -565,14 +565,17 @@ impl Client {
     /// Connects from `source`, a loopback address such as 127.0.0.2: a
     /// second client address on one machine.
     pub fn connect_from(source: &str, addr: SocketAddr) -> Self {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
+        Self::try_connect_from(source, addr).expect("connect")
+    }
+
+    /// Like [`Client::connect_from`], for a client that expects to be
+    /// refused at times (a flood).
+    pub fn try_connect_from(source: &str, addr: SocketAddr) -> std::io::Result<Self> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
         let source: SocketAddr = format!("{source}:0").parse().expect("source address");
-        socket
-            .bind(&source.into())
-            .expect("bind the source address");
-        socket.connect(&addr.into()).expect("connect");
-        Self::over(socket.into())
+        socket.bind(&source.into())?;
+        socket.connect(&addr.into())?;
+        Ok(Self::over(socket.into()))
     }
 
     fn over(stream: TcpStream) -> Self {
@@ -593,6 +596,14 @@ impl Client {
         self.send(message.as_bytes());
         self.send(DELIMITER);
         self.reply().expect("connection closed before the reply")
+    }
+
+    /// Sends one message and returns its reply, `None` when the server
+    /// closed instead.
+    pub fn send_and_reply(&mut self, message: &str) -> Option<String> {
+        self.send(message.as_bytes());
+        self.send(DELIMITER);
+        self.reply()
     }
 
     /// The next reply without its delimiter; `None` when the server closed.
