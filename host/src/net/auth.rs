@@ -16,8 +16,8 @@
 //! `max_connections` and has done nothing to earn it, so it gets a deadline
 //! of its own (`auth.timeout_ms`, see `timeouts.rs`), and together such
 //! connections hold at most `auth.max_unauthenticated_percent` of the
-//! places: past it, a newcomer displaces the oldest of the address holding
-//! the most (see [`Waiting`]). Silent sockets can then never keep a client
+//! places: past it, a newcomer displaces the oldest of an address holding
+//! more than its share, or else the oldest (see [`Waiting`]). Silent sockets can then never keep a client
 //! with a token out: it connects, displaces one of them, and authenticates
 //! a round trip later; sockets reconnecting as fast as they are closed
 //! displace one another, not the newcomer from an address of its own.
@@ -56,13 +56,19 @@ struct Waiting {
 
 /// The unauthenticated connections, oldest first (ids grow), each with its
 /// address and the token that closes it when it is displaced, and how many
-/// each address holds: the one displaced is the oldest of an address
-/// holding the most, so a flood from a few addresses displaces itself.
+/// each address holds. The one displaced is the oldest of those whose
+/// address holds more than its share (see [`WaitingSet::displace_one`]),
+/// so that a flood from a few addresses displaces itself; failing that,
+/// the oldest of all.
 #[derive(Default)]
 struct WaitingSet {
     by_age: BTreeMap<u64, (IpAddr, CancellationToken)>,
     per_address: HashMap<IpAddr, usize>,
 }
+
+/// Places an address may hold before its connections are displaced ahead
+/// of others': a few handshakes at once from behind one NAT are ordinary.
+const ORDINARY_PER_ADDRESS: usize = 4;
 
 impl WaitingSet {
     fn len(&self) -> usize {
@@ -85,15 +91,20 @@ impl WaitingSet {
         Some(displaced)
     }
 
-    /// Closes the oldest connection of an address holding the most.
-    fn displace_one(&mut self) -> bool {
-        let Some(most) = self.per_address.values().copied().max() else {
-            return false;
-        };
+    /// Closes the oldest connection of an address holding more than its
+    /// share of `limit` places (more than [`ORDINARY_PER_ADDRESS`], and more
+    /// than the places divided among the addresses waiting), or else the
+    /// oldest of all.
+    fn displace_one(&mut self, limit: usize) -> bool {
+        let share = limit
+            .div_ceil(self.per_address.len().max(1))
+            .max(ORDINARY_PER_ADDRESS);
+        let over_share = |peer: &IpAddr| self.per_address.get(peer).is_some_and(|n| *n > share);
         let victim = self
             .by_age
             .iter()
-            .find(|(_, (peer, _))| self.per_address.get(peer) == Some(&most))
+            .find(|(_, (peer, _))| over_share(peer))
+            .or_else(|| self.by_age.iter().next())
             .map(|(id, _)| *id);
         victim
             .and_then(|id| self.remove(id))
@@ -205,7 +216,9 @@ impl Auth {
         let displaced = CancellationToken::new();
         let mut connections = self.waiting.lock();
         connections.insert(id, peer, displaced.clone());
-        while connections.len() > self.waiting.limit && connections.displace_one() {}
+        while connections.len() > self.waiting.limit && connections.displace_one(self.waiting.limit)
+        {
+        }
         drop(connections);
         WaitingPlace {
             id,
@@ -260,7 +273,7 @@ impl Auth {
     /// address holding the most), if there is one: for a newcomer when
     /// every place is taken.
     pub fn displace_one(&self) -> bool {
-        self.waiting.lock().displace_one()
+        self.waiting.lock().displace_one(self.waiting.limit)
     }
 }
 
@@ -529,24 +542,39 @@ mod tests {
         assert!(after.iter().all(|a| !a.displaced().unwrap().is_cancelled()));
     }
 
-    /// Newcomers from one address displace that address's own waiting
-    /// connections, never one from an address holding fewer places.
+    /// Newcomers from a few addresses displace those addresses' own
+    /// waiting connections, never one from an address holding its share;
+    /// among addresses holding a few each, the oldest goes first.
     #[tokio::test]
-    async fn a_flood_from_one_address_displaces_itself() {
-        let (auth, _) = auth(&["*"]);
-        let holder = Access::new(Some(&auth), "127.0.0.4".parse().unwrap());
-        let flood: Vec<Access> = (0..100)
-            .map(|_| Access::new(Some(&auth), "127.0.0.2".parse().unwrap()))
+    async fn a_flood_from_few_addresses_displaces_itself() {
+        let (_, sha256) = new_token().unwrap();
+        let settings = TokenSettings {
+            name: "panel".into(),
+            sha256,
+            commands: vec!["*".into()],
+        };
+        let auth = Auth::new(&[settings], 32).unwrap().unwrap();
+        let at = |n: u8| IpAddr::from([127, 0, 0, n]);
+        let holder = Access::new(Some(&auth), at(4));
+        let flood: Vec<Access> = (0..1000)
+            .map(|n| Access::new(Some(&auth), at(2 + (n % 2) as u8)))
             .collect();
         assert!(!holder.displaced().unwrap().is_cancelled());
         let waiting = flood
             .iter()
             .filter(|a| !a.displaced().unwrap().is_cancelled());
-        assert_eq!(waiting.count(), 3, "the flood keeps the rest of the places");
-        // A newcomer from a third address displaces the flood's too.
-        let other = Access::new(Some(&auth), "127.0.0.3".parse().unwrap());
-        assert!(!other.displaced().unwrap().is_cancelled());
-        assert!(!holder.displaced().unwrap().is_cancelled());
+        assert_eq!(
+            waiting.count(),
+            31,
+            "the flood keeps the rest of the places"
+        );
+        drop((holder, flood));
+        // 32 addresses with one each, then a NAT with two: the oldest go.
+        let singles: Vec<Access> = (10..42).map(|n| Access::new(Some(&auth), at(n))).collect();
+        let nat: Vec<Access> = (0..2).map(|_| Access::new(Some(&auth), at(5))).collect();
+        assert!(singles[0].displaced().unwrap().is_cancelled());
+        assert!(singles[1].displaced().unwrap().is_cancelled());
+        assert!(nat.iter().all(|a| !a.displaced().unwrap().is_cancelled()));
     }
 
     #[tokio::test]

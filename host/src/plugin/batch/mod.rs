@@ -26,6 +26,27 @@ use super::session::{MAX_CALLS_PER_INSTANCE, Session};
 use super::{Plugin, host_wait};
 use crate::protocol::request::Request;
 
+/// The most bytes of requests one `serve-batch` call is given: they are
+/// lowered into the plugin's memory at once (`take-requests`), so a client
+/// pipelining large messages must not make one call need far more memory
+/// than the same commands one by one.
+const MAX_BATCH_BYTES: usize = 256 << 10;
+
+/// How many of `requests`, from the first, one call takes: those within
+/// [`MAX_BATCH_BYTES`], and at least one.
+fn fitting(requests: &VecDeque<types::Request>) -> usize {
+    let mut bytes = 0;
+    let within = requests
+        .iter()
+        .take_while(|request| {
+            bytes +=
+                request.command.len() + 2 * request.raw_args.len() + 4 * (3 + request.args.len());
+            bytes <= MAX_BATCH_BYTES
+        })
+        .count();
+    within.max(1)
+}
+
 /// What one `serve-batch` call came to.
 struct BatchCall {
     served: Vec<Served>,
@@ -131,7 +152,7 @@ impl Plugin {
         // An instance serves no more calls than one by one it would: the
         // rest go to the next (fresh) instance.
         let room = MAX_CALLS_PER_INSTANCE.saturating_sub(calls).max(1) as usize;
-        let later = requests.split_off(room.min(requests.len()));
+        let later = requests.split_off(room.min(requests.len()).min(fitting(&requests)));
         let max_reply_bytes = self.terms.limits.max_reply_bytes;
         store.data_mut().call.batch = Some(Queue::new(requests, max_reply_bytes, started));
         let host_wait = self.begin_call(&mut store, started, session.chain());

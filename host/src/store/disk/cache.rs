@@ -11,11 +11,13 @@
 //!
 //! Coherence: the writer thread applies each committed transaction's final
 //! values here, after the commit and before it answers the writes, so a
-//! write is visible to every read once acknowledged. A namespace being
-//! copied while a commit touches it is marked stale and the copy is
-//! dropped, never installed with a value older than a commit. Whatever the
-//! writer cannot vouch for (a failed commit, a reopened file) empties the
-//! cache: reads then go to the file until namespaces are copied again.
+//! write is visible to every read once acknowledged. A namespace is not
+//! copied while a commit that touches it is under way, and a copy that a
+//! commit began during is dropped, so no copy older than a commit is ever
+//! installed. Each copy holds a ticket: one started before the cache was
+//! emptied is never installed after. Whatever the writer cannot vouch for
+//! (a failed commit, a reopened file) empties the cache: reads then go to
+//! the file until namespaces are copied again.
 //!
 //! Bound: the entries held (key and value bytes plus [`ENTRY_OVERHEAD`]
 //! each) stay within the budget. A namespace that does not fit, even after
@@ -59,11 +61,15 @@ struct Inner {
     budget: u64,
     used: u64,
     namespaces: HashMap<String, Slot>,
+    /// Commits under way, by namespace they write to.
+    committing: HashMap<String, usize>,
+    next_ticket: u64,
 }
 
 enum Slot {
-    /// A reader is copying it; `stale` once a commit touched it meanwhile.
+    /// A reader is copying it; `stale` once a commit began meanwhile.
     Loading {
+        ticket: Ticket,
         stale: bool,
     },
     Ready(Namespace),
@@ -81,12 +87,18 @@ struct Namespace {
 
 /// Whether a reader should copy a namespace in.
 pub enum Claim {
-    /// It is the reader's to copy: [`ReadCache::fill`] or
-    /// [`ReadCache::give_up`] must follow.
-    Load,
-    /// Another reader is copying it, or it does not fit: read the file.
+    /// It is the reader's to copy, with this ticket: [`ReadCache::fill`]
+    /// or [`ReadCache::read_file_for_a_while`] follows.
+    Load(Ticket),
+    /// Another reader is copying it, a commit to it is under way, or it
+    /// does not fit: read the file.
     ReadFile,
 }
+
+/// Which claim a copy answers: a copy is installed only in the slot it
+/// claimed, never in one claimed again after the cache was emptied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
 
 fn entry_cost(key: &str, value: &Cached) -> u64 {
     let value = match value {
@@ -103,6 +115,8 @@ impl ReadCache {
                 budget: budget_bytes,
                 used: 0,
                 namespaces: HashMap::new(),
+                committing: HashMap::new(),
+                next_ticket: 0,
             }),
         }
     }
@@ -141,7 +155,7 @@ impl ReadCache {
     /// Whether the caller should copy `ns` in.
     pub fn claim(&self, ns: &str) -> Claim {
         let mut inner = self.lock();
-        if inner.budget == 0 {
+        if inner.budget == 0 || inner.committing.contains_key(ns) {
             return Claim::ReadFile;
         }
         match inner.namespaces.get(ns) {
@@ -149,34 +163,43 @@ impl ReadCache {
             Some(Slot::OnDisk { retry }) if *retry <= Instant::now() => {}
             Some(_) => return Claim::ReadFile,
         }
-        inner
-            .namespaces
-            .insert(ns.to_owned(), Slot::Loading { stale: false });
-        Claim::Load
+        let ticket = Ticket(inner.next_ticket);
+        inner.next_ticket += 1;
+        let loading = Slot::Loading {
+            ticket,
+            stale: false,
+        };
+        inner.namespaces.insert(ns.to_owned(), loading);
+        Claim::Load(ticket)
     }
 
     /// Whether `bytes` more would fit, dropping namespaces idle for
     /// [`IDLE`] to make room. When not, the claimed `ns` is read from the
     /// file until it is tried again.
-    pub fn make_room(&self, ns: &str, bytes: u64) -> bool {
+    pub fn make_room(&self, ns: &str, ticket: Ticket, bytes: u64) -> bool {
         let mut inner = self.lock();
         let fits = inner.make_room(bytes);
-        if !fits {
+        if !fits && inner.claimed(ns, ticket) {
             inner.set_on_disk(ns);
         }
         fits
     }
 
-    /// Installs the copy of the claimed `ns`, unless a commit touched it
-    /// meanwhile or it no longer fits.
-    pub fn fill(&self, ns: &str, entries: BTreeMap<String, Cached>) {
+    /// Installs the copy of `ns` claimed with `ticket`, unless a commit
+    /// began meanwhile, the cache was emptied, or it no longer fits.
+    pub fn fill(&self, ns: &str, ticket: Ticket, entries: BTreeMap<String, Cached>) {
         let mut inner = self.lock();
-        let Some(Slot::Loading { stale }) = inner.namespaces.get(ns) else {
-            return;
-        };
-        if *stale {
-            inner.namespaces.remove(ns);
-            return;
+        match inner.namespaces.get(ns) {
+            Some(Slot::Loading {
+                ticket: claimed,
+                stale,
+            }) if *claimed == ticket => {
+                if *stale {
+                    inner.namespaces.remove(ns);
+                    return;
+                }
+            }
+            _ => return,
         }
         let bytes = entries
             .iter()
@@ -197,28 +220,54 @@ impl ReadCache {
             .insert(ns.to_owned(), Slot::Ready(namespace));
     }
 
-    /// The claimed copy of `ns` failed: nothing is installed.
-    pub fn give_up(&self, ns: &str) {
+    /// The copy of `ns` claimed with `ticket` failed: its reads go to the
+    /// file until it is tried again, so that a namespace the file cannot
+    /// give whole is not copied again at every read.
+    pub fn read_file_for_a_while(&self, ns: &str, ticket: Ticket) {
         let mut inner = self.lock();
-        if matches!(inner.namespaces.get(ns), Some(Slot::Loading { .. })) {
-            inner.namespaces.remove(ns);
+        if inner.claimed(ns, ticket) {
+            inner.set_on_disk(ns);
         }
     }
 
-    /// A committed transaction's final values, applied before its writes
-    /// are answered.
-    pub fn apply(&self, committed: Vec<Committed>) {
+    /// A commit writing to `namespaces` begins: none of them is copied
+    /// until it ends, and copies under way are dropped.
+    pub fn begin_commit(&self, namespaces: &[String]) {
         let mut inner = self.lock();
-        for Committed { ns, key, value } in committed {
-            inner.apply(ns, key, value.map(Cached::Value));
+        for ns in namespaces {
+            *inner.committing.entry(ns.clone()).or_default() += 1;
+            if let Some(Slot::Loading { stale, .. }) = inner.namespaces.get_mut(ns) {
+                *stale = true;
+            }
+        }
+    }
+
+    /// The commit begun for `namespaces` ended: with its final values, to
+    /// be read from now on (before its writes are answered), or `None`
+    /// when it failed or cannot be vouched for, which empties the cache.
+    pub fn end_commit(&self, namespaces: &[String], committed: Option<Vec<Committed>>) {
+        let mut inner = self.lock();
+        for ns in namespaces {
+            if let Some(count) = inner.committing.get_mut(ns) {
+                *count -= 1;
+                if *count == 0 {
+                    inner.committing.remove(ns);
+                }
+            }
+        }
+        match committed {
+            Some(committed) => {
+                for Committed { ns, key, value } in committed {
+                    inner.apply(ns, key, value.map(Cached::Value));
+                }
+            }
+            None => inner.clear(),
         }
     }
 
     /// Forgets everything: the file may hold what the cache does not know.
     pub fn clear(&self) {
-        let mut inner = self.lock();
-        inner.namespaces.clear();
-        inner.used = 0;
+        self.lock().clear();
     }
 
     /// Bytes held (entries with their overhead): for the tests and the log.
@@ -229,6 +278,16 @@ impl ReadCache {
 }
 
 impl Inner {
+    fn clear(&mut self) {
+        self.namespaces.clear();
+        self.used = 0;
+    }
+
+    /// Whether `ns` is being copied under `ticket`.
+    fn claimed(&self, ns: &str, ticket: Ticket) -> bool {
+        matches!(self.namespaces.get(ns), Some(Slot::Loading { ticket: claimed, .. }) if *claimed == ticket)
+    }
+
     fn ready(&mut self, ns: &str) -> Option<&mut Namespace> {
         match self.namespaces.get_mut(ns) {
             Some(Slot::Ready(namespace)) => Some(namespace),
@@ -277,7 +336,7 @@ impl Inner {
             return;
         };
         let namespace = match slot {
-            Slot::Loading { stale } => return *stale = true,
+            Slot::Loading { stale, .. } => return *stale = true,
             Slot::OnDisk { .. } => return,
             Slot::Ready(namespace) => namespace,
         };
@@ -319,13 +378,30 @@ mod tests {
         }
     }
 
-    fn loaded(cache: &ReadCache, ns: &str, entries: &[(&str, &[u8])]) {
-        assert!(matches!(cache.claim(ns), Claim::Load));
-        let entries = entries
+    /// A commit to `ns` with these final values.
+    fn commit(cache: &ReadCache, changes: Vec<Committed>) {
+        let namespaces: Vec<String> = changes.iter().map(|c| c.ns.clone()).collect();
+        cache.begin_commit(&namespaces);
+        cache.end_commit(&namespaces, Some(changes));
+    }
+
+    fn entries(entries: &[(&str, &[u8])]) -> BTreeMap<String, Cached> {
+        entries
             .iter()
             .map(|(key, value)| ((*key).to_owned(), Cached::Value(value.to_vec())))
-            .collect();
-        cache.fill(ns, entries);
+            .collect()
+    }
+
+    fn claimed(cache: &ReadCache, ns: &str) -> Ticket {
+        match cache.claim(ns) {
+            Claim::Load(ticket) => ticket,
+            Claim::ReadFile => panic!("{ns} was not given to copy"),
+        }
+    }
+
+    fn loaded(cache: &ReadCache, ns: &str, copy: &[(&str, &[u8])]) {
+        let ticket = claimed(cache, ns);
+        cache.fill(ns, ticket, entries(copy));
     }
 
     #[test]
@@ -339,11 +415,14 @@ mod tests {
             Some(None),
             "an absent key is known absent"
         );
-        cache.apply(vec![
-            committed("p", "a", Some(b"10")),
-            committed("p", "b", None),
-            committed("q", "x", Some(b"ignored: q is not held")),
-        ]);
+        commit(
+            &cache,
+            vec![
+                committed("p", "a", Some(b"10")),
+                committed("p", "b", None),
+                committed("q", "x", Some(b"ignored: q is not held")),
+            ],
+        );
         assert_eq!(cache.get("p", "a"), value(b"10"));
         assert_eq!(cache.get("p", "b"), Some(None));
         assert_eq!(cache.get("q", "x"), None);
@@ -353,20 +432,47 @@ mod tests {
         assert_eq!(cache.used(), expected, "the byte count follows the commits");
     }
 
-    /// A commit landing while a reader copies the namespace may be missing
-    /// from the copy: the copy is dropped, never installed.
+    /// A copy may predate a commit that began while it was made: it is
+    /// dropped, never installed; and nothing is copied while a commit to
+    /// the namespace is under way.
     #[test]
-    fn a_copy_a_commit_overtook_is_not_installed() {
+    fn no_copy_overlapping_a_commit_is_installed() {
         let cache = ReadCache::new(1 << 20);
-        assert!(matches!(cache.claim("p"), Claim::Load));
+        let ticket = claimed(&cache, "p");
         assert!(
             matches!(cache.claim("p"), Claim::ReadFile),
             "one reader copies a namespace at a time"
         );
-        cache.apply(vec![committed("p", "a", Some(b"new"))]);
-        cache.fill("p", [("a".into(), Cached::Value(b"old".to_vec()))].into());
+        let namespaces = vec!["p".to_owned()];
+        cache.begin_commit(&namespaces);
+        assert!(
+            matches!(cache.claim("q"), Claim::Load(_)),
+            "other namespaces are copied"
+        );
+        cache.fill("p", ticket, entries(&[("a", b"old")]));
         assert_eq!(cache.get("p", "a"), None, "the stale copy was dropped");
+        assert!(
+            matches!(cache.claim("p"), Claim::ReadFile),
+            "not copied while a commit to it is under way"
+        );
+        cache.end_commit(&namespaces, Some(vec![committed("p", "a", Some(b"new"))]));
         loaded(&cache, "p", &[("a", b"new")]);
+        assert_eq!(cache.get("p", "a"), value(b"new"));
+    }
+
+    /// A copy claimed before the cache was emptied is not installed, even
+    /// in a slot claimed again since.
+    #[test]
+    fn a_copy_from_before_the_cache_was_emptied_is_not_installed() {
+        let cache = ReadCache::new(1 << 20);
+        let before = claimed(&cache, "p");
+        let namespaces = vec!["p".to_owned()];
+        cache.begin_commit(&namespaces);
+        cache.end_commit(&namespaces, None);
+        let after = claimed(&cache, "p");
+        cache.fill("p", before, entries(&[("a", b"old")]));
+        assert_eq!(cache.get("p", "a"), None);
+        cache.fill("p", after, entries(&[("a", b"new")]));
         assert_eq!(cache.get("p", "a"), value(b"new"));
     }
 
@@ -374,17 +480,25 @@ mod tests {
     fn the_budget_holds_and_a_namespace_too_large_is_read_from_the_file() {
         let cache = ReadCache::new(2 * ENTRY_OVERHEAD + 8);
         loaded(&cache, "small", &[("k", b"v")]);
-        assert!(matches!(cache.claim("big"), Claim::Load));
-        assert!(!cache.make_room("big", 10 * ENTRY_OVERHEAD));
+        let ticket = claimed(&cache, "big");
+        assert!(!cache.make_room("big", ticket, 10 * ENTRY_OVERHEAD));
         assert!(
             matches!(cache.claim("big"), Claim::ReadFile),
             "a namespace that did not fit is not tried again at once"
         );
         assert_eq!(cache.get("small", "k"), value(b"v"), "the one held stays");
         // Growing past the budget gives the grown namespace's room back.
-        cache.apply(vec![committed("small", "k2", Some(&[0; 64]))]);
+        commit(&cache, vec![committed("small", "k2", Some(&[0; 64]))]);
         assert_eq!(cache.get("small", "k"), None);
         assert_eq!(cache.used(), 0);
+    }
+
+    #[test]
+    fn a_failed_copy_is_not_tried_again_at_once() {
+        let cache = ReadCache::new(1 << 20);
+        let ticket = claimed(&cache, "p");
+        cache.read_file_for_a_while("p", ticket);
+        assert!(matches!(cache.claim("p"), Claim::ReadFile));
     }
 
     #[test]

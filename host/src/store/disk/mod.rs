@@ -50,7 +50,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 use tokio::sync::oneshot;
 
 use super::{Backend, Completion, KvError, KvLimits, Unavailable, Usage, Write, Written};
-use cache::{Cached, Claim, ReadCache};
+use cache::{Cached, Claim, ReadCache, Ticket};
 use reserve::Reserve;
 use watch::Watched;
 use writer::Writer;
@@ -185,14 +185,14 @@ impl DiskStore {
         if let Some(answer) = answer(cache) {
             return Some(answer);
         }
-        if let Claim::ReadFile = cache.claim(ns) {
+        let Claim::Load(ticket) = cache.claim(ns) else {
             return None;
-        }
-        match self.read(|db| copy_namespace(db, ns, cache)) {
-            Ok(Some(entries)) => cache.fill(ns, entries),
+        };
+        match self.read(|db| copy_namespace(db, ns, ticket, cache)) {
+            Ok(Some(entries)) => cache.fill(ns, ticket, entries),
             // It did not fit: the cache marked it.
             Ok(None) => {}
-            Err(_) => cache.give_up(ns),
+            Err(_) => cache.read_file_for_a_while(ns, ticket),
         }
         answer(cache)
     }
@@ -304,11 +304,12 @@ fn damaged(key: &str) -> Unavailable {
 fn copy_namespace(
     db: &Database,
     ns: &str,
+    ticket: Ticket,
     cache: &ReadCache,
 ) -> Result<Option<BTreeMap<String, Cached>>, redb::Error> {
     let tx = db.begin_read()?;
     let (keys, bytes) = tx.open_table(USAGE)?.get(ns)?.map_or((0, 0), |u| u.value());
-    if !cache.make_room(ns, bytes + u64::from(keys) * cache::ENTRY_OVERHEAD) {
+    if !cache.make_room(ns, ticket, bytes + u64::from(keys) * cache::ENTRY_OVERHEAD) {
         return Ok(None);
     }
     let entries = tx.open_table(ENTRIES)?;

@@ -102,14 +102,19 @@ impl Writer {
             .into_iter()
             .map(|job| ((job.ns, job.key, job.write, job.limits), job.reply))
             .unzip();
+        let mut namespaces: Vec<String> = writes.iter().map(|(ns, ..)| ns.clone()).collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        let cache = &self.shared.cache;
+        cache.begin_commit(&namespaces);
         match self.commit(writes) {
             Ok(_) if let Err(reason) = self.still_attached() => {
-                self.shared.cache.clear();
+                self.shared.cache.end_commit(&namespaces, None);
                 refuse(replies, &reason)
             }
             Ok(Outcome { results, committed }) => {
                 // Before the replies: a write is read everywhere once answered.
-                self.shared.cache.apply(committed);
+                self.shared.cache.end_commit(&namespaces, Some(committed));
                 if std::mem::take(&mut self.failing) {
                     tracing::info!(file = %self.shared.path.display(), "state store writes work again");
                 }
@@ -119,7 +124,7 @@ impl Writer {
             }
             Err(fault) => {
                 // Whether a failed commit reached the file is not known.
-                self.shared.cache.clear();
+                self.shared.cache.end_commit(&namespaces, None);
                 refuse(replies, &fault.reason);
                 self.failed(fault);
             }

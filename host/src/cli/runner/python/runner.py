@@ -123,8 +123,10 @@ def _handle(request: types.Request) -> Ok | Err:
 
 
 class _Batch:
-    """Whether a request the author's serve_batch took still awaits its reply."""
+    """Whether a request the author's serve_batch took still awaits its reply;
+    after take_requests, the requests it took that await theirs."""
     pending = done = False
+    taken: list = []
     next_request, reply = staticmethod(batch.next_request), staticmethod(batch.reply)
     take_requests = staticmethod(batch.take_requests)
 
@@ -138,13 +140,17 @@ def _next_request():
 
 
 def _reply(reply) -> None:
-    _Batch.pending = False
+    _Batch.taken = _Batch.taken[1:]
+    _Batch.pending = bool(_Batch.taken)
     _Batch.reply(reply)
 
 
 def _take_requests() -> bytes:
-    _Batch.done = True  # the author's own loop serves them all
-    return _Batch.take_requests()
+    _Batch.done = True  # no next_request after this: what is left is in `taken`
+    buffer = _Batch.take_requests()
+    _Batch.taken = list(plugboard.requests(buffer))
+    _Batch.pending = bool(_Batch.taken)
+    return buffer
 
 
 # What the author's code calls.
@@ -185,6 +191,7 @@ class WitWorld(wit_world.WitWorld):
 
     def serve_batch(self) -> None:
         _Batch.pending = _Batch.done = False
+        _Batch.taken = []
         try:
             world = _author()
         except SourceError:
@@ -194,13 +201,15 @@ class WitWorld(wit_world.WitWorld):
             for request in plugboard.requests(_Batch.take_requests()):
                 _Batch.reply(_handle(request))
             return
+        failure = Err("the plugin did not reply to this request")
         try:
             own()
         except Exception as exc:
             host.log(host.Level.ERROR, f"serve_batch: unhandled exception\n{_detail(exc, _Loaded.src)}")
-            if _Batch.pending:
-                _reply(Err(f"internal error: {_summary(exc, _Loaded.src)}"))
+            failure = Err(f"internal error: {_summary(exc, _Loaded.src)}")
         if _Batch.pending:
-            _reply(Err("the plugin did not reply to this request"))
+            _reply(failure)  # the request being served
+        for request in _Batch.taken:  # what the author's loop took and left
+            _Batch.reply(_handle(request))
         while not _Batch.done and (request := _Batch.next_request()) is not None:
             _Batch.reply(_handle(request))  # what the author's loop left
