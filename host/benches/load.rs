@@ -19,9 +19,12 @@ use plugboard_test_support as support;
 
 use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use support::flood::silent_socket;
 use support::services::{Backend, Haproxy, Redis};
 use support::{Client, DELIMITER, Server, Setup, free_port};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -741,63 +744,36 @@ fn silent_sockets(window: Duration) {
         false,
     );
     let addr = server.addr;
-    let stop_at = Instant::now() + WARMUP * 2 + window;
-    let attacking = std::thread::spawn(move || {
-        let runtime = pinned_runtime(CLIENT_CORE);
-        runtime.block_on(async move {
-            let sockets: Vec<_> = (0..64)
-                .map(|n| {
-                    tokio::spawn(silent_socket(
-                        addr,
-                        ["127.0.0.2", "127.0.0.3"][n % 2],
-                        stop_at,
-                    ))
-                })
-                .collect();
-            let mut displaced = 0;
-            for socket in sockets {
-                displaced += socket.await.expect("silent socket");
-            }
-            displaced
+    let stop = Arc::new(AtomicBool::new(false));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let attacking = {
+        let (stop, closed) = (stop.clone(), closed.clone());
+        std::thread::spawn(move || {
+            let runtime = pinned_runtime(CLIENT_CORE);
+            runtime.block_on(async move {
+                let sockets: Vec<_> = (0..64)
+                    .map(|n| {
+                        let source = ["127.0.0.2", "127.0.0.3"][n % 2];
+                        tokio::spawn(silent_socket(addr, source, stop.clone(), closed.clone()))
+                    })
+                    .collect();
+                for socket in sockets {
+                    socket.await.expect("silent socket");
+                }
+            })
         })
-    });
+    };
     std::thread::sleep(WARMUP);
     let bystander = authenticating_bystander(addr, token, window);
-    let displaced = attacking.join().expect("attack");
+    stop.store(true, Ordering::Relaxed);
+    attacking.join().expect("attack");
+    let displaced = closed.load(Ordering::Relaxed);
     println!("attack: silent sockets, 64 places, auth required");
     println!(
         "  bystander, a connection per `on` (connect, auth, on): {}",
         bystander.summary()
     );
     println!("  silent sockets displaced and reopened: {displaced}");
-}
-
-/// Connects from `source` and says nothing, again each time the server
-/// closes it, until `stop_at`; returns how many times it was closed.
-async fn silent_socket(addr: SocketAddr, source: &str, stop_at: Instant) -> u64 {
-    let mut closed = 0;
-    let mut chunk = [0u8; 512];
-    while Instant::now() < stop_at {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket
-            .bind(format!("{source}:0").parse().expect("source address"))
-            .expect("bind");
-        let Ok(mut stream) = socket.connect(addr).await else {
-            continue;
-        };
-        let left = stop_at.saturating_duration_since(Instant::now());
-        loop {
-            match tokio::time::timeout(left, stream.read(&mut chunk)).await {
-                Ok(Ok(0) | Err(_)) => {
-                    closed += 1;
-                    break;
-                }
-                Ok(Ok(_)) => {}
-                Err(_) => return closed,
-            }
-        }
-    }
-    closed
 }
 
 /// A client with `token` from its own address: connect, `auth`, `on`,
@@ -833,11 +809,7 @@ fn damaged_value_reads(window: Duration) {
         .plugin("onoff", "onoff")
         .plugin("testing_echo", "echo")
         .arg("--no-watch");
-    let file = setup
-        .plugin_dir()
-        .parent()
-        .expect("the server's directory")
-        .join("plugboard-state/state.redb");
+    let file = setup.state_dir().join("state.redb");
     let value = "a value to be damaged in the file";
     let mut server = setup.start_with(server_command);
     assert_eq!(
@@ -847,14 +819,7 @@ fn damaged_value_reads(window: Duration) {
     server.signal(nix::sys::signal::Signal::SIGTERM);
     server.wait_exit();
     let mut bytes = std::fs::read(&file).expect("state file");
-    let found: Vec<usize> = bytes
-        .windows(value.len())
-        .enumerate()
-        .filter(|(_, window)| *window == value.as_bytes())
-        .map(|(at, _)| at)
-        .collect();
-    assert!(!found.is_empty(), "the value is in the file");
-    for at in found {
+    for at in support::offsets_of(&bytes, value) {
         bytes[at + 3] ^= 0x01;
     }
     std::fs::write(&file, bytes).expect("write the damaged file");

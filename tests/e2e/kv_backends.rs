@@ -4,6 +4,9 @@
 //! the Redis script (integers as Rust parses them, 64-bit overflow, quotas
 //! on an increment) are among them.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use plugboard::store::{Kv, KvError, KvLimits, Namespace, RedisSettings, Write, Written};
 
 use crate::support::services::Redis;
@@ -365,14 +368,14 @@ fn a_write_is_read_everywhere_once_acknowledged() {
     for backend in backends_with(limits) {
         for round in 0..20 {
             let ns = format!("r{round}");
-            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let done = Arc::new(AtomicBool::new(false));
             let readers: Vec<_> = (0..2)
                 .map(|_| {
                     let ns = backend.store.namespace(&ns);
                     let done = done.clone();
                     std::thread::spawn(move || {
                         let mut last = 0;
-                        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        while !done.load(Ordering::Relaxed) {
                             let seen = count(&ns);
                             assert!(seen >= last, "a read went back from {last} to {seen}");
                             last = seen;
@@ -388,7 +391,7 @@ fn a_write_is_read_everywhere_once_acknowledged() {
                 assert_eq!(count(&elsewhere), n, "{}: read after the ack", backend.name);
                 assert_eq!(list(&elsewhere, ""), ["n"], "{}", backend.name);
             }
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            done.store(true, Ordering::Relaxed);
             for reader in readers {
                 reader.join().unwrap();
             }

@@ -189,11 +189,7 @@ fn catch_up_makes_up_a_missed_run_once_at_start() {
             + &every_second("clock", "kv-count ticks")),
     );
     // Both last ran two New Years ago, as the server's record says.
-    let state = setup
-        .config_path()
-        .parent()
-        .unwrap()
-        .join("plugboard-state");
+    let state = setup.state_dir();
     std::fs::create_dir_all(&state).unwrap();
     let long_ago = 1_735_689_600_000_i64; // 2025-01-01T00:00:00Z
     let record = format!("{{\"eager\":{long_ago},\"lazy\":{long_ago}}}");

@@ -212,7 +212,7 @@ fn silent_connections_cannot_keep_a_token_holder_out() {
 /// closed, each displacing another, cannot keep a token holder from a
 /// third address out either, even one slow to send `auth` (hundreds of
 /// the flood's connections come and go meanwhile): a newcomer displaces
-/// the oldest of the address holding the most places, so the flood
+/// the oldest of an address holding more than its share, so the flood
 /// displaces itself.
 #[test]
 fn a_reconnecting_flood_of_silent_sockets_cannot_keep_a_token_holder_out() {
@@ -237,7 +237,12 @@ fn a_reconnecting_flood_of_silent_sockets_cannot_keep_a_token_holder_out() {
                 let sockets: Vec<_> = (0..64)
                     .map(|n| {
                         let source = ["127.0.0.2", "127.0.0.3"][n % 2];
-                        tokio::spawn(silent_socket(addr, source, stop.clone(), closed.clone()))
+                        tokio::spawn(crate::support::flood::silent_socket(
+                            addr,
+                            source,
+                            stop.clone(),
+                            closed.clone(),
+                        ))
                     })
                     .collect();
                 for socket in sockets {
@@ -262,39 +267,6 @@ fn a_reconnecting_flood_of_silent_sockets_cannot_keep_a_token_holder_out() {
     }
     stop.store(true, Ordering::Relaxed);
     flood.join().unwrap();
-}
-
-/// Connects from `source` and says nothing, again each time the server
-/// closes it, until `stop`; counts each close in `closed`.
-async fn silent_socket(
-    addr: std::net::SocketAddr,
-    source: &str,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::sync::atomic::Ordering;
-    use tokio::io::AsyncReadExt;
-    let mut chunk = [0u8; 512];
-    while !stop.load(Ordering::Relaxed) {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-        let Ok(mut stream) = socket.connect(addr).await else {
-            continue;
-        };
-        loop {
-            let read = tokio::time::timeout(
-                std::time::Duration::from_millis(100),
-                stream.read(&mut chunk),
-            );
-            match read.await {
-                Ok(Ok(0) | Err(_)) => break,
-                Ok(Ok(_)) => {}
-                Err(_) if stop.load(Ordering::Relaxed) => return,
-                Err(_) => {}
-            }
-        }
-        closed.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 #[test]

@@ -326,11 +326,7 @@ fn on_a_small_disk_writes_resume_once_space_is_freed() {
 }
 
 fn state_file(setup: &Setup) -> std::path::PathBuf {
-    setup
-        .plugin_dir()
-        .parent()
-        .unwrap()
-        .join("plugboard-state/state.redb")
+    setup.state_dir().join("state.redb")
 }
 
 /// Deleting `state_dir` (or the file) under a running server: writes are
@@ -394,17 +390,6 @@ fn a_damaged_value_is_refused_never_served() {
     server.signal(nix::sys::signal::Signal::SIGTERM);
     server.wait_exit();
     let pristine = std::fs::read(&file).unwrap();
-    // Every copy: pages copied on write may leave stale ones in the file.
-    let find = |bytes: &[u8], text: &str| -> Vec<usize> {
-        let found: Vec<usize> = bytes
-            .windows(text.len())
-            .enumerate()
-            .filter(|(_, w)| *w == text.as_bytes())
-            .map(|(at, _)| at)
-            .collect();
-        assert!(!found.is_empty(), "{text} is not in the file");
-        found
-    };
     let read_all = |server: &crate::support::Server| -> Vec<String> {
         let mut client = server.connect();
         (0..200)
@@ -413,7 +398,7 @@ fn a_damaged_value_is_refused_never_served() {
     };
 
     let mut damaged = pristine.clone();
-    for at in find(&pristine, &value(100)) {
+    for at in crate::support::offsets_of(&pristine, &value(100)) {
         damaged[at + 20] ^= 0x01;
     }
     std::fs::write(&file, &damaged).unwrap();
@@ -441,7 +426,7 @@ fn a_damaged_value_is_refused_never_served() {
             seed ^= seed << 17;
             let n = (seed % 200) as usize;
             let offset = (seed >> 32) as usize % value(n).len();
-            for at in find(&pristine, &value(n)) {
+            for at in crate::support::offsets_of(&pristine, &value(n)) {
                 flipped[at + offset] ^= 1 << (seed % 8);
             }
         }

@@ -13,6 +13,7 @@
 
 pub mod components;
 pub mod dev;
+pub mod flood;
 pub mod services;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -229,6 +230,12 @@ impl Setup {
 
     pub fn plugin_dir(&self) -> PathBuf {
         self.dir.path().join("plugins")
+    }
+
+    /// Where the disk store keeps its files: the default `state_dir`,
+    /// beside the config.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("plugboard-state")
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -654,6 +661,19 @@ impl Client {
     pub fn close_write(&mut self) {
         self.stream.shutdown(Shutdown::Write).expect("half-close");
     }
+}
+
+/// Every offset at which `text` lies in `bytes` (a file may keep stale
+/// copies of a value in pages copied on write); panics if there is none.
+pub fn offsets_of(bytes: &[u8], text: &str) -> Vec<usize> {
+    let found: Vec<usize> = bytes
+        .windows(text.len())
+        .enumerate()
+        .filter(|(_, window)| *window == text.as_bytes())
+        .map(|(at, _)| at)
+        .collect();
+    assert!(!found.is_empty(), "{text} is not in the file");
+    found
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
