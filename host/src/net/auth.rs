@@ -269,8 +269,8 @@ impl Auth {
         Some(token.permits(command))
     }
 
-    /// Closes a connection waiting to authenticate (the oldest of an
-    /// address holding the most), if there is one: for a newcomer when
+    /// Closes a connection waiting to authenticate (see
+    /// [`WaitingSet::displace_one`]), if there is one: for a newcomer when
     /// every place is taken.
     pub fn displace_one(&self) -> bool {
         self.waiting.lock().displace_one(self.waiting.limit)
@@ -386,10 +386,7 @@ impl Access {
             Self::Granted(token) => {
                 crate::telemetry::permission_denied(&token.name);
                 tracing::debug!(token = token.name, command, "permission denied");
-                Gate::Answer(Reply::error(format_args!(
-                    "permission denied: token '{}' may not run '{command}'",
-                    token.name
-                )))
+                Gate::Answer(Reply::permission_denied(&token.name, command))
             }
         }
     }

@@ -295,8 +295,8 @@ impl Door {
     }
 
     /// With every place taken, closes a connection still waiting to
-    /// authenticate (the oldest of an address holding the most), if there is one and the newcomer can wait for its
-    /// place (see [`Self::admit_when_displaced`]).
+    /// authenticate (see `auth.rs`), if there is one and the newcomer can
+    /// wait for its place (see [`Self::admit_when_displaced`]).
     fn displace_unauthenticated(&self) -> bool {
         match &self.settings.auth {
             Some(auth) if self.refusals.available_permits() > 0 => auth.displace_one(),

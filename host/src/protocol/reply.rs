@@ -23,6 +23,14 @@ impl Reply {
         Self(format!("{ERROR_PREFIX}{message}"))
     }
 
+    /// The refusal of a command outside a token's `commands`: the same
+    /// words whether a client or a schedule under that token sent it.
+    pub fn permission_denied(token: &str, command: &str) -> Self {
+        Self::error(format_args!(
+            "permission denied: token '{token}' may not run '{command}'"
+        ))
+    }
+
     pub fn is_error(&self) -> bool {
         self.0.starts_with(ERROR_PREFIX)
     }

@@ -412,9 +412,7 @@ impl Shared {
             Some(true) => return None,
             Some(false) => {
                 telemetry::permission_denied(name);
-                Reply::error(format_args!(
-                    "permission denied: token '{name}' may not run '{command}'"
-                ))
+                Reply::permission_denied(name, command)
             }
             None => Reply::error(format_args!("permission denied: no token named '{name}'")),
         };

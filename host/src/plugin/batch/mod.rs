@@ -39,8 +39,7 @@ fn fitting(requests: &VecDeque<types::Request>) -> usize {
     let within = requests
         .iter()
         .take_while(|request| {
-            bytes +=
-                request.command.len() + 2 * request.raw_args.len() + 4 * (3 + request.args.len());
+            bytes += queue::encoded_len(request);
             bytes <= MAX_BATCH_BYTES
         })
         .count();

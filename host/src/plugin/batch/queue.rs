@@ -157,18 +157,18 @@ impl Sandbox {
     }
 }
 
+/// The bytes `request` takes in a `take-requests` buffer.
+pub fn encoded_len(request: &types::Request) -> usize {
+    let texts = request.command.len()
+        + request.raw_args.len()
+        + request.args.iter().map(String::len).sum::<usize>();
+    texts + 4 * (3 + request.args.len())
+}
+
 /// The requests as `take-requests` hands them over (the layout is in the
 /// WIT): lengths and counts as little-endian `u32`.
 fn encode(requests: &VecDeque<types::Request>) -> Vec<u8> {
-    let strings = |request: &types::Request| {
-        request.command.len()
-            + request.raw_args.len()
-            + request.args.iter().map(String::len).sum::<usize>()
-    };
-    let size = 4 + requests
-        .iter()
-        .map(|request| strings(request) + 4 * (3 + request.args.len()))
-        .sum::<usize>();
+    let size = 4 + requests.iter().map(encoded_len).sum::<usize>();
     let mut buffer = Vec::with_capacity(size);
     put_len(&mut buffer, requests.len());
     for request in requests {

@@ -220,13 +220,12 @@ impl Drop for DiskStore {
 impl Backend for DiskStore {
     fn get(&self, ns: &str, key: &str) -> Completion<Option<Vec<u8>>> {
         if let Some(cached) = self.cached(ns, |cache| cache.get(ns, key)) {
-            return Ok(cached)
-                .and_then(|value| match value {
-                    None => Ok(None),
-                    Some(Cached::Value(value)) => Ok(Some(value)),
-                    Some(Cached::Damaged) => Err(damaged(key)),
-                })
-                .into();
+            let value = match cached {
+                None => Ok(None),
+                Some(Cached::Value(value)) => Ok(Some(value)),
+                Some(Cached::Damaged) => Err(damaged(key)),
+            };
+            return value.into();
         }
         self.read(|db| {
             let tx = db.begin_read()?;
