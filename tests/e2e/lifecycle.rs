@@ -137,6 +137,32 @@ fn a_large_max_connections_starts_and_gets_its_descriptors() {
     assert_eq!(clients[0].request("echo first"), "first");
 }
 
+/// A machine whose address space cannot hold the instance pool's
+/// reservation (a Raspberry Pi's kernel maps 512 GiB per process; here a
+/// 128 GiB limit, where the pool takes over a TiB): the server still
+/// starts, making instances one at a time, and serves clients at once.
+#[test]
+fn a_server_whose_address_space_cannot_hold_the_pool_still_serves() {
+    let server = Setup::new()
+        .plugin("onoff", "onoff")
+        .plugin("testing_echo", "echo")
+        .start_with(|| {
+            let mut command = std::process::Command::new("prlimit");
+            command
+                .arg(format!("--as={}", 128u64 << 30))
+                .arg(crate::support::plugboard_path());
+            command
+        });
+    let mut clients: Vec<Client> = (0..8).map(|_| server.connect()).collect();
+    for client in &mut clients {
+        client.send(b"echo here<EOF>on<EOF>");
+    }
+    for client in &mut clients {
+        assert_eq!(client.reply().unwrap(), "here");
+        assert_eq!(client.reply().unwrap(), "success");
+    }
+}
+
 /// A `max_connections` no open-file limit can honour is refused at
 /// startup, naming the key.
 #[test]

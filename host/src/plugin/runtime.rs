@@ -181,11 +181,6 @@ pub fn compile_into_cache(options: &EngineOptions, bytes: &[u8]) -> anyhow::Resu
 
 impl WasmRuntime {
     pub fn new(options: EngineOptions, kv: Kv) -> anyhow::Result<Arc<Self>> {
-        let mut config = base_config(&options);
-        if options.pooling_allocator && !cfg!(feature = "instruction-count") {
-            let pool = pool(options.max_concurrent_calls);
-            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        }
         // Compiled code is cached on disk, keyed by the wasm's content and the
         // engine's settings: a restart with unchanged plugins skips Cranelift.
         // Without a usable directory, plugins compile in this process.
@@ -198,8 +193,7 @@ impl WasmRuntime {
                 })
                 .ok()
         });
-        config.cache(cache.clone());
-        let engine = Engine::new(&config)?;
+        let engine = serving_engine(&options, cache.clone())?;
         let compile_engine = match options.compiler {
             Compiler::Child(_) if cache.is_some() => None,
             _ => {
@@ -397,12 +391,40 @@ fn compile_cache(dir: &std::path::Path) -> anyhow::Result<Cache> {
         .with_context(|| format!("cannot use `cache_dir` {}", dir.display()))
 }
 
+/// The engine that runs plugins: with the instance pool (below) when this
+/// machine's address space can hold its reservation, else allocating each
+/// instance's memory as it is made. A Raspberry Pi's kernel maps 512 GiB
+/// per process (39-bit addresses), where the pool of the default
+/// `max_connections` reserves tens of TiB: the server must still start.
+fn serving_engine(options: &EngineOptions, cache: Option<Cache>) -> anyhow::Result<Engine> {
+    let mut config = base_config(options);
+    config.cache(cache);
+    if !options.pooling_allocator || cfg!(feature = "instruction-count") {
+        return Ok(Engine::new(&config)?);
+    }
+    let mut pooled = config.clone();
+    let slots = instance_slots(options.max_concurrent_calls);
+    pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(slots)));
+    match Engine::new(&pooled) {
+        Ok(engine) => Ok(engine),
+        Err(err) => {
+            tracing::warn!(
+                slots,
+                "cannot reserve address space for the instance pool ({err:#}): instances \
+                 are allocated one at a time instead, slower to make, and as many at once \
+                 as the address space holds (4 GiB per memory). A kernel with 48-bit \
+                 addresses brings the pool back"
+            );
+            Ok(Engine::new(&config)?)
+        }
+    }
+}
+
 /// The pooling allocator keeps instance slots (memories, tables, stacks) mapped
 /// and reuses them, which makes a fresh instance cheap: no mmap or
 /// page-table work on the hot path. Slots are virtual address space, reserved
 /// up front and backed by memory while in use (and a little after: below).
-fn pool(max_concurrent_calls: usize) -> PoolingAllocationConfig {
-    let slots = instance_slots(max_concurrent_calls);
+fn pool(slots: u32) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::new();
     // Every instance may need up to the ceiling, and the totals are the
     // slots times the ceiling: whatever mix of plugins is loaded, `slots`
