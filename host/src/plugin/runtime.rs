@@ -386,6 +386,10 @@ fn compile_cache(dir: &std::path::Path) -> anyhow::Result<Cache> {
     // and renames the new file over the old: its bytes change, its checksum
     // no longer matches, and the plugin would be compiled again for nothing.
     config.with_optimized_compression_usage_counter_threshold(u64::MAX);
+    // zstd's fastest level: an interpreter's artifact (35 MiB) compresses in
+    // 90 ms instead of 150 at the default, for a tenth more on disk; the
+    // compile stands between an edit and its first reply.
+    config.with_baseline_compression_level(1);
     Cache::new(config)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("cannot use `cache_dir` {}", dir.display()))
