@@ -8,7 +8,27 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 arm=$repo/target/aarch64-unknown-linux-gnu/release/plugboard
 client=$repo/target/release/plugboard
 wasm=$repo/target/wasm32-wasip2/release
-qemu=$(command -v qemu-aarch64-static || command -v qemu-aarch64)
+
+# qemu-user 8 or later: 7.2 (Debian 12's own) keeps a descriptor for every
+# page of address space a program reserves, and the instance pool reserves
+# tens of TiB, so it runs out of memory. Debian 12 has qemu 10 in its
+# backports, which this adds to apt's sources.
+find_qemu() { command -v qemu-aarch64-static || command -v qemu-aarch64 || true; }
+qemu_major() { "$1" --version | awk '/version/ {split($3, v, "."); print v[1]; exit}'; }
+qemu=$(find_qemu)
+if [ -z "$qemu" ] || [ "$(qemu_major "$qemu")" -lt 8 ]; then
+    sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+    from=
+    if grep -q '^12' /etc/debian_version 2>/dev/null; then
+        echo 'deb http://deb.debian.org/debian bookworm-backports main' |
+            $sudo tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+        from="-t bookworm-backports"
+    fi
+    $sudo apt-get update
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends $from qemu-user-static
+    qemu=$(find_qemu)
+fi
 for file in "$arm" "$client" "$wasm/onoff.wasm" "$wasm/testing_rival.wasm"; do
     [ -f "$file" ] || { echo "error: $file missing: run 'make smoke-aarch64'" >&2; exit 1; }
 done

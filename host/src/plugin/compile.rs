@@ -99,6 +99,11 @@ impl CompiledBy {
 /// Markers of compiles that succeeded, inside `cache_dir`.
 const MARKERS_DIR: &str = "compiled";
 
+/// The exit status of a child whose program could not be executed, when
+/// the spawn cannot tell (glibc's `posix_spawn` under an emulator such as
+/// qemu-user, whose vfork is a fork): this binary never exits with it.
+const EXEC_FAILED: i32 = 127;
+
 /// The last bytes of a failed child's stderr kept for the log line.
 const STDERR_TAIL_BYTES: usize = 2048;
 
@@ -191,7 +196,8 @@ impl WasmRuntime {
 /// Why a child did not compile.
 enum ChildError {
     /// It could not be started (this binary cannot run itself: an emulator
-    /// without binfmt_misc, a binary removed since).
+    /// without binfmt_misc, a binary removed since): spawning failed, or
+    /// the child exited with [`EXEC_FAILED`] having said nothing.
     CannotStart(std::io::Error),
     /// It ran, and the compile failed or was stopped.
     Failed(LoadError),
@@ -252,6 +258,11 @@ async fn compile_in_child(
             )));
         }
     };
+    if status.code() == Some(EXEC_FAILED) && report.is_empty() {
+        return Err(ChildError::CannotStart(std::io::Error::other(format!(
+            "the program could not be executed ({status})"
+        ))));
+    }
     if status.success() {
         for line in String::from_utf8_lossy(&said)
             .lines()
@@ -401,4 +412,35 @@ fn limit_own_memory(bytes: u64) -> anyhow::Result<()> {
     setrlimit(Resource::RLIMIT_DATA, bytes, bytes).context("cannot limit the compile's memory")?;
     setrlimit(Resource::RLIMIT_CORE, 0, 0).context("cannot turn core files off")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Limits whose program is a shell script ending with `exit_code`.
+    fn program_exiting(dir: &Path, exit_code: i32) -> ChildLimits {
+        let program = dir.join(format!("exits-{exit_code}"));
+        std::fs::write(&program, format!("#!/bin/sh\nexit {exit_code}\n")).unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ChildLimits {
+            program,
+            memory_bytes: 1 << 30,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_program_that_could_not_be_executed_is_told_from_a_failed_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Arc<[u8]> = Arc::from(&b"\0asm"[..]);
+        let options = EngineOptions::default();
+        let unexecuted = program_exiting(dir.path(), 127);
+        let unexecuted = compile_in_child(&unexecuted, &options, &bytes).await;
+        assert!(matches!(unexecuted, Err(ChildError::CannotStart(_))));
+        let failed = program_exiting(dir.path(), 1);
+        let failed = compile_in_child(&failed, &options, &bytes).await;
+        assert!(matches!(failed, Err(ChildError::Failed(_))));
+    }
 }
