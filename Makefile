@@ -153,9 +153,9 @@ aarch64:
 
 # Runs that binary under qemu-user (Debian's qemu-user-static 8 or later,
 # installed by the script if missing): it serves onoff on the shipped
-# config's settings and hot-reloads it. Not part of `make test`: the cross
-# build takes about as long as the rest of the suite (see
-# docs/deployment.md, "Small machines").
+# config's settings and hot-reloads it. Not part of `make test`, whose
+# runs it would slow by a cross build of every dependency; CI runs it after
+# the suite (see docs/deployment.md, "Small machines").
 smoke-aarch64: aarch64 plugins
 	$(CARGO) build --release --locked -p plugboard
 	tests/aarch64-smoke.sh
