@@ -14,9 +14,10 @@ wasm=$repo/target/wasm32-wasip2/release
 # tens of TiB, so it runs out of memory. Debian 12 has qemu 10 in its
 # backports, which this adds to apt's sources.
 find_qemu() { command -v qemu-aarch64-static || command -v qemu-aarch64 || true; }
-qemu_major() { "$1" --version | awk '/version/ {split($3, v, "."); print v[1]; exit}'; }
+qemu_major() { "$1" --version | awk '/version/ {split($3, v, "."); print v[1] + 0; exit}'; }
+recent_qemu() { [ -n "$qemu" ] && [ "$(qemu_major "$qemu")" -ge 8 ]; }
 qemu=$(find_qemu)
-if [ -z "$qemu" ] || [ "$(qemu_major "$qemu")" -lt 8 ]; then
+if ! recent_qemu; then
     sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
     from=
     if grep -q '^12' /etc/debian_version 2>/dev/null; then
@@ -28,6 +29,7 @@ if [ -z "$qemu" ] || [ "$(qemu_major "$qemu")" -lt 8 ]; then
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends $from qemu-user-static
     qemu=$(find_qemu)
+    recent_qemu || { echo "error: this smoke needs qemu-user 8 or later (found: ${qemu:-none})" >&2; exit 1; }
 fi
 for file in "$arm" "$client" "$wasm/onoff.wasm" "$wasm/testing_rival.wasm"; do
     [ -f "$file" ] || { echo "error: $file missing: run 'make smoke-aarch64'" >&2; exit 1; }
@@ -48,8 +50,9 @@ sed -e 's|^listen = .*|listen = "127.0.0.1:0"|' \
     -e 's|^state_dir = .*|state_dir = "state"|' \
     "$repo/config.toml" > "$work/config.toml"
 started=$(date +%s.%N)
-# Under emulation the compile child is the same ARM binary: qemu-user runs
-# it too, as binfmt_misc does for an ARM executable (the static qemu).
+# The compile child is the same ARM binary: with binfmt_misc registered for
+# ARM, qemu-user runs it too; without, the server cannot start it and
+# compiles in its own process, saying so.
 QEMU_LD_PREFIX=/usr/aarch64-linux-gnu "$qemu" -L /usr/aarch64-linux-gnu "$arm" \
     serve --config "$work/config.toml" 2>"$work/log" &
 server=$!

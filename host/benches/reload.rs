@@ -179,7 +179,14 @@ fn summary(mut samples: Vec<Duration>) -> String {
 }
 
 fn main() {
+    const SECTIONS: [&str; 4] = ["reload", "restart", "shipped", "python"];
     let only = std::env::var("PLUGBOARD_BENCH_ONLY").ok();
+    if let Some(only) = only.as_deref() {
+        assert!(
+            SECTIONS.contains(&only),
+            "PLUGBOARD_BENCH_ONLY: one of {SECTIONS:?}"
+        );
+    }
     let run = |section: &str| only.as_deref().is_none_or(|only| only == section);
     if run("reload") {
         println!(

@@ -138,29 +138,44 @@ fn a_large_max_connections_starts_and_gets_its_descriptors() {
 }
 
 /// A machine whose address space cannot hold the instance pool's
-/// reservation (a Raspberry Pi's kernel maps 512 GiB per process; here a
-/// 128 GiB limit, where the pool takes over a TiB): the server still
-/// starts, making instances one at a time, and serves clients at once.
+/// reservation (a Raspberry Pi's kernel maps 512 GiB per process, where the
+/// default pool takes over 30 TiB; here `prlimit --as`): the server starts
+/// with the pool that fits, serves, and past its slots answers `server
+/// busy`, never a plugin failure.
 #[test]
-fn a_server_whose_address_space_cannot_hold_the_pool_still_serves() {
+fn a_server_whose_address_space_cannot_hold_the_pool_takes_a_smaller_one() {
     let server = Setup::new()
-        .plugin("onoff", "onoff")
         .plugin("testing_echo", "echo")
+        .config("call_timeout_ms = 10000")
+        .plugin_config("echo", "max_concurrent_calls = 64")
         .start_with(|| {
             let mut command = std::process::Command::new("prlimit");
             command
-                .arg(format!("--as={}", 128u64 << 30))
+                .arg(format!("--as={}", 512u64 << 30))
                 .arg(crate::support::plugboard_path());
             command
         });
-    let mut clients: Vec<Client> = (0..8).map(|_| server.connect()).collect();
+    let mut clients: Vec<Client> = (0..4).map(|_| server.connect()).collect();
     for client in &mut clients {
-        client.send(b"echo here<EOF>on<EOF>");
+        client.send(b"echo here<EOF>echo again<EOF>");
     }
     for client in &mut clients {
         assert_eq!(client.reply().unwrap(), "here");
-        assert_eq!(client.reply().unwrap(), "success");
+        assert_eq!(client.reply().unwrap(), "again");
     }
+    // Each sleeper holds an instance for a second: more than 512 GiB of
+    // 4 GiB memories can hold.
+    let mut sleepers: Vec<Client> = (0..24).map(|_| server.connect()).collect();
+    for sleeper in &mut sleepers {
+        sleeper.send(b"sleep 1000<EOF>");
+    }
+    let replies: Vec<String> = sleepers.iter_mut().map(|s| s.reply().unwrap()).collect();
+    let busy = replies
+        .iter()
+        .filter(|r| *r == "error: server busy, try again")
+        .count();
+    let slept = replies.iter().filter(|r| *r == "slept 1000").count();
+    assert!(busy > 0 && slept > 0 && busy + slept == 24, "{replies:?}");
 }
 
 /// A `max_connections` no open-file limit can honour is refused at

@@ -82,9 +82,10 @@ const KEEP_RESIDENT_BYTES: usize = 128 << 10;
 const HOST_STACK_BYTES: usize = 1536 << 10;
 
 /// Engine-wide settings, built from the config. `epoch_interruption` and
-/// `pooling_allocator` are always on in the server; they are options only so
-/// that the benchmarks can measure what each costs. With epoch interruption
-/// off, a call that never returns cannot be stopped.
+/// `pooling_allocator` are always on in the server (the pool sized to what
+/// the address space holds: see [`serving_engine`]); they are options only
+/// so that the benchmarks can measure what each costs. With epoch
+/// interruption off, a call that never returns cannot be stopped.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// Sizes the instance pool: each connection runs one call at a time.
@@ -395,33 +396,66 @@ fn compile_cache(dir: &std::path::Path) -> anyhow::Result<Cache> {
         .with_context(|| format!("cannot use `cache_dir` {}", dir.display()))
 }
 
-/// The engine that runs plugins: with the instance pool (below) when this
-/// machine's address space can hold its reservation, else allocating each
-/// instance's memory as it is made. A Raspberry Pi's kernel maps 512 GiB
-/// per process (39-bit addresses), where the pool of the default
-/// `max_connections` reserves tens of TiB: the server must still start.
+/// The engine that runs plugins, with the instance pool (below). A Raspberry
+/// Pi's kernel maps 512 GiB per process (39-bit addresses), where the pool of
+/// the default `max_connections` reserves tens of TiB: when the wanted pool
+/// does not fit, the server takes the largest that does, less a quarter left
+/// for everything else it maps, and says so. Past its slots a call gets
+/// `server busy`, and a component is still held to one slot's ceilings.
 fn serving_engine(options: &EngineOptions, cache: Option<Cache>) -> anyhow::Result<Engine> {
     let mut config = base_config(options);
     config.cache(cache);
     if !options.pooling_allocator || cfg!(feature = "instruction-count") {
         return Ok(Engine::new(&config)?);
     }
-    let mut pooled = config.clone();
-    let slots = instance_slots(options.max_concurrent_calls);
-    pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(slots)));
-    match Engine::new(&pooled) {
-        Ok(engine) => Ok(engine),
-        Err(err) => {
-            tracing::warn!(
-                slots,
-                "cannot reserve address space for the instance pool ({err:#}): instances \
-                 are allocated one at a time instead, slower to make, and as many at once \
-                 as the address space holds (4 GiB per memory). A kernel with 48-bit \
-                 addresses brings the pool back"
-            );
-            Ok(Engine::new(&config)?)
+    let pooled = |slots: u32| {
+        let mut pooled = config.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(slots)));
+        Engine::new(&pooled)
+    };
+    let wanted = instance_slots(options.max_concurrent_calls);
+    let refused = match pooled(wanted) {
+        Ok(engine) => return Ok(engine),
+        Err(err) => err,
+    };
+    let Some(fitting) = largest_fitting(wanted, |slots| pooled(slots).is_ok()) else {
+        return Err(anyhow::Error::from(refused)
+            .context("cannot reserve address space for even one instance slot"));
+    };
+    let slots = (fitting - fitting / 4).max(1);
+    tracing::warn!(
+        wanted,
+        slots,
+        "the address space cannot hold the instance pool ({refused:#}): it holds {slots} \
+         instances instead, and past that many calls at once a call gets `server busy`. \
+         A kernel with 48-bit addresses holds the whole pool"
+    );
+    Ok(pooled(slots)?)
+}
+
+/// The largest count below `refused` for which `fits` holds, if any: halving
+/// down to one that fits, then bisecting between the two.
+fn largest_fitting(refused: u32, fits: impl Fn(u32) -> bool) -> Option<u32> {
+    let mut too_many = refused;
+    let mut fitting = too_many / 2;
+    loop {
+        if fitting == 0 {
+            return None;
+        }
+        if fits(fitting) {
+            break;
+        }
+        too_many = fitting;
+        fitting /= 2;
+    }
+    while too_many - fitting > 1 {
+        let middle = fitting + (too_many - fitting) / 2;
+        match fits(middle) {
+            true => fitting = middle,
+            false => too_many = middle,
         }
     }
+    Some(fitting)
 }
 
 /// The pooling allocator keeps instance slots (memories, tables, stacks) mapped
@@ -464,4 +498,18 @@ fn pool(slots: u32) -> PoolingAllocationConfig {
         .table_keep_resident(KEEP_RESIDENT_BYTES)
         .pagemap_scan(Enabled::Auto);
     pool
+}
+
+#[cfg(test)]
+mod tests {
+    use super::largest_fitting;
+
+    #[test]
+    fn the_largest_fitting_count_is_found_below_the_refused_one() {
+        for limit in [1, 2, 3, 7, 12, 500, 1039] {
+            assert_eq!(largest_fitting(1040, |n| n <= limit), Some(limit));
+        }
+        assert_eq!(largest_fitting(1040, |_| false), None);
+        assert_eq!(largest_fitting(1, |_| true), None);
+    }
 }
