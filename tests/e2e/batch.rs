@@ -10,7 +10,7 @@
 //! metrics say how many went batched).
 
 use crate::observability::Scrape;
-use crate::support::{Client, Server, Setup, free_port};
+use crate::support::{Client, Server, Setup, Tmpfs, free_port};
 
 /// The echo test plugin (built with the SDK, so it serves batches) and
 /// onoff, with metrics on a port of the test's own.
@@ -300,4 +300,78 @@ fn a_plugin_that_does_not_batch_serves_pipelined_commands_one_by_one() {
     let batched = scrape.value("plugboard_batched_commands_total", &[("plugin", "plain")]);
     assert_eq!(batched.unwrap_or(0.0), 0.0, "none went as a batch");
     assert_eq!(scrape.commands("plain", "plain", "ok"), 3.0, "each counted");
+}
+
+/// On the disk store a batch's writes share commits: each is answered to
+/// the plugin once applied, the batch's later commands read it back (get,
+/// list, increment), and no reply leaves before the writes are durable, so
+/// everything answered survives a kill -9.
+#[test]
+fn a_batch_reads_its_own_writes_and_what_it_answered_survives_a_kill() {
+    let server = Setup::new().plugin("testing_echo", "echo").start();
+    let mut client = server.connect();
+    let replies = pipelined(
+        &mut client,
+        &[
+            "kv-set a 1",
+            "kv-get a",
+            "kv-count n",
+            "kv-count n",
+            "kv-get n",
+            "kv-set b 2",
+            "kv-list",
+            "kv-del a",
+            "kv-get a",
+            "kv-list",
+            "kv-count n",
+        ],
+    );
+    let expected = [
+        "stored", "1", "1", "2", "2", "stored", "a b n", "deleted", "(none)", "b n", "3",
+    ];
+    assert_eq!(replies, expected);
+    let server = server.kill_and_restart();
+    let mut client = server.connect();
+    assert_eq!(client.request("kv-get n"), "3");
+    assert_eq!(client.request("kv-get a"), "(none)");
+    assert_eq!(client.request("kv-get b"), "2");
+}
+
+/// Writes answered ahead of their commit whose commit then fails (the disk
+/// filled up under the server): their commands are answered `state
+/// unavailable`, never with what the plugin replied when it believed them
+/// written, so whatever was answered `stored` is there after a kill -9.
+/// (`state unavailable` says the outcome is not known, as for a write that
+/// waited for its commit.)
+#[test]
+#[ignore = "needs root: mounts a tmpfs (`make test` as root runs it)"]
+fn a_batch_whose_writes_never_became_durable_is_answered_state_unavailable() {
+    let disk = Tmpfs::mount(4);
+    let server = Setup::new()
+        .plugin("testing_echo", "echo")
+        .config(&format!("state_dir = {:?}", disk.path().join("state")))
+        .config("max_bytes_per_plugin = 1000000000")
+        .start();
+    let mut client = server.connect();
+    assert_eq!(client.request("kv-set a 1"), "stored");
+    let filler = disk.write_file("operator-file", 64);
+    let fills: Vec<String> = (0..12).map(|n| format!("kv-fill k{n} 60000")).collect();
+    let fills: Vec<&str> = fills.iter().map(String::as_str).collect();
+    let replies = pipelined(&mut client, &fills);
+    let refused = replies
+        .iter()
+        .filter(|reply| *reply == "error: state unavailable")
+        .count();
+    assert!(refused > 0, "the disk was never full: {replies:?}");
+    std::fs::remove_file(filler).unwrap();
+    drop(client);
+    let server = server.kill_and_restart();
+    let mut client = server.connect();
+    for (n, reply) in replies.iter().enumerate() {
+        let read = client.request(&format!("kv-get k{n}")).len();
+        if reply == "stored" {
+            assert_eq!(read, 60000, "k{n} was answered stored");
+        }
+    }
+    assert_eq!(client.request("kv-get a"), "1");
 }

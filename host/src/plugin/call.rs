@@ -160,7 +160,7 @@ impl Plugin {
             Err(err) => return Answer::Failure(err),
         };
         let host_wait = self.begin_call(&mut store, started, session.chain());
-        store.data_mut().serving(&wit_request);
+        store.data_mut().serving(&wit_request, false);
         // Boxed: wasmtime's call futures are kilobytes, and unboxed they would
         // be part of every connection task, busy or idle.
         let call = Box::pin(async {

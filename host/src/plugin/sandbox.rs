@@ -8,6 +8,7 @@
 //! they reach nothing outside the process. Whatever a plugin prints goes to the
 //! host's log (see `log.rs`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,7 +27,7 @@ use super::limits::{MemoryBudget, MemoryLimiter};
 use super::log::{PluginLog, PluginOutput, StderrTail};
 use super::nested::{Chain, Dispatch};
 use super::scheduled::PluginSchedules;
-use crate::store::{Completion, KvError, Namespace, Write, Written};
+use crate::store::{Completion, Durable, KvError, Namespace, Write, Written};
 
 /// What the host hands every instance of one plugin (with one setup):
 /// shared by all of them.
@@ -131,6 +132,19 @@ pub struct CallState {
     /// (the chain's next link); `None` otherwise, so that the others pay
     /// nothing for it.
     pub line: Option<String>,
+    /// The command being served has pipelined commands behind it in this
+    /// call: its writes are answered once applied, ahead of their commit.
+    pub write_ahead: bool,
+    /// Writes answered ahead in this call: its replies wait for them
+    /// (see `batch/`).
+    pub ahead: Vec<Durable>,
+    /// What those writes left (`None`: deleted), read back by this call
+    /// until they are committed, and which of `ahead` each is: once
+    /// committed, the store has it, or a later write.
+    pub overlay: HashMap<String, (Option<Vec<u8>>, usize)>,
+    /// The first command of the batch that wrote ahead (commands before it
+    /// were replied to without them).
+    pub first_ahead: Option<usize>,
 }
 
 impl Sandbox {
@@ -179,6 +193,7 @@ impl Sandbox {
     pub fn begin_call(&mut self, started: Instant, chain: &Chain) -> HostWait {
         self.call.chain = chain.clone();
         self.call.line = None;
+        self.call.write_ahead = false;
         self.begin_command(started);
         self.call.host_wait.clone()
     }
@@ -193,11 +208,26 @@ impl Sandbox {
     }
 
     /// Notes the command line being served, if the plugin may call
-    /// commands: the next link of their chain.
-    pub(super) fn serving(&mut self, request: &types::Request) {
+    /// commands: the next link of their chain. `more_follow`: pipelined
+    /// commands of the call come after it, so its writes may be answered
+    /// ahead of their commit: only for a plugin that reaches nothing but
+    /// its state, since nothing else it does may leave the server before
+    /// its writes are durable.
+    pub(super) fn serving(&mut self, request: &types::Request, more_follow: bool) {
         if !self.grant.commands.is_empty() {
             self.call.line = Some(format!("{} {}", request.command, request.raw_args));
         }
+        self.call.write_ahead = more_follow && self.grant.reach_nothing();
+    }
+
+    /// The writes this call answered ahead of their commit, and the first
+    /// command of its batch that wrote one; forgets their values: the call
+    /// is over.
+    pub(super) fn take_ahead(&mut self) -> (Vec<Durable>, usize) {
+        self.call.overlay.clear();
+        self.call.write_ahead = false;
+        let first = self.call.first_ahead.take().unwrap_or(0);
+        (std::mem::take(&mut self.call.ahead), first)
     }
 
     pub(super) fn grants(&self) -> &Grants {
@@ -223,8 +253,7 @@ impl Sandbox {
     /// The plugin's value at `key`, for the host's own keys in its
     /// namespace (its schedules).
     pub(super) async fn read_key(&mut self, key: &str) -> Result<Option<Vec<u8>>, String> {
-        let completion = self.kv.get(key);
-        flatten(settle(completion, &self.call.host_wait, &mut self.call.running).await)
+        flatten(kv::Host::get(self, key.to_owned()).await)
     }
 
     /// Sets the plugin's `key` to `bytes`, durably.
@@ -350,8 +379,70 @@ impl Sandbox {
         key: &str,
         write: Write,
     ) -> wasmtime::Result<Result<Written, kv::Error>> {
-        let completion = self.kv.write(key, write);
-        settle(completion, &self.call.host_wait, &mut self.call.running).await
+        if !self.call.write_ahead {
+            let completion = self.kv.write(key, write);
+            return settle(completion, &self.call.host_wait, &mut self.call.running).await;
+        }
+        let stored = match &write {
+            Write::Set(value) | Write::CompareAndSwap { new: value, .. } => Some(value.clone()),
+            Write::Delete | Write::Increment(_) => None,
+        };
+        let (completion, mut durable) = self.kv.write_ahead(key, write);
+        let result = settle(completion, &self.call.host_wait, &mut self.call.running).await;
+        if let Ok(Ok(written)) = &result {
+            let left = match *written {
+                Written::Set | Written::Swapped(true) => Some(stored),
+                Written::Deleted(_) => Some(None),
+                Written::Incremented(n) => Some(Some(n.to_string().into_bytes())),
+                Written::Swapped(false) => None,
+            };
+            // Committed already (a store whose writes are durable when
+            // answered, or a quick commit): the store answers for it.
+            if let Some(left) = left.filter(|_| !durable.is_settled()) {
+                let index = self.call.ahead.len();
+                self.call.overlay.insert(key.to_owned(), (left, index));
+            }
+            if self.call.ahead.is_empty() {
+                self.call.first_ahead = self.call.batch.as_ref().map(Queue::replied);
+            }
+            self.call.ahead.push(durable);
+        }
+        result
+    }
+
+    /// Forgets the values of writes whose commit is over: the store answers
+    /// for them (and for anything written after them) from then on.
+    fn prune_overlay(&mut self) {
+        let call = &mut self.call;
+        if !call.overlay.is_empty() {
+            let ahead = &mut call.ahead;
+            call.overlay
+                .retain(|_, (_, index)| ahead.get_mut(*index).is_some_and(|d| !d.is_settled()));
+        }
+    }
+
+    /// `key`'s value as this call left it, if it wrote it ahead of a commit
+    /// still under way.
+    fn overlaid(&mut self, key: &str) -> Option<Option<Vec<u8>>> {
+        self.prune_overlay();
+        self.call.overlay.get(key).map(|(value, _)| value.clone())
+    }
+
+    /// `keys` (sorted, starting with `prefix`) with this call's writes
+    /// ahead of a commit still under way.
+    fn overlay_keys(&mut self, prefix: &str, mut keys: Vec<String>) -> Vec<String> {
+        self.prune_overlay();
+        if self.call.overlay.is_empty() {
+            return keys;
+        }
+        keys.retain(|key| !matches!(self.call.overlay.get(key), Some((None, _))));
+        let added = self.call.overlay.iter().filter(|(key, (value, _))| {
+            value.is_some() && key.starts_with(prefix) && keys.binary_search(key).is_err()
+        });
+        let added: Vec<String> = added.map(|(key, _)| key.clone()).collect();
+        keys.extend(added);
+        keys.sort_unstable();
+        keys
     }
 }
 
@@ -380,15 +471,25 @@ pub fn add_local_reads_to_linker(
     let mut instance = linker.instance(KV_INTERFACE)?;
     instance.func_wrap(
         "get",
-        |store: wasmtime::StoreContextMut<'_, Sandbox>,
+        |mut store: wasmtime::StoreContextMut<'_, Sandbox>,
          (key,): (String,)|
-         -> Reply<Option<Vec<u8>>> { Ok((read_now(store.data().kv.get(&key))?,)) },
+         -> Reply<Option<Vec<u8>>> {
+            let sandbox = store.data_mut();
+            match sandbox.overlaid(&key) {
+                Some(value) => Ok((Ok(value),)),
+                None => Ok((read_now(sandbox.kv.get(&key))?,)),
+            }
+        },
     )?;
     instance.func_wrap(
         "list-keys",
-        |store: wasmtime::StoreContextMut<'_, Sandbox>,
+        |mut store: wasmtime::StoreContextMut<'_, Sandbox>,
          (prefix,): (String,)|
-         -> Reply<Vec<String>> { Ok((read_now(store.data().kv.list_keys(&prefix))?,)) },
+         -> Reply<Vec<String>> {
+            let sandbox = store.data_mut();
+            let keys = read_now(sandbox.kv.list_keys(&prefix))?;
+            Ok((keys.map(|keys| sandbox.overlay_keys(&prefix, keys)),))
+        },
     )?;
     linker.allow_shadowing(false);
     Ok(())
@@ -436,6 +537,9 @@ fn reported<T>(
 
 impl kv::Host for Sandbox {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::Error>> {
+        if let Some(value) = self.overlaid(&key) {
+            return Ok(Ok(value));
+        }
         let completion = self.kv.get(&key);
         settle(completion, &self.call.host_wait, &mut self.call.running).await
     }
@@ -461,7 +565,8 @@ impl kv::Host for Sandbox {
         prefix: String,
     ) -> wasmtime::Result<Result<Vec<String>, kv::Error>> {
         let completion = self.kv.list_keys(&prefix);
-        settle(completion, &self.call.host_wait, &mut self.call.running).await
+        let keys = settle(completion, &self.call.host_wait, &mut self.call.running).await?;
+        Ok(keys.map(|keys| self.overlay_keys(&prefix, keys)))
     }
 
     async fn increment(

@@ -22,12 +22,26 @@ pub use memory::MemoryStore;
 pub use redis::{RedisSettings, RedisStore};
 
 /// A backend. Every write is one atomic operation in the namespace `ns`,
-/// within `limits`, and durable when it completes. Local backends answer
+/// within `limits`, and durable when it completes (a write answered ahead:
+/// when its [`Durable`] says so). Local backends answer
 /// reads at once; a networked one answers everything after a round trip.
 pub trait Backend: Send + Sync + 'static {
     fn get(&self, ns: &str, key: &str) -> Completion<Option<Vec<u8>>>;
     fn list_keys(&self, ns: &str, prefix: &str) -> Completion<Vec<String>>;
     fn write(&self, ns: &str, key: &str, write: Write, limits: KvLimits) -> Completion;
+    /// Starts `write`, answered once it is applied, possibly before it is
+    /// durable; the [`Durable`] tells when it is. A connection's pipelined
+    /// writes share a commit this way (see `plugin/batch/`). Backends whose
+    /// writes are durable when answered keep this default.
+    fn write_ahead(
+        &self,
+        ns: &str,
+        key: &str,
+        write: Write,
+        limits: KvLimits,
+    ) -> (Completion, Durable) {
+        (self.write(ns, key, write, limits), Durable::already())
+    }
     /// How many keys, and bytes of keys and values, the namespace holds.
     fn usage(&self, ns: &str) -> Completion<Usage>;
 
@@ -85,6 +99,56 @@ impl<T> Completion<T> {
             Self::Pending(receiver) => receiver.blocking_recv().unwrap_or_else(|_| Err(gone())),
         }
     }
+}
+
+/// Whether a write answered ahead of its commit
+/// ([`Backend::write_ahead`]) became durable.
+pub struct Durable {
+    receiver: Option<oneshot::Receiver<Result<(), Unavailable>>>,
+    settled: Option<Result<(), Unavailable>>,
+}
+
+impl Durable {
+    /// Durable when it was answered.
+    pub fn already() -> Self {
+        Self {
+            receiver: None,
+            settled: Some(Ok(())),
+        }
+    }
+
+    pub fn when(receiver: oneshot::Receiver<Result<(), Unavailable>>) -> Self {
+        Self {
+            receiver: Some(receiver),
+            settled: None,
+        }
+    }
+
+    /// Whether its commit is over (durable, or failed), without waiting.
+    pub fn is_settled(&mut self) -> bool {
+        if self.settled.is_none()
+            && let Some(receiver) = &mut self.receiver
+        {
+            match receiver.try_recv() {
+                Ok(result) => self.settled = Some(result),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+                Err(oneshot::error::TryRecvError::Closed) => self.settled = Some(Err(stopped())),
+            }
+        }
+        self.settled.is_some()
+    }
+
+    pub async fn wait(self) -> Result<(), Unavailable> {
+        match (self.settled, self.receiver) {
+            (Some(settled), _) => settled,
+            (None, Some(receiver)) => receiver.await.unwrap_or_else(|_| Err(stopped())),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+fn stopped() -> Unavailable {
+    Unavailable("the store stopped before the write was durable".into())
 }
 
 /// A local read, answered at once.
@@ -328,16 +392,31 @@ impl Namespace {
 
     /// Starts `write` on `key`, after the checks that need no backend.
     pub fn write(&self, key: &str, write: Write) -> Completion {
-        let checked = self.check_key(key).and_then(|()| match &write {
-            Write::Set(value) | Write::CompareAndSwap { new: value, .. } => self.check_value(value),
-            Write::Delete | Write::Increment(_) => Ok(()),
-        });
-        match checked {
+        match self.check_write(key, &write) {
             Err(err) => Completion::Ready(Err(err)),
             Ok(()) => self
                 .store
                 .backend
                 .write(&self.ns, key, write, self.store.limits),
         }
+    }
+
+    /// Starts `write` on `key`, to be answered once applied: see
+    /// [`Backend::write_ahead`].
+    pub fn write_ahead(&self, key: &str, write: Write) -> (Completion, Durable) {
+        match self.check_write(key, &write) {
+            Err(err) => (Completion::Ready(Err(err)), Durable::already()),
+            Ok(()) => self
+                .store
+                .backend
+                .write_ahead(&self.ns, key, write, self.store.limits),
+        }
+    }
+
+    fn check_write(&self, key: &str, write: &Write) -> Result<(), KvError> {
+        self.check_key(key).and_then(|()| match write {
+            Write::Set(value) | Write::CompareAndSwap { new: value, .. } => self.check_value(value),
+            Write::Delete | Write::Increment(_) => Ok(()),
+        })
     }
 }

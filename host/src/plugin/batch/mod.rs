@@ -25,6 +25,7 @@ use super::call::{Answer, CallError, Taken, wit_request};
 use super::session::{MAX_CALLS_PER_INSTANCE, Session};
 use super::{Plugin, host_wait};
 use crate::protocol::request::Request;
+use crate::store::{Durable, Unavailable};
 
 /// The most bytes of requests one `serve-batch` call is given: they are
 /// lowered into the plugin's memory at once (`take-requests`), so a client
@@ -52,6 +53,10 @@ struct BatchCall {
     failure: Option<BatchFailure>,
     /// Requests it never handed out: served by the next call.
     left: VecDeque<types::Request>,
+    /// Why writes it had answered ahead of their commit never became
+    /// durable, and the first served command that wrote one: from there on
+    /// its replies are not sent, each command gets `state unavailable`.
+    undurable: Option<(Unavailable, usize)>,
 }
 
 /// How a `serve-batch` call failed.
@@ -74,8 +79,20 @@ impl BatchCall {
                 elapsed: started.elapsed(),
             }),
             left,
+            undurable: None,
         }
     }
+}
+
+/// Waits for the writes a call answered ahead of their commit: `None` once
+/// all are durable, else why one is not.
+async fn durable(ahead: Vec<Durable>) -> Option<Unavailable> {
+    for write in ahead {
+        if let Err(unavailable) = write.wait().await {
+            return Some(unavailable);
+        }
+    }
+    None
 }
 
 impl Plugin {
@@ -100,9 +117,18 @@ impl Plugin {
             }
             let call = self.serve_batch_sandboxed(left, session).await;
             let served_none = call.served.is_empty();
-            for served in call.served {
-                self.health.record_success();
-                answers.push((Answer::from(served.reply), served.elapsed));
+            for (index, served) in call.served.into_iter().enumerate() {
+                let answer = match &call.undurable {
+                    // The store's failure, not the plugin's.
+                    Some((why, first)) if index >= *first => {
+                        Answer::Failure(CallError::StateUnavailable(why.clone()))
+                    }
+                    _ => {
+                        self.health.record_success();
+                        Answer::from(served.reply)
+                    }
+                };
+                answers.push((answer, served.elapsed));
             }
             left = call.left;
             let Some(failure) = call.failure else {
@@ -173,6 +199,18 @@ impl Plugin {
             .take()
             .map(Queue::into_parts)
             .unwrap_or_default();
+        // Before any reply leaves: the writes they may rest on are durable.
+        // A store that does not say within a call's time fails them, as it
+        // would have failed the call that waited on it.
+        let (ahead, first_ahead) = store.data_mut().take_ahead();
+        let undurable = tokio::time::timeout(limit, durable(ahead))
+            .await
+            .unwrap_or_else(|_| {
+                Some(Unavailable(
+                    "the store did not make the writes durable in time".into(),
+                ))
+            })
+            .map(|why| (why, first_ahead));
         let served_none = served.is_empty();
         let untaken = !left.is_empty();
         left.extend(later);
@@ -184,11 +222,16 @@ impl Plugin {
                 "`serve-batch` returned without serving its requests",
             )),
             Some(Ok(live)) => {
-                self.keep(session, store, live, calls + served.len() as u32);
+                // An instance whose writes were lost may hold what rests on
+                // them: it serves no more.
+                if undurable.is_none() {
+                    self.keep(session, store, live, calls + served.len() as u32);
+                }
                 return BatchCall {
                     served,
                     failure: None,
                     left,
+                    undurable,
                 };
             }
             Some(Err(error)) => Some(error),
@@ -203,6 +246,7 @@ impl Plugin {
                 elapsed: current_started.elapsed(),
             }),
             left,
+            undurable,
         }
     }
 }

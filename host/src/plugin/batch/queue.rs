@@ -59,6 +59,11 @@ impl Queue {
         }
     }
 
+    /// How many commands were replied to so far.
+    pub fn replied(&self) -> usize {
+        self.served.len()
+    }
+
     /// The replies so far; whether a command was being served (it gets the
     /// call's failure, if any); the commands never handed out.
     pub fn into_parts(self) -> (Vec<Served>, bool, VecDeque<types::Request>) {
@@ -94,10 +99,11 @@ impl batch::Host for Sandbox {
         batch.serving = Some(started);
         // The first command's deadline started with the call; each next
         // one's starts at the reply before it.
+        let more_follow = !batch.pending.is_empty();
         if !first {
             self.begin_command(started);
         }
-        self.serving(&request);
+        self.serving(&request, more_follow);
         Ok(Some(request))
     }
 
@@ -150,10 +156,11 @@ impl Sandbox {
             return;
         };
         batch.serving = Some(batch.last_reply);
+        let more_follow = !batch.pending.is_empty();
         if let Some(started) = started {
             self.begin_command(started);
         }
-        self.serving(&request);
+        self.serving(&request, more_follow);
     }
 }
 

@@ -96,6 +96,16 @@ pub fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()> {
 }
 
 impl Grants {
+    /// Whether the plugin can reach nothing beyond its sandbox and its
+    /// state: no network, no directory, no command.
+    pub fn reach_nothing(&self) -> bool {
+        self.http.is_empty()
+            && self.tcp.is_empty()
+            && self.tcp_names.is_empty()
+            && self.dirs.is_empty()
+            && self.commands.is_empty()
+    }
+
     /// The grants of one `[plugins.<name>]` table; `at` is its key path,
     /// for messages.
     pub fn parse(entries: &GrantEntries<'_>, at: &str) -> anyhow::Result<Self> {

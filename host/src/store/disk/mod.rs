@@ -49,7 +49,7 @@ use anyhow::Context;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::oneshot;
 
-use super::{Backend, Completion, KvError, KvLimits, Unavailable, Usage, Write, Written};
+use super::{Backend, Completion, Durable, KvError, KvLimits, Unavailable, Usage, Write, Written};
 use cache::{Cached, Claim, ReadCache, Ticket};
 use reserve::Reserve;
 use watch::Watched;
@@ -106,12 +106,18 @@ enum Job {
 /// Where a write's result goes.
 type Reply = oneshot::Sender<Result<Written, KvError>>;
 
+/// Where a write answered ahead of its commit learns whether it is durable.
+type DurableReply = oneshot::Sender<Result<(), Unavailable>>;
+
 struct WriteJob {
     ns: String,
     key: String,
     write: Write,
     limits: KvLimits,
     reply: Reply,
+    /// Set for a write answered once applied (`write_ahead`): told here
+    /// whether its commit made it durable.
+    durable: Option<DurableReply>,
 }
 
 impl DiskStore {
@@ -272,6 +278,31 @@ impl Backend for DiskStore {
     }
 
     fn write(&self, ns: &str, key: &str, write: Write, limits: KvLimits) -> Completion {
+        self.send_write(ns, key, write, limits, None)
+    }
+
+    fn write_ahead(
+        &self,
+        ns: &str,
+        key: &str,
+        write: Write,
+        limits: KvLimits,
+    ) -> (Completion, Durable) {
+        let (durable, receiver) = oneshot::channel();
+        let completion = self.send_write(ns, key, write, limits, Some(durable));
+        (completion, Durable::when(receiver))
+    }
+}
+
+impl DiskStore {
+    fn send_write(
+        &self,
+        ns: &str,
+        key: &str,
+        write: Write,
+        limits: KvLimits,
+        durable: Option<DurableReply>,
+    ) -> Completion {
         let (reply, receiver) = oneshot::channel();
         let job = Job::Write(WriteJob {
             ns: ns.to_owned(),
@@ -279,6 +310,7 @@ impl Backend for DiskStore {
             write,
             limits,
             reply,
+            durable,
         });
         // Counted before it is sent, so the writer never counts it out first.
         self.shared.queued.fetch_add(1, Ordering::Relaxed);

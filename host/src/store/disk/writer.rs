@@ -1,5 +1,10 @@
 //! The writer thread: the one place writes are committed, in groups (one
 //! sync for every write queued meanwhile), healing from failed commits.
+//! A write answered ahead (`Backend::write_ahead`) is answered once applied
+//! and keeps the transaction open a little for the next, which its
+//! connection's next pipelined command usually sends at once: a
+//! connection's pipelined writes share a sync as different connections'
+//! writes do.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
@@ -8,17 +13,26 @@ use std::time::{Duration, Instant};
 
 use redb::{ReadableTable, Table};
 
-use super::cache::Committed;
+use super::cache::{Committed, ReadCache};
 use super::reserve::Reserve;
 use super::sealed::{self, Damaged};
 use super::watch::Watched;
-use super::{ENTRIES, Job, Reply, Shared, USAGE, WriteJob, open_database, panic_text};
+use super::{
+    DurableReply, ENTRIES, Job, Reply, Shared, USAGE, WriteJob, open_database, panic_text,
+};
 use crate::store::{Change, KvError, KvLimits, Unavailable, Usage, Write, Written};
 
 /// Writes in one commit, at most: bounds the time the first waits.
 const MAX_BATCH: usize = 1024;
 /// The longest a batch waits for the previous batch's writers to return.
 const MAX_GATHER: Duration = Duration::from_millis(1);
+/// After a write answered ahead of its commit (`Backend::write_ahead`), how
+/// long the transaction stays open for the next write: the next of its
+/// connection's pipelined commands usually writes within microseconds, and
+/// then shares the commit instead of waiting for one of its own.
+const FOLLOW_UP: Duration = Duration::from_micros(100);
+/// The longest a transaction stays open for the writes that follow.
+const MAX_HOLD: Duration = Duration::from_millis(2);
 /// How often a store that fails to reopen tries again.
 const REOPEN_EVERY: Duration = Duration::from_millis(250);
 
@@ -80,55 +94,58 @@ impl Writer {
             // how many writers there are.
             let writers = self.shared.queued.load(Ordering::Relaxed);
             let started = Instant::now();
-            let served = batch.len();
-            self.serve(batch);
+            let (served, following) = self.serve(batch, &queue);
             self.shared.queued.fetch_sub(served, Ordering::Relaxed);
             last = Gathered {
                 writers,
-                commit: started.elapsed(),
+                commit: started.elapsed().saturating_sub(following),
             };
         }
     }
 
-    fn serve(&mut self, batch: Vec<WriteJob>) {
+    /// Commits `batch`, with the writes that follow it while writes answered
+    /// ahead keep coming (see [`FOLLOW_UP`]); returns how many writes it
+    /// served and how long it waited for those that followed.
+    fn serve(&mut self, batch: Vec<WriteJob>, queue: &mpsc::Receiver<Job>) -> (usize, Duration) {
+        let taken = batch.len();
         if let Err(reason) = self.ready() {
-            return refuse(batch.into_iter().map(|job| job.reply), &reason);
+            batch
+                .into_iter()
+                .for_each(|job| Waiting::of(job).refuse(&reason));
+            return (taken, Duration::ZERO);
         }
         let batch = self.admit_on_full_disk(batch);
         if batch.is_empty() {
-            return;
+            return (taken, Duration::ZERO);
         }
-        let (writes, replies): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .map(|job| ((job.ns, job.key, job.write, job.limits), job.reply))
-            .unzip();
-        let mut namespaces: Vec<String> = writes.iter().map(|(ns, ..)| ns.clone()).collect();
-        namespaces.sort_unstable();
-        namespaces.dedup();
-        let cache = &self.shared.cache;
-        cache.begin_commit(&namespaces);
-        match self.commit(writes) {
+        // On a full disk, writes are admitted a batch at a time.
+        let more = (!self.disk_full).then_some(queue);
+        let mut open = Open::default();
+        let committed = self.commit(batch, more, &mut open);
+        let served = (taken + open.followed, open.following);
+        match committed {
             Ok(_) if let Err(reason) = self.still_attached() => {
-                self.shared.cache.end_commit(&namespaces, None);
-                refuse(replies, &reason)
+                self.shared.cache.end_commit(&open.namespaces, None);
+                open.refuse(&reason);
             }
-            Ok(Outcome { results, committed }) => {
+            Ok(committed) => {
                 // Before the replies: a write is read everywhere once answered.
-                self.shared.cache.end_commit(&namespaces, Some(committed));
+                self.shared
+                    .cache
+                    .end_commit(&open.namespaces, Some(committed));
                 if std::mem::take(&mut self.failing) {
                     tracing::info!(file = %self.shared.path.display(), "state store writes work again");
                 }
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
+                open.answer();
             }
             Err(fault) => {
                 // Whether a failed commit reached the file is not known.
-                self.shared.cache.end_commit(&namespaces, None);
-                refuse(replies, &fault.reason);
+                self.shared.cache.end_commit(&open.namespaces, None);
+                open.refuse(&fault.reason);
                 self.failed(fault);
             }
         }
+        served
     }
 
     /// Whether the store can take writes now, reopening it if it must.
@@ -222,8 +239,9 @@ impl Writer {
                 .map(|left| allowance = left)
                 .is_some()
         });
-        let refused = refused.into_iter().map(|job| job.reply);
-        refuse(refused, "the disk is full (deletes still work)");
+        for job in refused {
+            Waiting::of(job).refuse("the disk is full (deletes still work)");
+        }
         admitted
     }
 
@@ -250,37 +268,89 @@ impl Writer {
         self.needs_reopen = true;
     }
 
-    /// Applies the writes in order in one transaction and commits it once.
-    fn commit(&self, writes: Vec<(String, String, Write, KvLimits)>) -> Result<Outcome, Fault> {
+    /// Applies `batch` in order in one transaction, then the writes that
+    /// follow from `more` while writes answered ahead keep coming, and
+    /// commits it once: returns the keys it changed, with their final
+    /// values. Each write is entered in `open` before it is applied, so that
+    /// every one is answered, whatever happens to the transaction.
+    fn commit(
+        &self,
+        batch: Vec<WriteJob>,
+        more: Option<&mpsc::Receiver<Job>>,
+        open: &mut Open,
+    ) -> Result<Vec<Committed>, Fault> {
         let slot = self.shared.database();
         let Some(db) = slot.as_ref() else {
+            for job in batch {
+                open.enter(job);
+            }
             return Err(Fault {
                 reason: "the state store is closed".into(),
                 disk_full: false,
             });
         };
+        let cache = &self.shared.cache;
         let committed = catch_unwind(AssertUnwindSafe(|| -> Result<_, redb::Error> {
+            let entered: Vec<_> = batch.into_iter().map(|job| open.enter(job)).collect();
             let tx = db.begin_write()?;
             let mut committed = Vec::new();
-            let results = {
+            {
                 let mut entries = tx.open_table(ENTRIES)?;
                 let mut usage = tx.open_table(USAGE)?;
-                writes
-                    .into_iter()
-                    .map(|(ns, key, write, limits)| {
-                        let result = apply(&mut entries, &mut usage, &ns, &key, write, &limits)?;
-                        Ok(result.map(|applied| match applied {
-                            Applied::Kept(written) => written,
-                            Applied::Changed(written, value) => {
-                                committed.push(Committed { ns, key, value });
-                                written
-                            }
-                        }))
-                    })
-                    .collect::<Result<Vec<_>, redb::Error>>()?
-            };
+                let mut apply_entered = |open: &mut Open, write: Entered| {
+                    open.begin(cache, &write.ns);
+                    let result = apply(
+                        &mut entries,
+                        &mut usage,
+                        &write.ns,
+                        &write.key,
+                        write.write,
+                        &write.limits,
+                    )?;
+                    let result = result.map(|applied| match applied {
+                        Applied::Kept(written) => written,
+                        Applied::Changed(written, value) => {
+                            committed.push(Committed {
+                                ns: write.ns,
+                                key: write.key,
+                                value,
+                            });
+                            written
+                        }
+                    });
+                    open.applied(write.index, result);
+                    Ok::<_, redb::Error>(())
+                };
+                for write in entered {
+                    apply_entered(open, write)?;
+                }
+                if let Some(queue) = more.filter(|_| open.ahead) {
+                    let began = Instant::now();
+                    let mut last_ahead = began;
+                    while open.waiting.len() < MAX_BATCH {
+                        let deadline = (last_ahead + FOLLOW_UP).min(began + MAX_HOLD);
+                        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                            break;
+                        };
+                        let Ok(job) = queue.recv_timeout(left) else {
+                            break;
+                        };
+                        // A failing read's call for a reopen is seen by `ready`.
+                        let Job::Write(job) = job else {
+                            continue;
+                        };
+                        open.followed += 1;
+                        if job.durable.is_some() {
+                            last_ahead = Instant::now();
+                        }
+                        let write = open.enter(job);
+                        apply_entered(open, write)?;
+                    }
+                    open.following = began.elapsed();
+                }
+            }
             tx.commit()?;
-            Ok(Outcome { results, committed })
+            Ok(committed)
         }));
         match committed {
             Ok(result) => result.map_err(Fault::from),
@@ -292,11 +362,126 @@ impl Writer {
     }
 }
 
-/// A committed transaction: each write's result, and the keys it changed
-/// with their final values.
-struct Outcome {
-    results: Vec<Result<Written, KvError>>,
-    committed: Vec<Committed>,
+/// The transaction being filled: the namespaces it writes to, and the
+/// writers waiting on it, in order.
+#[derive(Default)]
+struct Open {
+    namespaces: Vec<String>,
+    waiting: Vec<Waiting>,
+    /// Whether a write was answered ahead of the commit.
+    ahead: bool,
+    /// Writes taken from the queue after the batch.
+    followed: usize,
+    /// How long the transaction waited for them.
+    following: Duration,
+}
+
+/// A write entered in the transaction, to be applied.
+struct Entered {
+    ns: String,
+    key: String,
+    write: Write,
+    limits: KvLimits,
+    /// Its writer's place in [`Open::waiting`].
+    index: usize,
+}
+
+impl Open {
+    fn enter(&mut self, job: WriteJob) -> Entered {
+        self.ahead |= job.durable.is_some();
+        let index = self.waiting.len();
+        self.waiting.push(Waiting {
+            reply: Some(job.reply),
+            durable: job.durable,
+            result: None,
+        });
+        Entered {
+            ns: job.ns,
+            key: job.key,
+            write: job.write,
+            limits: job.limits,
+            index,
+        }
+    }
+
+    /// Nothing copies `ns` into the read cache until this commit ends.
+    fn begin(&mut self, cache: &ReadCache, ns: &str) {
+        if !self.namespaces.iter().any(|begun| begun == ns) {
+            self.namespaces.push(ns.to_owned());
+            cache.begin_commit(std::slice::from_ref(&ns.to_owned()));
+        }
+    }
+
+    fn applied(&mut self, index: usize, result: Result<Written, KvError>) {
+        if let Some(waiting) = self.waiting.get_mut(index) {
+            waiting.applied(result);
+        }
+    }
+
+    /// The commit is durable.
+    fn answer(self) {
+        self.waiting.into_iter().for_each(Waiting::answer);
+    }
+
+    fn refuse(self, reason: &str) {
+        for waiting in self.waiting {
+            waiting.refuse(reason);
+        }
+    }
+}
+
+/// A writer waiting on the transaction.
+struct Waiting {
+    /// Its answer, until sent: once applied for a write answered ahead,
+    /// once committed otherwise.
+    reply: Option<Reply>,
+    /// Where a write answered ahead learns whether it became durable.
+    durable: Option<DurableReply>,
+    /// What applying it did, for a reply after the commit.
+    result: Option<Result<Written, KvError>>,
+}
+
+impl Waiting {
+    fn of(job: WriteJob) -> Self {
+        Self {
+            reply: Some(job.reply),
+            durable: job.durable,
+            result: None,
+        }
+    }
+
+    fn applied(&mut self, result: Result<Written, KvError>) {
+        match (&self.durable, self.reply.take()) {
+            (Some(_), Some(reply)) => {
+                let _ = reply.send(result);
+            }
+            (_, reply) => {
+                self.reply = reply;
+                self.result = Some(result);
+            }
+        }
+    }
+
+    fn answer(self) {
+        if let Some(reply) = self.reply {
+            let result = self
+                .result
+                .unwrap_or_else(|| Err(Unavailable("the write was not applied".into()).into()));
+            let _ = reply.send(result);
+        }
+        if let Some(durable) = self.durable {
+            let _ = durable.send(Ok(()));
+        }
+    }
+
+    fn refuse(self, reason: &str) {
+        if let Some(reply) = self.reply {
+            let _ = reply.send(Err(Unavailable(reason.to_owned()).into()));
+        }
+        if let Some(durable) = self.durable {
+            let _ = durable.send(Err(Unavailable(reason.to_owned())));
+        }
+    }
 }
 
 /// What one write did to its key.
@@ -391,12 +576,5 @@ fn batch_up(batch: &mut Vec<WriteJob>, queue: &mpsc::Receiver<Job>, last: &Gathe
             Ok(job) => take(batch, job),
             Err(_) => break,
         }
-    }
-}
-
-/// Answers each of `replies` that the store cannot serve, and why.
-fn refuse(replies: impl IntoIterator<Item = Reply>, reason: &str) {
-    for reply in replies {
-        let _ = reply.send(Err(Unavailable(reason.to_owned()).into()));
     }
 }

@@ -20,6 +20,10 @@ impl Plugin for Echo {
         Command::new("kv-count", "Increment the counter named by the argument"),
         Command::new("kv-del", "Delete the key named by the argument"),
         Command::new(
+            "kv-list",
+            "Reply with the keys that start with the argument, space-separated",
+        ),
+        Command::new(
             "call",
             "Run the argument as a command, reply with its reply",
         ),
@@ -103,6 +107,9 @@ impl Plugin for Echo {
                 true => Ok("deleted".into()),
                 false => Ok("(none)".into()),
             },
+            "kv-list" => kv::list_keys(&request.raw_args)
+                .map(|keys| keys.join(" "))
+                .map_err(|err| format!("{err:?}")),
             "kv-fill" => {
                 let (key, len) = request.raw_args.split_once(' ').ok_or("kv-fill KEY N")?;
                 let len: usize = len.parse().map_err(|_| "N is a byte count")?;
