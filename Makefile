@@ -156,6 +156,5 @@ aarch64:
 # config's settings and hot-reloads it. Not part of `make test`, whose
 # runs it would slow by a cross build of every dependency; CI runs it after
 # the suite (see docs/deployment.md, "Small machines").
-smoke-aarch64: aarch64 plugins
-	$(CARGO) build --release --locked -p plugboard
+smoke-aarch64: aarch64 build
 	tests/aarch64-smoke.sh
