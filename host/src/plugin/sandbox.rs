@@ -27,7 +27,7 @@ use super::limits::{MemoryBudget, MemoryLimiter};
 use super::log::{PluginLog, PluginOutput, StderrTail};
 use super::nested::{Chain, Dispatch};
 use super::scheduled::PluginSchedules;
-use crate::store::{Completion, Durable, KvError, Namespace, Write, Written};
+use crate::store::{Completion, Durable, KvError, Namespace, Write, WriteChain, Written};
 
 /// What the host hands every instance of one plugin (with one setup):
 /// shared by all of them.
@@ -145,6 +145,9 @@ pub struct CallState {
     /// The first command of the batch that wrote ahead (commands before it
     /// were replied to without them).
     pub first_ahead: Option<usize>,
+    /// This call's writes, once one was written ahead: every later write of
+    /// the call is refused if that one is lost.
+    pub writes: Option<WriteChain>,
 }
 
 impl Sandbox {
@@ -226,6 +229,7 @@ impl Sandbox {
     pub(super) fn take_ahead(&mut self) -> (Vec<Durable>, usize) {
         self.call.overlay.clear();
         self.call.write_ahead = false;
+        self.call.writes = None;
         let first = self.call.first_ahead.take().unwrap_or(0);
         (std::mem::take(&mut self.call.ahead), first)
     }
@@ -256,9 +260,11 @@ impl Sandbox {
         flatten(kv::Host::get(self, key.to_owned()).await)
     }
 
-    /// Sets the plugin's `key` to `bytes`, durably.
+    /// Sets the plugin's `key` to `bytes`, durably (never ahead of its
+    /// commit: what the host does next rests on it).
     pub(super) async fn write_key(&mut self, key: &str, bytes: Vec<u8>) -> Result<(), String> {
-        flatten(self.write(key, Write::Set(bytes)).await).map(drop)
+        let completion = self.kv.write(key, Write::Set(bytes));
+        flatten(settle(completion, &self.call.host_wait, &mut self.call.running).await).map(drop)
     }
 
     /// What `wasi:sockets/ip-name-lookup` reaches (see `grants/tcp.rs`).
@@ -379,16 +385,26 @@ impl Sandbox {
         key: &str,
         write: Write,
     ) -> wasmtime::Result<Result<Written, kv::Error>> {
-        if !self.call.write_ahead {
-            let completion = self.kv.write(key, write);
-            return settle(completion, &self.call.host_wait, &mut self.call.running).await;
-        }
-        let stored = match &write {
-            Write::Set(value) | Write::CompareAndSwap { new: value, .. } => Some(value.clone()),
-            Write::Delete | Write::Increment(_) => None,
+        let ahead = self.call.write_ahead;
+        let chain = match (&self.call.writes, ahead) {
+            (None, false) => {
+                let completion = self.kv.write(key, write);
+                return settle(completion, &self.call.host_wait, &mut self.call.running).await;
+            }
+            (Some(chain), _) => chain.clone(),
+            (None, true) => self.call.writes.insert(WriteChain::default()).clone(),
         };
-        let (completion, mut durable) = self.kv.write_ahead(key, write);
+        let stored = match &write {
+            Write::Set(value) | Write::CompareAndSwap { new: value, .. } if ahead => {
+                Some(value.clone())
+            }
+            _ => None,
+        };
+        let (completion, mut durable) = self.kv.write_chained(key, write, &chain, ahead);
         let result = settle(completion, &self.call.host_wait, &mut self.call.running).await;
+        if !ahead {
+            return result;
+        }
         if let Ok(Ok(written)) = &result {
             let left = match *written {
                 Written::Set | Written::Swapped(true) => Some(stored),

@@ -14,6 +14,7 @@ mod redis;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::oneshot;
 
@@ -29,17 +30,22 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, ns: &str, key: &str) -> Completion<Option<Vec<u8>>>;
     fn list_keys(&self, ns: &str, prefix: &str) -> Completion<Vec<String>>;
     fn write(&self, ns: &str, key: &str, write: Write, limits: KvLimits) -> Completion;
-    /// Starts `write`, answered once it is applied, possibly before it is
-    /// durable; the [`Durable`] tells when it is. A connection's pipelined
-    /// writes share a commit this way (see `plugin/batch/`). Backends whose
-    /// writes are durable when answered keep this default.
-    fn write_ahead(
+    /// Starts `write` as one of `chain`, a batch call's writes in order:
+    /// `ahead`, answered once it is applied, possibly before it is durable,
+    /// the [`Durable`] telling when it is (a connection's pipelined writes
+    /// share a commit this way: see `plugin/batch/`). Once one of the chain
+    /// is lost, the rest are refused. Backends whose writes are durable
+    /// when answered keep this default.
+    fn write_chained(
         &self,
         ns: &str,
         key: &str,
         write: Write,
         limits: KvLimits,
+        chain: &WriteChain,
+        ahead: bool,
     ) -> (Completion, Durable) {
+        let _ = (chain, ahead);
         (self.write(ns, key, write, limits), Durable::already())
     }
     /// How many keys, and bytes of keys and values, the namespace holds.
@@ -101,8 +107,24 @@ impl<T> Completion<T> {
     }
 }
 
+/// A batch call's writes, in order. Once one written ahead of its commit is
+/// lost, the store refuses the rest: nothing the call wrote after it (say,
+/// the delete of a move whose set was lost) is committed.
+#[derive(Debug, Clone, Default)]
+pub struct WriteChain(Arc<AtomicBool>);
+
+impl WriteChain {
+    pub fn break_off(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Whether a write answered ahead of its commit
-/// ([`Backend::write_ahead`]) became durable.
+/// ([`Backend::write_chained`]) became durable.
 pub struct Durable {
     receiver: Option<oneshot::Receiver<Result<(), Unavailable>>>,
     settled: Option<Result<(), Unavailable>>,
@@ -401,15 +423,25 @@ impl Namespace {
         }
     }
 
-    /// Starts `write` on `key`, to be answered once applied: see
-    /// [`Backend::write_ahead`].
-    pub fn write_ahead(&self, key: &str, write: Write) -> (Completion, Durable) {
+    /// Starts `write` on `key` as one of `chain`: see
+    /// [`Backend::write_chained`].
+    pub fn write_chained(
+        &self,
+        key: &str,
+        write: Write,
+        chain: &WriteChain,
+        ahead: bool,
+    ) -> (Completion, Durable) {
         match self.check_write(key, &write) {
             Err(err) => (Completion::Ready(Err(err)), Durable::already()),
-            Ok(()) => self
-                .store
-                .backend
-                .write_ahead(&self.ns, key, write, self.store.limits),
+            Ok(()) => self.store.backend.write_chained(
+                &self.ns,
+                key,
+                write,
+                self.store.limits,
+                chain,
+                ahead,
+            ),
         }
     }
 

@@ -148,6 +148,14 @@ impl Plugin {
             if !failure.serving {
                 left.pop_front();
             }
+            // A command that failed after the call's writes were lost may
+            // say what it read of them (a trap's stderr): the store's
+            // failure is what it gets.
+            if let Some((why, _)) = &call.undurable {
+                let lost = CallError::StateUnavailable(why.clone());
+                answers.push((Answer::Failure(lost), failure.elapsed));
+                continue;
+            }
             if failure.error.is_plugin_failure() {
                 self.health
                     .record_failure(self.name(), self.terms.limits.quarantine_after);

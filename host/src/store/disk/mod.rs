@@ -49,7 +49,9 @@ use anyhow::Context;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use tokio::sync::oneshot;
 
-use super::{Backend, Completion, Durable, KvError, KvLimits, Unavailable, Usage, Write, Written};
+use super::{
+    Backend, Completion, Durable, KvError, KvLimits, Unavailable, Usage, Write, WriteChain, Written,
+};
 use cache::{Cached, Claim, ReadCache, Ticket};
 use reserve::Reserve;
 use watch::Watched;
@@ -115,9 +117,11 @@ struct WriteJob {
     write: Write,
     limits: KvLimits,
     reply: Reply,
-    /// Set for a write answered once applied (`write_ahead`): told here
+    /// Set for a write answered once applied (`write_chained`): told here
     /// whether its commit made it durable.
     durable: Option<DurableReply>,
+    /// The batch call's writes it is one of.
+    chain: Option<WriteChain>,
 }
 
 impl DiskStore {
@@ -278,18 +282,25 @@ impl Backend for DiskStore {
     }
 
     fn write(&self, ns: &str, key: &str, write: Write, limits: KvLimits) -> Completion {
-        self.send_write(ns, key, write, limits, None)
+        self.send_write(ns, key, write, limits, None, None)
     }
 
-    fn write_ahead(
+    fn write_chained(
         &self,
         ns: &str,
         key: &str,
         write: Write,
         limits: KvLimits,
+        chain: &WriteChain,
+        ahead: bool,
     ) -> (Completion, Durable) {
+        let chain = Some(chain.clone());
+        if !ahead {
+            let completion = self.send_write(ns, key, write, limits, None, chain);
+            return (completion, Durable::already());
+        }
         let (durable, receiver) = oneshot::channel();
-        let completion = self.send_write(ns, key, write, limits, Some(durable));
+        let completion = self.send_write(ns, key, write, limits, Some(durable), chain);
         (completion, Durable::when(receiver))
     }
 }
@@ -302,6 +313,7 @@ impl DiskStore {
         write: Write,
         limits: KvLimits,
         durable: Option<DurableReply>,
+        chain: Option<WriteChain>,
     ) -> Completion {
         let (reply, receiver) = oneshot::channel();
         let job = Job::Write(WriteJob {
@@ -311,6 +323,7 @@ impl DiskStore {
             limits,
             reply,
             durable,
+            chain,
         });
         // Counted before it is sent, so the writer never counts it out first.
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
@@ -477,5 +490,63 @@ mod tests {
             store.get("p", "key").wait_blocking(),
             Ok(Some(b"123456".to_vec()))
         );
+    }
+
+    const LIMITS: KvLimits = KvLimits {
+        max_key_bytes: 64,
+        max_value_bytes: 64,
+        max_keys: 100,
+        max_bytes: 1 << 20,
+    };
+
+    /// Once one of a chain's writes is lost, the rest are refused, never
+    /// committed: a lost `set` is not followed by the `delete` that rested
+    /// on it.
+    #[test]
+    fn writes_of_a_broken_chain_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
+        let chain = WriteChain::default();
+        let set = |key: &str, ahead: bool| {
+            let write = Write::Set(b"v".to_vec());
+            let (answer, durable) = store.write_chained("p", key, write, LIMITS, &chain, ahead);
+            (answer.wait_blocking(), durable)
+        };
+        let (answered, durable) = set("a", true);
+        assert_eq!(answered, Ok(Written::Set));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(runtime.block_on(durable.wait()), Ok(()));
+        chain.break_off();
+        for ahead in [true, false] {
+            let (answered, _) = set("b", ahead);
+            assert!(
+                matches!(answered, Err(KvError::Unavailable(_))),
+                "{answered:?}"
+            );
+        }
+        assert_eq!(store.get("p", "b").wait_blocking(), Ok(None));
+        assert_eq!(store.get("p", "a").wait_blocking(), Ok(Some(b"v".to_vec())));
+    }
+
+    /// A write of a chain that the store refuses breaks the chain off.
+    #[test]
+    fn a_refused_write_breaks_its_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), 1 << 20).unwrap();
+        let chain = WriteChain::default();
+        std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
+        let write = Write::Set(b"v".to_vec());
+        let (answered, durable) = store.write_chained("p", "a", write, LIMITS, &chain, true);
+        assert!(matches!(
+            answered.wait_blocking(),
+            Err(KvError::Unavailable(_))
+        ));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(runtime.block_on(durable.wait()).is_err());
+        assert!(chain.is_broken());
     }
 }

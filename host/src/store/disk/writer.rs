@@ -1,6 +1,6 @@
 //! The writer thread: the one place writes are committed, in groups (one
 //! sync for every write queued meanwhile), healing from failed commits.
-//! A write answered ahead (`Backend::write_ahead`) is answered once applied
+//! A write answered ahead (`Backend::write_chained`) is answered once applied
 //! and keeps the transaction open a little for the next, which its
 //! connection's next pipelined command usually sends at once: a
 //! connection's pipelined writes share a sync as different connections'
@@ -20,13 +20,13 @@ use super::watch::Watched;
 use super::{
     DurableReply, ENTRIES, Job, Reply, Shared, USAGE, WriteJob, open_database, panic_text,
 };
-use crate::store::{Change, KvError, KvLimits, Unavailable, Usage, Write, Written};
+use crate::store::{Change, KvError, KvLimits, Unavailable, Usage, Write, WriteChain, Written};
 
 /// Writes in one commit, at most: bounds the time the first waits.
 const MAX_BATCH: usize = 1024;
 /// The longest a batch waits for the previous batch's writers to return.
 const MAX_GATHER: Duration = Duration::from_millis(1);
-/// After a write answered ahead of its commit (`Backend::write_ahead`), how
+/// After a write answered ahead of its commit (`Backend::write_chained`), how
 /// long the transaction stays open for the next write: the next of its
 /// connection's pipelined commands usually writes within microseconds, and
 /// then shares the commit instead of waiting for one of its own.
@@ -111,7 +111,7 @@ impl Writer {
         if let Err(reason) = self.ready() {
             batch
                 .into_iter()
-                .for_each(|job| Waiting::of(job).refuse(&reason));
+                .for_each(|job| Waiting::job(job).refuse(&reason));
             return (taken, Duration::ZERO);
         }
         let batch = self.admit_on_full_disk(batch);
@@ -240,7 +240,7 @@ impl Writer {
                 .is_some()
         });
         for job in refused {
-            Waiting::of(job).refuse("the disk is full (deletes still work)");
+            Waiting::job(job).refuse("the disk is full (deletes still work)");
         }
         admitted
     }
@@ -282,7 +282,7 @@ impl Writer {
         let slot = self.shared.database();
         let Some(db) = slot.as_ref() else {
             for job in batch {
-                open.enter(job);
+                let _ = open.enter(job);
             }
             return Err(Fault {
                 reason: "the state store is closed".into(),
@@ -291,7 +291,10 @@ impl Writer {
         };
         let cache = &self.shared.cache;
         let committed = catch_unwind(AssertUnwindSafe(|| -> Result<_, redb::Error> {
-            let entered: Vec<_> = batch.into_iter().map(|job| open.enter(job)).collect();
+            let entered: Vec<_> = batch
+                .into_iter()
+                .filter_map(|job| open.enter(job))
+                .collect();
             let tx = db.begin_write()?;
             let mut committed = Vec::new();
             {
@@ -343,8 +346,9 @@ impl Writer {
                         if job.durable.is_some() {
                             last_ahead = Instant::now();
                         }
-                        let write = open.enter(job);
-                        apply_entered(open, write)?;
+                        if let Some(write) = open.enter(job) {
+                            apply_entered(open, write)?;
+                        }
                     }
                     open.following = began.elapsed();
                 }
@@ -387,21 +391,25 @@ struct Entered {
 }
 
 impl Open {
-    fn enter(&mut self, job: WriteJob) -> Entered {
+    /// Enters `job` in the transaction, to be applied; `None` when it is
+    /// refused instead: a write of its chain was lost, and so is it.
+    fn enter(&mut self, job: WriteJob) -> Option<Entered> {
+        if job.chain.as_ref().is_some_and(WriteChain::is_broken) {
+            Waiting::of(job.reply, job.durable, job.chain)
+                .refuse("an earlier write of the same pipelined commands was lost");
+            return None;
+        }
         self.ahead |= job.durable.is_some();
         let index = self.waiting.len();
-        self.waiting.push(Waiting {
-            reply: Some(job.reply),
-            durable: job.durable,
-            result: None,
-        });
-        Entered {
+        self.waiting
+            .push(Waiting::of(job.reply, job.durable, job.chain));
+        Some(Entered {
             ns: job.ns,
             key: job.key,
             write: job.write,
             limits: job.limits,
             index,
-        }
+        })
     }
 
     /// Nothing copies `ns` into the read cache until this commit ends.
@@ -437,29 +445,39 @@ struct Waiting {
     reply: Option<Reply>,
     /// Where a write answered ahead learns whether it became durable.
     durable: Option<DurableReply>,
+    /// The batch call's writes it is one of: broken off if it is lost.
+    chain: Option<WriteChain>,
     /// What applying it did, for a reply after the commit.
     result: Option<Result<Written, KvError>>,
 }
 
 impl Waiting {
-    fn of(job: WriteJob) -> Self {
+    fn of(reply: Reply, durable: Option<DurableReply>, chain: Option<WriteChain>) -> Self {
         Self {
-            reply: Some(job.reply),
-            durable: job.durable,
+            reply: Some(reply),
+            durable,
+            chain,
             result: None,
         }
     }
 
+    fn job(job: WriteJob) -> Self {
+        Self::of(job.reply, job.durable, job.chain)
+    }
+
+    /// A write answered ahead is answered now if it wrote: a refusal (a
+    /// limit, a value that is not a number) may rest on another writer's
+    /// write in the same transaction, so it waits for the commit, as the
+    /// transaction's other answers do.
     fn applied(&mut self, result: Result<Written, KvError>) {
-        match (&self.durable, self.reply.take()) {
-            (Some(_), Some(reply)) => {
-                let _ = reply.send(result);
-            }
-            (_, reply) => {
-                self.reply = reply;
-                self.result = Some(result);
-            }
+        if self.durable.is_some()
+            && result.is_ok()
+            && let Some(reply) = self.reply.take()
+        {
+            let _ = reply.send(result);
+            return;
         }
+        self.result = Some(result);
     }
 
     fn answer(self) {
@@ -475,6 +493,9 @@ impl Waiting {
     }
 
     fn refuse(self, reason: &str) {
+        if let Some(chain) = &self.chain {
+            chain.break_off();
+        }
         if let Some(reply) = self.reply {
             let _ = reply.send(Err(Unavailable(reason.to_owned()).into()));
         }
