@@ -349,8 +349,7 @@ fn a_batch_whose_writes_never_became_durable_is_answered_state_unavailable() {
     let disk = Tmpfs::mount(4);
     let server = Setup::new()
         .plugin("testing_echo", "echo")
-        .config(&format!("state_dir = {:?}", disk.path().join("state")))
-        .config("max_bytes_per_plugin = 1000000000")
+        .state_on(&disk)
         .start();
     let mut client = server.connect();
     assert_eq!(client.request("kv-set a 1"), "stored");

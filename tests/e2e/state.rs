@@ -247,8 +247,7 @@ fn a_full_disk_fails_writes_clearly_keeps_deletes_and_heals() {
     let filler = disk.write_file("operator-file", 14);
     let server = Setup::new()
         .plugin("testing_echo", "echo")
-        .config(&format!("state_dir = {:?}", disk.path().join("state")))
-        .config("max_bytes_per_plugin = 1000000000")
+        .state_on(&disk)
         .start();
     let mut client = server.connect();
     assert_eq!(client.request("kv-set kept before"), "stored");
@@ -307,8 +306,7 @@ fn on_a_small_disk_writes_resume_once_space_is_freed() {
     let filler = disk.write_file("operator-file", 1);
     let server = Setup::new()
         .plugin("testing_echo", "echo")
-        .config(&format!("state_dir = {:?}", disk.path().join("state")))
-        .config("max_bytes_per_plugin = 1000000000")
+        .state_on(&disk)
         .start();
     let mut client = server.connect();
     let mut filled = 0;

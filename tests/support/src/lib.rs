@@ -201,6 +201,13 @@ impl Setup {
         self
     }
 
+    /// State kept on `disk` (a small file system the test fills), with a
+    /// plugin quota the disk reaches first.
+    pub fn state_on(self, disk: &Tmpfs) -> Self {
+        self.config(&format!("state_dir = {:?}", disk.path().join("state")))
+            .config("max_bytes_per_plugin = 1000000000")
+    }
+
     /// An extra argument for `plugboard serve`.
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.into());
