@@ -259,10 +259,9 @@ async fn compile_in_child(
         }
     };
     if status.code() == Some(EXEC_FAILED) && report.is_empty() {
-        let said = String::from_utf8_lossy(&said[said.len().saturating_sub(STDERR_TAIL_BYTES)..]);
         return Err(ChildError::CannotStart(std::io::Error::other(format!(
             "the program could not be executed ({status}): {}",
-            said.trim()
+            stderr_tail(&said)
         ))));
     }
     if status.success() {
@@ -298,12 +297,18 @@ fn child_args(options: &EngineOptions, limits: &ChildLimits) -> Vec<String> {
     args
 }
 
+/// The end of what a child said on stderr, for a log line.
+fn stderr_tail(said: &[u8]) -> String {
+    let tail = &said[said.len().saturating_sub(STDERR_TAIL_BYTES)..];
+    String::from_utf8_lossy(tail).trim().to_owned()
+}
+
 /// Why a child did not compile, for the log: its exit status or signal,
 /// and the end of what it said.
 fn child_failure(status: std::process::ExitStatus, said: &[u8], limits: &ChildLimits) -> String {
     use std::os::unix::process::ExitStatusExt;
-    let said = String::from_utf8_lossy(&said[said.len().saturating_sub(STDERR_TAIL_BYTES)..]);
-    let said = said.trim();
+    let said = stderr_tail(said);
+    let said = said.as_str();
     let how = match status.signal() {
         Some(signal) => {
             let name = nix::sys::signal::Signal::try_from(signal)
