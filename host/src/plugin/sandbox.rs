@@ -8,7 +8,6 @@
 //! they reach nothing outside the process. Whatever a plugin prints goes to the
 //! host's log (see `log.rs`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +16,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::Terms;
-use super::batch::Queue;
+use super::batch::{Ahead, Queue, value_set};
 use super::bindings::plugboard::plugin::{config, host, kv, types};
 use super::cpu_share::Running;
 use super::epoch::TickingGuard;
@@ -27,7 +26,7 @@ use super::limits::{MemoryBudget, MemoryLimiter};
 use super::log::{PluginLog, PluginOutput, StderrTail};
 use super::nested::{Chain, Dispatch};
 use super::scheduled::PluginSchedules;
-use crate::store::{Completion, Durable, KvError, Namespace, Write, WriteChain, Written};
+use crate::store::{Completion, Durable, KvError, Namespace, Write, Written};
 
 /// What the host hands every instance of one plugin (with one setup):
 /// shared by all of them.
@@ -108,6 +107,9 @@ pub struct Sandbox {
     kv: Arc<Namespace>,
     /// What it is granted (`commands.call` reads `allow_commands`).
     grant: Arc<Grants>,
+    /// It reaches nothing beyond its state, so its pipelined commands may
+    /// write ahead of their commit (see `batch/ahead.rs`).
+    may_write_ahead: bool,
     denials: Denials,
     /// What the server lends it: how to call commands, where schedules go.
     links: ServerLinks,
@@ -135,19 +137,8 @@ pub struct CallState {
     /// The command being served has pipelined commands behind it in this
     /// call: its writes are answered once applied, ahead of their commit.
     pub write_ahead: bool,
-    /// Writes answered ahead in this call: its replies wait for them
-    /// (see `batch/`).
-    pub ahead: Vec<Durable>,
-    /// What those writes left (`None`: deleted), read back by this call
-    /// until they are committed, and which of `ahead` each is: once
-    /// committed, the store has it, or a later write.
-    pub overlay: HashMap<String, (Option<Vec<u8>>, usize)>,
-    /// The first command of the batch that wrote ahead (commands before it
-    /// were replied to without them).
-    pub first_ahead: Option<usize>,
-    /// This call's writes, once one was written ahead: every later write of
-    /// the call is refused if that one is lost.
-    pub writes: Option<WriteChain>,
+    /// The writes this call answered ahead of their commit, once it has.
+    pub ahead: Option<Ahead>,
 }
 
 impl Sandbox {
@@ -184,6 +175,7 @@ impl Sandbox {
             config: terms.config.clone(),
             kv: handles.kv.clone(),
             grant: terms.grants.clone(),
+            may_write_ahead: terms.grants.reach_nothing(),
             denials: handles.denials.clone(),
             links,
             _ticking: ticking,
@@ -220,18 +212,16 @@ impl Sandbox {
         if !self.grant.commands.is_empty() {
             self.call.line = Some(format!("{} {}", request.command, request.raw_args));
         }
-        self.call.write_ahead = more_follow && self.grant.reach_nothing();
+        self.call.write_ahead = more_follow && self.may_write_ahead;
     }
 
     /// The writes this call answered ahead of their commit, and the first
     /// command of its batch that wrote one; forgets their values: the call
     /// is over.
     pub(super) fn take_ahead(&mut self) -> (Vec<Durable>, usize) {
-        self.call.overlay.clear();
         self.call.write_ahead = false;
-        self.call.writes = None;
-        let first = self.call.first_ahead.take().unwrap_or(0);
-        (std::mem::take(&mut self.call.ahead), first)
+        let ahead = self.call.ahead.take().unwrap_or_default();
+        ahead.into_durables()
     }
 
     pub(super) fn grants(&self) -> &Grants {
@@ -386,79 +376,35 @@ impl Sandbox {
         write: Write,
     ) -> wasmtime::Result<Result<Written, kv::Error>> {
         let ahead = self.call.write_ahead;
-        let chain = match (&self.call.writes, ahead) {
-            (None, false) => {
-                let completion = self.kv.write(key, write);
-                return settle(completion, &self.call.host_wait, &mut self.call.running).await;
-            }
-            (Some(chain), _) => chain.clone(),
-            (None, true) => self.call.writes.insert(WriteChain::default()).clone(),
-        };
-        let stored = match &write {
-            Write::Set(value) | Write::CompareAndSwap { new: value, .. } if ahead => {
-                Some(value.clone())
-            }
-            _ => None,
-        };
-        let (completion, mut durable) = self.kv.write_chained(key, write, &chain, ahead);
-        let result = settle(completion, &self.call.host_wait, &mut self.call.running).await;
-        if !ahead {
-            return result;
+        if !ahead && self.call.ahead.is_none() {
+            let completion = self.kv.write(key, write);
+            return settle(completion, &self.call.host_wait, &mut self.call.running).await;
         }
-        if let Ok(Ok(written)) = &result {
-            let left = match *written {
-                Written::Set | Written::Swapped(true) => Some(stored),
-                Written::Deleted(_) => Some(None),
-                Written::Incremented(n) => Some(Some(n.to_string().into_bytes())),
-                Written::Swapped(false) => None,
-            };
-            // Committed already (a store whose writes are durable when
-            // answered, or a quick commit): the store answers for it.
-            if let Some(left) = left.filter(|_| !durable.is_settled()) {
-                let index = self.call.ahead.len();
-                self.call.overlay.insert(key.to_owned(), (left, index));
+        let chain = self.call.ahead.get_or_insert_default().chain.clone();
+        let set = ahead.then(|| value_set(&write)).flatten();
+        let (completion, durable) = self.kv.write_chained(key, write, &chain, ahead);
+        let result = settle(completion, &self.call.host_wait, &mut self.call.running).await;
+        if ahead && let Ok(Ok(written)) = &result {
+            let command = self.call.batch.as_ref().map_or(0, Queue::replied);
+            if let Some(writes) = self.call.ahead.as_mut() {
+                writes.record(command, key, set, *written, durable);
             }
-            if self.call.ahead.is_empty() {
-                self.call.first_ahead = self.call.batch.as_ref().map(Queue::replied);
-            }
-            self.call.ahead.push(durable);
         }
         result
-    }
-
-    /// Forgets the values of writes whose commit is over: the store answers
-    /// for them (and for anything written after them) from then on.
-    fn prune_overlay(&mut self) {
-        let call = &mut self.call;
-        if !call.overlay.is_empty() {
-            let ahead = &mut call.ahead;
-            call.overlay
-                .retain(|_, (_, index)| ahead.get_mut(*index).is_some_and(|d| !d.is_settled()));
-        }
     }
 
     /// `key`'s value as this call left it, if it wrote it ahead of a commit
     /// still under way.
     fn overlaid(&mut self, key: &str) -> Option<Option<Vec<u8>>> {
-        self.prune_overlay();
-        self.call.overlay.get(key).map(|(value, _)| value.clone())
+        self.call.ahead.as_mut().and_then(|writes| writes.read(key))
     }
 
-    /// `keys` (sorted, starting with `prefix`) with this call's writes
-    /// ahead of a commit still under way.
-    fn overlay_keys(&mut self, prefix: &str, mut keys: Vec<String>) -> Vec<String> {
-        self.prune_overlay();
-        if self.call.overlay.is_empty() {
-            return keys;
+    /// `keys` with this call's writes ahead of a commit still under way.
+    fn overlay_keys(&mut self, prefix: &str, keys: Vec<String>) -> Vec<String> {
+        match self.call.ahead.as_mut() {
+            Some(writes) => writes.keys(prefix, keys),
+            None => keys,
         }
-        keys.retain(|key| !matches!(self.call.overlay.get(key), Some((None, _))));
-        let added = self.call.overlay.iter().filter(|(key, (value, _))| {
-            value.is_some() && key.starts_with(prefix) && keys.binary_search(key).is_err()
-        });
-        let added: Vec<String> = added.map(|(key, _)| key.clone()).collect();
-        keys.extend(added);
-        keys.sort_unstable();
-        keys
     }
 }
 

@@ -12,11 +12,13 @@
 //! keep their replies, the one being served gets the failure, and the rest
 //! are handed to a fresh instance.
 
+mod ahead;
 mod queue;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+pub use ahead::{Ahead, value_set};
 use queue::Served;
 pub use queue::{OversizedReply, Queue};
 
